@@ -1,0 +1,100 @@
+"""Dataset fingerprint: what the data look like before any choice is made about them.
+
+Like nnU-Net's fingerprint, it records per case the geometry (shape, spacing,
+orientation) and a sample of foreground intensities, and for the dataset the
+medians, percentiles and class frequencies that preprocessing and review need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data.geometry import axcodes, canonical_spacing, voxel_spacing
+
+# Foreground intensities kept per case for the dataset percentiles (nnU-Net keeps 10k too).
+SAMPLES_PER_CASE = 10_000
+PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
+
+
+def case_fingerprint(
+    image: np.ndarray, affine: np.ndarray, label: np.ndarray | None, *, seed: int, n_classes: int = 0
+) -> dict:
+    """Fingerprint one case.
+
+    Args:
+        image: (X, Y, Z) first channel of the image, in file orientation.
+        affine: (4, 4) voxel-to-world matrix.
+        label: (X, Y, Z) integer label map, or None.
+        seed: seeds the intensity subsample, so the fingerprint is reproducible.
+        n_classes: number of label values counted (0..n_classes-1).
+
+    Returns:
+        JSON-serializable dict: shape, spacing, axcodes, intensity stats and a
+        ``samples`` list of foreground intensities, plus ``class_voxels`` for labels.
+    """
+    fg = label > 0 if label is not None and label.any() else np.ones(image.shape, dtype=bool)
+    values = image[fg].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(values, size=min(SAMPLES_PER_CASE, values.size), replace=False)
+    out = {
+        "shape": [int(s) for s in image.shape],
+        "spacing": [round(float(s), 6) for s in voxel_spacing(affine)],
+        "spacing_ras": [round(float(s), 6) for s in canonical_spacing(affine)],
+        "axcodes": axcodes(affine),
+        "intensity": {
+            "min": float(values.min()), "max": float(values.max()),
+            "mean": float(values.mean()), "sd": float(values.std()),
+            "p0.5": float(np.percentile(values, 0.5)), "p99.5": float(np.percentile(values, 99.5)),
+        },
+        "samples": [float(v) for v in np.sort(sample)],
+    }
+    if label is not None:
+        counts = np.bincount(label.ravel().astype(np.int64), minlength=n_classes)
+        out["class_voxels"] = [int(c) for c in counts]
+    return out
+
+
+def aggregate(records: list[dict], class_names: dict[int, str], task: str) -> dict:
+    """Combine per-case fingerprints into the dataset fingerprint.
+
+    Args:
+        records: one dict per valid case with the keys of :func:`case_fingerprint`
+            plus ``target`` for classification.
+        class_names: label value (or class index) -> name.
+        task: 'segmentation' or 'classification'.
+    """
+    if not records:
+        return {"n_cases": 0}
+    spacings = np.array([r["spacing_ras"] for r in records])
+    shapes = np.array([r["shape"] for r in records])
+    samples = np.concatenate([np.asarray(r["samples"]) for r in records])
+    orient: dict[str, int] = {}
+    for r in records:
+        orient[r["axcodes"]] = orient.get(r["axcodes"], 0) + 1
+    out = {
+        "n_cases": len(records),
+        "spacing_ras": {"median": np.median(spacings, axis=0).tolist(), "min": spacings.min(0).tolist(),
+                    "max": spacings.max(0).tolist()},
+        "shape": {"median": np.median(shapes, axis=0).tolist(), "min": shapes.min(0).tolist(),
+                  "max": shapes.max(0).tolist()},
+        "axcodes": dict(sorted(orient.items())),
+        "intensity": {
+            "mean": float(samples.mean()), "sd": float(samples.std()),
+            **{f"p{p:g}": float(v) for p, v in zip(PERCENTILES, np.percentile(samples, PERCENTILES))},
+        },
+    }
+    if task == "segmentation":
+        values = sorted(class_names)
+        total = np.sum([[_at(r["class_voxels"], v) for v in values] for r in records], axis=0)
+        frac = total / max(total.sum(), 1)
+        out["class_frequency"] = {class_names[v]: round(float(f), 6) for v, f in zip(values, frac)}
+    else:
+        counts = {name: 0 for name in class_names.values()}
+        for r in records:
+            counts[r["target"]] += 1
+        out["class_counts"] = counts
+    return out
+
+
+def _at(counts: list[int], value: int) -> int:
+    return counts[value] if 0 <= value < len(counts) else 0

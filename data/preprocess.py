@@ -1,0 +1,115 @@
+"""Preprocess one case: canonical RAS, crop, resample, normalize. Arrays in, arrays out.
+
+Nothing here touches the disk, so every step is tested on arrays; the stage
+around it only reads, calls :func:`preprocess_case` and writes. The returned
+metadata holds every grid the case passed through, so a prediction made on the
+preprocessed grid can be mapped back to the patient's native space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.geometry import axcodes, crop, foreground_bbox, resample_to_spacing, to_canonical, voxel_spacing
+from data.intensity import foreground_mask, normalize
+
+
+@dataclass(frozen=True)
+class PreprocessPlan:
+    """Everything preprocessing decides, resolved from config and fingerprint.
+
+    Attributes:
+        spacing: target voxel size in mm along R, A, S.
+        normalization: scheme per channel: 'ct', 'mr' or 'none'.
+        ct_window: (lo, hi) HU window for 'ct' channels.
+        mr_percentiles: (lo, hi) foreground percentiles clipped for 'mr' channels.
+        crop_to_foreground: crop to the bounding box of the head/body (and label).
+        crop_margin: voxels kept around that box.
+        image_order: spline order for images; labels always use nearest.
+    """
+
+    spacing: tuple[float, float, float]
+    normalization: tuple[str, ...]
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    crop_to_foreground: bool = True
+    crop_margin: int = 2
+    image_order: int = 1
+
+    def to_json(self) -> dict:
+        return {
+            "spacing": list(self.spacing), "normalization": list(self.normalization),
+            "ct_window": list(self.ct_window), "mr_percentiles": list(self.mr_percentiles),
+            "crop_to_foreground": self.crop_to_foreground, "crop_margin": self.crop_margin,
+            "image_order": self.image_order, "orientation": "RAS",
+        }
+
+
+def scheme_for_channel(channel_name: str, modality: str, normalization: str) -> str:
+    """Normalization scheme of one channel: explicit config first, then declared modality, then its name."""
+    if normalization != "auto":
+        return normalization
+    if modality != "auto":
+        return modality.lower()
+    return "ct" if "CT" in channel_name.upper().split() or channel_name.upper() == "CT" else "mr"
+
+
+def preprocess_case(
+    images: list[np.ndarray], affine: np.ndarray, label: np.ndarray | None, plan: PreprocessPlan
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Bring one case to canonical RAS at the plan's spacing, cropped and normalized.
+
+    Args:
+        images: one (X, Y, Z) array per channel, all on the grid of ``affine``.
+        affine: (4, 4) voxel-to-world matrix of the input grid.
+        label: (X, Y, Z) integer label map on the same grid, or None.
+        plan: the resolved plan.
+
+    Returns:
+        (image (C, X', Y', Z') float32, label (X', Y', Z') uint8 or None, meta) where
+        meta holds the native, canonical and final grids, the crop box and the
+        normalization applied per channel.
+    """
+    native = {"affine": np.asarray(affine).tolist(), "shape": list(images[0].shape), "axcodes": axcodes(affine)}
+    canon = [to_canonical(img, affine) for img in images]
+    canon_affine = canon[0][1]
+    chans = [c[0] for c in canon]
+    lab = to_canonical(label, affine)[0] if label is not None else None
+    box = None
+    if plan.crop_to_foreground:
+        mask = foreground_mask(chans[0])
+        if lab is not None:
+            mask |= lab > 0
+        box = foreground_bbox(mask, plan.crop_margin)
+    if box is not None:
+        cropped = [crop(c, canon_affine, box) for c in chans]
+        chans, crop_affine = [c[0] for c in cropped], cropped[0][1]
+        lab = crop(lab, canon_affine, box)[0] if lab is not None else None
+    else:
+        crop_affine = canon_affine
+    out_chans, out_affine = [], crop_affine
+    for c in chans:
+        res, out_affine = resample_to_spacing(c, crop_affine, plan.spacing, order=plan.image_order)
+        out_chans.append(res)
+    if lab is not None:
+        lab, lab_affine = resample_to_spacing(lab.astype(np.uint8), crop_affine, plan.spacing, order=0)
+        assert np.allclose(lab_affine, out_affine)
+    stats = []
+    for i, scheme in enumerate(plan.normalization):
+        out_chans[i], s = normalize(out_chans[i], scheme, ct_window=plan.ct_window,
+                                    mr_percentiles=plan.mr_percentiles)
+        stats.append(s)
+    image = np.stack(out_chans).astype(np.float32, copy=False)
+    meta = {
+        "native": native,
+        "canonical": {"affine": canon_affine.tolist(), "shape": list(canon[0][0].shape)},
+        "crop_box": [[int(b.start), int(b.stop)] for b in box] if box is not None else None,
+        "affine": out_affine.tolist(),
+        "shape": list(image.shape[1:]),
+        "spacing": [round(float(s), 6) for s in voxel_spacing(out_affine)],
+        "axcodes": axcodes(out_affine),
+        "normalization": stats,
+    }
+    return image, (lab.astype(np.uint8) if lab is not None else None), meta

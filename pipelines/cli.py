@@ -1,0 +1,211 @@
+"""The ``medflow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_FAILED, EXIT_CONFIG = 1, 2
+
+
+def _examples(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def cmd_sample_data(args) -> int:
+    from data.sample.build import SIZES, build_lesion, build_tissue
+    from pipelines.progress import Progress
+    from pipelines.workspace import sample_root
+
+    root = sample_root(args.size)
+    workers = args.workers or os.cpu_count() or 1
+    builders = {"brain_tissue": build_tissue, "brain_lesion": build_lesion}
+    for name in args.only or list(builders):
+        with Progress(SIZES[args.size][name], f"sample-data {name}", unit="subject") as bar:
+            path = builders[name](root, size=args.size, seed=args.seed, workers=workers, progress=bar)
+        print(f"{name}: {path}")
+    return 0
+
+
+def _print_summary(name: str, results, parent_id, tracker) -> None:
+    exp = f" (experiment {tracker.experiment_name}, parent run {parent_id})" if parent_id else ""
+    print(f"\npipeline {name}{exp}")
+    print(f"  {'stage':<11} {'state':<8} {'cases':>6} {'quarantined':>11} {'seconds':>8}  output")
+    for r in results:
+        print(f"  {r.name:<11} {r.state:<8} {r.cases:>6} {r.quarantined:>11} {r.seconds:>8.1f}  {r.path}")
+        if r.error:
+            print(f"  error: {r.error}")
+
+
+def cmd_run(args) -> int:
+    from pipelines.config import ConfigError, load_config
+    from pipelines.engine import StageFailed
+    from pipelines.runner import run_pipeline
+
+    try:  # validate every pipeline before any work starts
+        configs = [(p, load_config(p, args.set, args.profile)) for p in args.pipelines]
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    from pipelines.tracking import MlflowTracker
+
+    tracker = MlflowTracker()
+    status = 0
+    for path, cfg in configs:
+        try:
+            results, parent = run_pipeline(cfg, target=args.stage, force=args.force, strict=args.strict,
+                                           workers=args.workers, tracker=tracker, config_path=path,
+                                           profile=args.profile)
+        except StageFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        _print_summary(cfg.name, results, parent, tracker)
+    print(f"\ntracking store: {tracker.uri}")
+    print("open the MLflow UI:  medflow ui    (then browse http://127.0.0.1:5000)")
+    return status
+
+
+def cmd_status(args) -> int:
+    from pipelines.config import ConfigError, load_config
+    from pipelines.engine import StageFailed
+    from pipelines.runner import stage_states
+
+    try:
+        cfg = load_config(args.pipeline, args.set, args.profile)
+        rows = stage_states(cfg)
+    except (ConfigError, StageFailed) as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    run_ids = {}
+    if any(r["key"] for r in rows):
+        from pipelines.tracking import MlflowTracker
+
+        tracker = MlflowTracker()
+        for r in rows:
+            if r["key"]:
+                found = tracker.client.search_runs(
+                    [e.experiment_id for e in tracker.client.search_experiments()],
+                    filter_string=f"tags.`medflow.key` = '{r['key']}'", max_results=5, order_by=["start_time DESC"])
+                run_ids[r["stage"]] = ",".join(run.info.run_id for run in found) or "-"
+    print(f"pipeline {cfg.name}")
+    print(f"  {'stage':<11} {'state':<26} {'cases':>6} {'quar.':>6}  {'key':<16}  mlflow runs (newest first)")
+    for r in rows:
+        print(f"  {r['stage']:<11} {r['state']:<26} {r['cases'] if r['cases'] is not None else '-':>6} "
+              f"{r['quarantined'] if r['quarantined'] is not None else '-':>6}  {(r['key'] or '-')[:16]:<16}  "
+              f"{run_ids.get(r['stage'], '-')}")
+        if r["path"]:
+            print(f"  {'':<11} {r['path']}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from pipelines.tracking import default_artifact_root, tracking_uri
+
+    uri = tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port), "--workers", "1"]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", default_artifact_root()]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def cmd_bench(args) -> int:
+    from pipelines.bench import bench_ingest
+
+    return bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="medflow", formatter_class=fmt,
+        description="Staged, tracked medical-imaging pipelines: ingest -> preprocess/split -> train -> evaluate -> export.",
+        epilog=_examples("""
+            medflow sample-data --size demo
+            medflow run pipelines/configs/segmentation.yaml --profile demo
+            medflow status pipelines/configs/segmentation.yaml
+            medflow ui
+        """))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample-data", help="build the sample datasets offline from the MNI152 template",
+                       formatter_class=fmt, epilog=_examples("""
+                           medflow sample-data                      # demo size, seed 0
+                           medflow sample-data --size full --seed 7
+                           medflow sample-data --only brain_lesion
+                       """))
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--size", choices=("demo", "full"), default="demo", help="demo (minutes) or full (default demo)")
+    p.add_argument("--only", action="append", choices=("brain_tissue", "brain_lesion"), help="build only this set")
+    p.add_argument("--workers", type=int, default=0, help="parallel workers (default: all cores)")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("run", help="run pipeline stages (finished ones are skipped)", formatter_class=fmt,
+                       epilog=_examples("""
+                           medflow run pipelines/configs/segmentation.yaml
+                           medflow run pipelines/configs/segmentation.yaml --profile demo --stage preprocess
+                           medflow run pipelines/configs/segmentation.yaml --set dataset.root=/data/Task04_Hippocampus --stage ingest
+                           medflow run pipelines/configs/classification.yaml --set preprocess.spacing=[2,2,2] --force
+                           medflow run pipelines/configs/*.yaml --profile demo --strict
+                       """))
+    p.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml")
+    p.add_argument("--stage", help="run up to and including this stage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--profile", help="apply a named profile from the YAML first (e.g. demo)")
+    p.add_argument("--force", action="store_true", help="redo finished stages (only --stage's when given)")
+    p.add_argument("--strict", action="store_true", help="fail a stage on any bad case instead of quarantining it")
+    p.add_argument("--workers", type=int, help="parallel case workers (default: config, 0 = all cores)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="which stages are done, their keys, outputs and MLflow runs",
+                       formatter_class=fmt, epilog=_examples("""
+                           medflow status pipelines/configs/segmentation.yaml
+                           medflow status pipelines/configs/segmentation.yaml --profile demo
+                       """))
+    p.add_argument("pipeline", metavar="PIPELINE.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--profile")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the project's store", formatter_class=fmt,
+                       epilog=_examples("""
+                           medflow ui
+                           medflow ui --port 5001
+                           MLFLOW_TRACKING_URI=sqlite:////data/other.db medflow ui
+                       """))
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures", formatter_class=fmt,
+                       epilog=_examples("""
+                           medflow bench ingest
+                           medflow bench ingest --size full --workers 2
+                       """))
+    p.add_argument("what", choices=("ingest",), help="ingest: ingest+preprocess volumes/s vs raw nibabel decode")
+    p.add_argument("--size", choices=("demo", "full"), default="demo")
+    p.add_argument("--workers", type=int, default=0, help="default: all cores")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

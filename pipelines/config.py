@@ -1,0 +1,211 @@
+"""Pipeline configuration: a typed schema (pydantic), YAML loading and ``--set`` overrides.
+
+Defaults live here and only here: a YAML file states what differs. Unknown
+keys, wrong types and impossible values fail before any work starts, each
+error naming its key path, e.g. ``preprocess.spacing.1: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.workspace import workspace_root
+
+
+class ConfigError(ValueError):
+    """Invalid configuration. ``str(err)`` has one line per problem: ``<file>: <key.path>: <reason>``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    root: str = Field(description="dataset folder; ${workspace} expands to the workspace")
+    layout: Literal["msd", "csv"] = Field(description="msd: dataset.json + imagesTr/labelsTr; csv: manifest")
+    manifest: str = "manifest.csv"
+    modality: Literal["auto", "CT", "MR"] = "auto"
+    classes: list[str] | None = Field(default=None, min_length=2)
+    include_unlabeled: bool = False
+
+
+class IngestConfig(_Strict):
+    affine_tolerance_mm: float = Field(default=1e-3, gt=0, description="image/label grids must agree this closely")
+    fingerprint_seed: int = 0
+
+
+class PreprocessConfig(_Strict):
+    spacing: Literal["auto"] | tuple[float, float, float] = Field(
+        default="auto", description="target voxel size (mm) in RAS order; auto = dataset median")
+    normalization: Literal["auto", "ct", "mr", "none"] = "auto"
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    crop_to_foreground: bool = True
+    crop_margin: int = Field(default=2, ge=0)
+    image_order: int = Field(default=1, ge=0, le=5, description="spline order for images (labels: nearest)")
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v):
+        if v != "auto" and any(s <= 0 for s in v):
+            raise ValueError(f"every spacing must be > 0 mm, got {list(v)}")
+        return v
+
+    @field_validator("ct_window")
+    @classmethod
+    def _window(cls, v):
+        if not v[0] < v[1]:
+            raise ValueError(f"window needs lo < hi, got {list(v)}")
+        return v
+
+    @field_validator("mr_percentiles")
+    @classmethod
+    def _percentiles(cls, v):
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError(f"percentiles need 0 <= lo < hi <= 100, got {list(v)}")
+        return v
+
+
+class SplitConfig(_Strict):
+    seed: int = 0
+    test_fraction: float = Field(default=0.2, ge=0, lt=1)
+    folds: int = Field(default=5, ge=1)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    stratify: bool = True
+
+
+class TrackingConfig(_Strict):
+    experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    stages: list[str] = Field(min_length=1)
+    dataset: DatasetConfig
+    ingest: IngestConfig = IngestConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v):
+        from pipelines.stages import STAGES  # registry; imported late to avoid a cycle
+
+        unknown = [s for s in v if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a stage is listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.dataset.layout == "msd" and self.dataset.classes is not None:
+            raise ValueError("dataset.classes is for the csv layout; msd datasets declare labels in dataset.json")
+        return self
+
+    def section(self, name: str) -> Any:
+        """A config section as plain JSON data (what enters a stage's cache key)."""
+        return getattr(self, name).model_dump(mode="json")
+
+    def resolved(self) -> dict:
+        """The whole resolved config as plain data, without the profile table."""
+        return self.model_dump(mode="json", exclude={"profiles"})
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML (numbers, lists, booleans)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip() or not all(key.split(".")):
+        raise ConfigError(f"--set {item}: expected key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item}: value is not valid YAML ({' '.join(str(err).split())})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_override(doc: dict, keys: list[str], value: Any, origin: str) -> None:
+    node = doc
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])} is not a mapping, cannot set {'.'.join(keys)}")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _expand(value: str, config_dir: Path) -> str:
+    value = value.replace("${workspace}", str(workspace_root())).replace("${config_dir}", str(config_dir))
+    value = os.path.expanduser(os.path.expandvars(value))
+    # A relative path on the command line or in YAML means relative to where the user stands.
+    return str(Path(value).absolute()) if value else value
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str | None = None) -> PipelineConfig:
+    """Load, override and validate a pipeline YAML.
+
+    Args:
+        path: the pipeline YAML.
+        overrides: ``key.path=value`` strings, applied after the profile.
+        profile: name of a ``profiles`` entry to apply first (e.g. ``demo``).
+
+    Raises:
+        ConfigError: with every problem, one per line, each naming the key path.
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a pipeline file must be a mapping at the top level")
+    if profile is not None:
+        profiles = doc.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"{path}: unknown profile {profile!r} (defined: {sorted(profiles) or 'none'})")
+        for dotted, value in (profiles[profile] or {}).items():
+            apply_override(doc, str(dotted).split("."), value, f"{path}: profiles.{profile}")
+    for item in overrides:
+        keys, value = parse_override(item)
+        apply_override(doc, keys, value, f"--set {item}")
+    if isinstance(doc.get("dataset"), dict) and isinstance(doc["dataset"].get("root"), str):
+        doc["dataset"]["root"] = _expand(doc["dataset"]["root"], path.parent.absolute())
+    try:
+        return PipelineConfig.model_validate(doc)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"{path}: {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into ``a.b.c`` keys (lists stay values), for MLflow params."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+

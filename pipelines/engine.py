@@ -1,0 +1,254 @@
+"""The stage engine: keyed output folders, atomic writes, per-case resume.
+
+A stage writes only into ``<workspace>/stages/<stage>/<key>/``, where the key
+hashes its resolved config sections, its upstream manifests and the code
+version. Case files are written to a temporary name and renamed; the manifest
+is written last, so a folder with a manifest is complete and a folder without
+one can be resumed case by case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.nifti import CaseError
+from pipelines.progress import Progress, log
+
+MANIFEST = "manifest.json"
+# Code whose change can change a stage's outputs. The CLI, tracking and benchmarks are left out.
+_CODE_DIRS = ("data", "models", "pipelines/stages")
+_CODE_FILES = ("pipelines/engine.py", "pipelines/config.py")
+
+
+class StageFailed(RuntimeError):
+    """A stage could not finish (``--strict`` and a bad case, or a dataset-level error)."""
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+_code_version: str | None = None
+
+
+def code_version() -> str:
+    """Package version plus a hash of every source file that shapes stage outputs."""
+    global _code_version
+    if _code_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version("medflow")
+        except PackageNotFoundError:
+            ver = "0+unknown"
+        root = Path(__file__).resolve().parent.parent
+        files = sorted(p for d in _CODE_DIRS for p in (root / d).rglob("*.py")) + [root / f for f in _CODE_FILES]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        _code_version = f"{ver}+{h.hexdigest()[:12]}"
+    return _code_version
+
+
+@dataclass
+class RunContext:
+    """What a stage may use besides its config and upstream outputs."""
+
+    strict: bool = False
+    workers: int = 1
+
+    def progress(self, total: int, desc: str) -> Progress:
+        return Progress(total, desc)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage declared once: what it is called, what it reads, what keys its output.
+
+    Attributes:
+        name: stage name, also its folder name.
+        fn: ``fn(cfg, upstream, out, ctx) -> StageOutput``.
+        inputs: names of upstream stages whose outputs ``fn`` receives.
+        sections: config sections that enter the key.
+        extra_key: more key material from outside the config (e.g. the dataset listing).
+        outputs: what the folder holds, for ``--help`` and status.
+    """
+
+    name: str
+    fn: Callable
+    inputs: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    extra_key: Callable[[Any], Any] | None = None
+    outputs: str = ""
+
+    def key(self, cfg, upstream: dict[str, "StageOutput"]) -> str:
+        return digest({
+            "stage": self.name,
+            "config": {s: cfg.section(s) for s in self.sections},
+            "upstream": {n: upstream[n].digest for n in self.inputs},
+            "code": code_version(),
+            "extra": self.extra_key(cfg) if self.extra_key else None,
+        })
+
+
+@dataclass
+class StageOutput:
+    """A finished stage folder, read through its manifest."""
+
+    name: str
+    path: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    @property
+    def cases(self) -> dict[str, dict]:
+        return self.manifest.get("cases", {})
+
+    @property
+    def quarantine(self) -> list[dict]:
+        return self.manifest.get("quarantine", [])
+
+    def file(self, relpath: str) -> Path:
+        return self.path / relpath
+
+
+class StageDir:
+    """The output folder of one stage run, written atomically."""
+
+    def __init__(self, root: Path, name: str, key: str):
+        self.name, self.key = name, key
+        self.path = Path(root) / name / key[:16]
+        self.cases_dir = self.path / "cases"
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / MANIFEST).exists()
+
+    def load(self) -> StageOutput:
+        return StageOutput(self.name, self.path, json.loads((self.path / MANIFEST).read_text()))
+
+    def prepare(self) -> None:
+        """Create the folder and drop temporaries left by a killed run."""
+        self.cases_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.cases_dir):
+            for tmp in folder.glob(".tmp-*"):
+                tmp.unlink(missing_ok=True)
+
+    def reset(self) -> None:
+        """Remove the folder (``--force``); a rename first, so no half-deleted folder is ever visible."""
+        if self.path.exists():
+            trash = self.path.with_name(f".trash-{self.path.name}-{os.getpid()}")
+            os.replace(self.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def case_path(self, case_id: str, suffix: str) -> Path:
+        return self.cases_dir / f"{case_id}{suffix}"
+
+    def has(self, case_id: str, suffix: str) -> bool:
+        return self.case_path(case_id, suffix).exists()
+
+    def write_text(self, relpath: str, text: str) -> Path:
+        dest = self.path / relpath
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dest
+
+    def write_json(self, relpath: str, obj: Any) -> Path:
+        return self.write_text(relpath, json.dumps(obj, indent=1, sort_keys=True))
+
+    def finish(self, cfg, upstream: dict[str, StageOutput], body: dict) -> StageOutput:
+        """Write the manifest (last). ``body`` holds cases, quarantine, artifacts, metrics."""
+        manifest = {
+            "stage": self.name, "key": self.key, "code_version": code_version(),
+            "upstream": {n: o.digest for n, o in upstream.items()},
+            **body,
+        }
+        manifest["digest"] = digest(manifest)
+        self.write_json(MANIFEST, manifest)
+        return StageOutput(self.name, self.path, manifest)
+
+
+def quarantine_record(case_id: str, error: Exception | str, source: str = "") -> dict:
+    if isinstance(error, CaseError):
+        return {"case_id": case_id, "path": error.path, "problem": error.problem, "error": str(error)}
+    if isinstance(error, Exception):
+        problem = f"unexpected {type(error).__name__}: {' '.join(str(error).split())}"
+    else:
+        problem = error
+    return {"case_id": case_id, "path": source, "problem": problem, "error": f"{source}: {problem}"}
+
+
+def report_quarantine(record: dict, ctx: RunContext, stage: str) -> None:
+    log(f"[{stage}] quarantined {record['case_id']}: {record['error']}")
+    if ctx.strict:
+        raise StageFailed(f"[{stage}] --strict: {record['error']}")
+
+
+def map_cases(
+    jobs: Iterable[tuple[str, str, Any]], worker: Callable[[Any], Any], ctx: RunContext, desc: str,
+    *, done: int = 0, total: int | None = None,
+) -> tuple[dict[str, Any], list[dict]]:
+    """Run ``worker(args)`` for each (case_id, source, args), in parallel when ctx.workers > 1.
+
+    The worker writes its own output atomically and returns a small summary, so
+    no volume travels between processes. A failing case is quarantined (or, with
+    --strict, fails the stage); the other cases carry on.
+
+    Returns:
+        (summaries by case id, quarantine records).
+    """
+    jobs = list(jobs)
+    results: dict[str, Any] = {}
+    quarantine: list[dict] = []
+    with ctx.progress(total if total is not None else done + len(jobs), desc) as bar:
+        bar.update(done)
+
+        def settle(case_id, source, fn):
+            try:
+                results[case_id] = fn()
+            except Exception as err:  # one bad case must not stop the others
+                record = quarantine_record(case_id, err, source)
+                quarantine.append(record)
+                report_quarantine(record, ctx, desc)
+            bar.update(1)
+
+        if ctx.workers <= 1 or len(jobs) <= 1:
+            for case_id, source, args in jobs:
+                settle(case_id, source, lambda: worker(args))
+        else:
+            import multiprocessing as mp
+
+            # forkserver: workers never inherit a parent that may hold TensorFlow or MLflow threads.
+            with ProcessPoolExecutor(min(ctx.workers, len(jobs)), mp_context=mp.get_context("forkserver")) as pool:
+                futures = {pool.submit(worker, args): (case_id, source) for case_id, source, args in jobs}
+                try:
+                    for fut in as_completed(futures):
+                        settle(*futures[fut], fut.result)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    return results, sorted(quarantine, key=lambda r: r["case_id"])

@@ -1,0 +1,162 @@
+"""Run a pipeline's stages in order, each keyed, skipped when done, tracked in MLflow.
+
+One tracking parent run per invocation and one nested run per stage. The
+tracker is passed in, so the engine itself never imports mlflow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from pipelines.engine import RunContext, StageDir, StageFailed, StageOutput
+from pipelines.progress import log
+from pipelines.stages import STAGES
+from pipelines.workspace import stages_root
+
+
+@dataclass
+class StageResult:
+    """What one stage did in this invocation (for the summary and for tests)."""
+
+    name: str
+    key: str
+    path: str
+    state: str  # 'ran', 'skipped' or 'failed'
+    seconds: float
+    cases: int
+    quarantined: int
+    run_id: str | None = None
+    error: str | None = None
+
+
+class NullTracker:
+    """Tracking switched off (benchmarks); same interface as tracking.MlflowTracker."""
+
+    experiment_name = None
+
+    def pipeline(self, cfg, config_path=None, profile=None):
+        return nullcontext(None)
+
+    def stage(self, name, key, path):
+        return nullcontext(None)
+
+    def log_stage(self, output, skipped, seconds):
+        pass
+
+    def log_failure(self, message):
+        pass
+
+
+def plan_stages(cfg, target: str | None = None) -> list:
+    """The stages to run, in pipeline order; with ``target``, that stage and what it reads from."""
+    listed = list(cfg.stages)
+    for name in listed:
+        for dep in STAGES[name].inputs:
+            if dep not in listed:
+                raise StageFailed(f"stage {name!r} reads from {dep!r}, which the pipeline does not list")
+            if listed.index(dep) > listed.index(name):
+                raise StageFailed(f"stage {name!r} is listed before {dep!r}, which it reads from")
+    if target is None:
+        return [STAGES[n] for n in listed]
+    if target not in listed:
+        raise StageFailed(f"--stage {target}: not a stage of this pipeline (stages: {', '.join(listed)})")
+    needed, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(STAGES[name].inputs)
+    return [STAGES[n] for n in listed if n in needed]
+
+
+def resolve_workers(cfg, workers: int | None) -> int:
+    n = workers if workers is not None else cfg.workers
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, tracker=None,
+                 config_path=None, profile=None) -> tuple[list[StageResult], str | None]:
+    """Run (or skip) each planned stage.
+
+    Args:
+        cfg: validated PipelineConfig.
+        target: run up to this stage only.
+        force: redo finished stages (only ``target`` when given).
+        strict: any quarantined case fails its stage.
+        workers: parallel case workers (default: cfg.workers, 0 = all cores).
+        tracker: tracking.MlflowTracker, or None for no tracking.
+
+    Returns:
+        (one StageResult per planned stage, the parent tracking run id). A failed
+        stage ends the run; its result has state 'failed' and later stages are absent.
+    """
+    tracker = tracker or NullTracker()
+    ctx = RunContext(strict=strict, workers=resolve_workers(cfg, workers))
+    stages = plan_stages(cfg, target)
+    outputs: dict[str, StageOutput] = {}
+    results: list[StageResult] = []
+    with tracker.pipeline(cfg, config_path, profile) as parent:
+        parent_id = parent.info.run_id if parent is not None else None
+        for stage in stages:
+            upstream = {n: outputs[n] for n in stage.inputs}
+            key = stage.key(cfg, upstream)
+            out = StageDir(stages_root(), stage.name, key)
+            redo = force and (target is None or stage.name == target)
+            start = time.perf_counter()
+            with tracker.stage(stage.name, key, out.path) as run:
+                run_id = run.info.run_id if run is not None else None
+                try:
+                    if out.complete and not redo:
+                        output, state = out.load(), "skipped"
+                        log(f"[{stage.name}] up to date ({out.path})")
+                    else:
+                        if redo:
+                            out.reset()
+                        log(f"[{stage.name}] running -> {out.path}")
+                        output, state = stage.fn(cfg, upstream, out, ctx), "ran"
+                except StageFailed as err:
+                    results.append(StageResult(stage.name, key, str(out.path), "failed",
+                                               time.perf_counter() - start, 0, 0, run_id, str(err)))
+                    tracker.log_failure(str(err))
+                    raise
+                seconds = time.perf_counter() - start
+                tracker.log_stage(output, state == "skipped", seconds)
+            outputs[stage.name] = output
+            results.append(StageResult(stage.name, key, str(out.path), state, seconds,
+                                       len(output.cases), len(output.quarantine), run_id))
+    return results, parent_id
+
+
+def stage_states(cfg) -> list[dict]:
+    """For ``medflow status``: each stage's key, folder and progress, without running anything."""
+    outputs: dict[str, StageOutput] = {}
+    rows = []
+    for stage in plan_stages(cfg):
+        missing = [n for n in stage.inputs if n not in outputs]
+        if missing:
+            rows.append({"stage": stage.name, "state": f"waiting for {', '.join(missing)}", "key": None,
+                         "path": None, "cases": None, "quarantined": None})
+            continue
+        upstream = {n: outputs[n] for n in stage.inputs}
+        try:
+            key = stage.key(cfg, upstream)
+        except OSError as err:
+            rows.append({"stage": stage.name, "state": f"unavailable ({err})", "key": None, "path": None,
+                         "cases": None, "quarantined": None})
+            continue
+        out = StageDir(stages_root(), stage.name, key)
+        row = {"stage": stage.name, "key": key, "path": str(out.path), "cases": None, "quarantined": None}
+        if out.complete:
+            outputs[stage.name] = out.load()
+            row.update(state="done", cases=len(outputs[stage.name].cases),
+                       quarantined=len(outputs[stage.name].quarantine))
+        elif out.cases_dir.exists():
+            done = sum(1 for p in out.cases_dir.iterdir() if not p.name.startswith("."))
+            row.update(state=f"partial ({done} cases written)")
+        else:
+            row.update(state="not run")
+        rows.append(row)
+    return rows

@@ -1,0 +1,161 @@
+"""Ingest stage: list the dataset, validate every case, fingerprint the dataset.
+
+Reads:  the dataset folder (MSD/nnU-Net layout or CSV manifest)
+Writes: <workspace>/stages/ingest/<key>/cases/<case_id>.json (one record per valid case),
+        fingerprint.json, cases.csv, quarantine.json, then manifest.json (last)
+
+No volume is copied: a record points at the source files and says what they
+hold. A case that fails validation is quarantined with a one-line reason and
+the others carry on (``--strict`` fails the stage instead).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import zlib
+
+import numpy as np
+
+from data.fingerprint import aggregate, case_fingerprint
+from data.geometry import same_grid
+from data.layouts import DatasetError, DatasetListing, list_csv, list_msd
+from data.nifti import CaseError, Volume, read_nifti
+from pipelines.engine import StageDir, StageFailed, map_cases, quarantine_record, report_quarantine
+
+
+def list_dataset(cfg) -> DatasetListing:
+    """The dataset's cases per ``cfg.dataset`` (raises StageFailed on dataset-level errors)."""
+    ds = cfg.dataset
+    if not os.path.isdir(ds.root):
+        raise StageFailed(f"{ds.root}: dataset root is not a folder")
+    try:
+        if ds.layout == "msd":
+            return list_msd(ds.root, include_unlabeled=ds.include_unlabeled)
+        listing = list_csv(ds.root, ds.manifest, ds.classes)
+        if ds.modality != "auto":
+            listing.channels = [ds.modality]
+        return listing
+    except DatasetError as err:
+        raise StageFailed(str(err)) from None
+
+
+def dataset_state(cfg) -> list:
+    """Key material: every file under the dataset root with its size and mtime.
+
+    A file added, removed or rewritten in the dataset changes the ingest key,
+    so a stale ingest is never reused.
+    """
+    root = cfg.dataset.root
+    state = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.stat(full)
+                state.append([os.path.relpath(full, root), st.st_size, st.st_mtime_ns])
+            except OSError:
+                state.append([os.path.relpath(full, root), -1, 0])
+    return state
+
+
+def _check_label(label: Volume, image: Volume, classes: list[int], tol: float) -> np.ndarray:
+    if label.data.shape != image.data.shape:
+        raise CaseError(label.path, f"label shape {label.data.shape} does not match image shape {image.data.shape}")
+    if not same_grid(label.affine, label.data.shape, image.affine, image.data.shape, atol_mm=tol):
+        err = float(np.abs(label.affine - image.affine).max())
+        raise CaseError(label.path, f"label affine differs from the image affine by up to {err:.4g} mm")
+    data = label.data
+    if data.dtype.kind == "f":
+        if not np.array_equal(data, np.round(data)):
+            raise CaseError(label.path, "label map has non-integer values")
+    values = np.unique(data).astype(np.int64)
+    extra = sorted(set(values.tolist()) - set(classes))
+    if extra:
+        raise CaseError(label.path, f"label values {extra} outside the declared classes {classes}")
+    return data.astype(np.uint8 if max(classes) < 256 else np.int32)
+
+
+def ingest_case(job: dict) -> dict:
+    """Validate and fingerprint one case; write its record. Runs in a worker process."""
+    images = [read_nifti(p) for p in job["images"]]
+    ref = images[0]
+    for other in images[1:]:
+        if not same_grid(other.affine, other.data.shape, ref.affine, ref.data.shape, atol_mm=job["tolerance"]):
+            raise CaseError(other.path, f"channel grid differs from {ref.path}")
+    label = None
+    if job["label"] is not None:
+        label = _check_label(read_nifti(job["label"]), ref, job["classes"], job["tolerance"])
+    seed = zlib.crc32(job["case_id"].encode()) ^ job["seed"]
+    fp = case_fingerprint(ref.data, ref.affine, label, seed=seed, n_classes=max(job["classes"], default=0) + 1)
+    record = {
+        "case_id": job["case_id"], "patient_id": job["patient_id"], "target": job["target"], "split": job["split"],
+        "images": job["images"], "label": job["label"], "bytes": sum(v.nbytes_file for v in images),
+        "dtype": str(ref.data.dtype), "fingerprint": fp,
+    }
+    tmp = os.path.join(os.path.dirname(job["out"]), ".tmp-" + os.path.basename(job["out"]))
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, sort_keys=True)
+    os.replace(tmp, job["out"])
+    return None
+
+
+def _cases_table(records: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_id", "patient_id", "target", "split", "axcodes", "shape", "spacing",
+                     "intensity_mean", "intensity_p99.5", "bytes"])
+    for r in records:
+        fp = r["fingerprint"]
+        writer.writerow([r["case_id"], r["patient_id"], r["target"] or "", r["split"] or "", fp["axcodes"],
+                         "x".join(map(str, fp["shape"])), "x".join(f"{s:g}" for s in fp["spacing"]),
+                         f"{fp['intensity']['mean']:.4g}", f"{fp['intensity']['p99.5']:.4g}", r["bytes"]])
+    return buf.getvalue()
+
+
+def run(cfg, upstream, out: StageDir, ctx):
+    """Validate and fingerprint every case of ``cfg.dataset``."""
+    listing = list_dataset(cfg)
+    out.prepare()
+    quarantine = []
+    for case in listing.cases:
+        if case.error:
+            record = quarantine_record(case.case_id, CaseError(case.source, case.error))
+            quarantine.append(record)
+            report_quarantine(record, ctx, "ingest")
+    valid = [c for c in listing.cases if not c.error]
+    label_values = sorted(listing.classes) if listing.task == "segmentation" else []
+    jobs = []
+    for c in valid:
+        if out.has(c.case_id, ".json"):
+            continue
+        jobs.append((c.case_id, c.source, {
+            "case_id": c.case_id, "patient_id": c.patient_id, "target": c.target, "split": c.split,
+            "images": c.images, "label": c.label, "classes": label_values, "seed": cfg.ingest.fingerprint_seed,
+            "tolerance": cfg.ingest.affine_tolerance_mm, "out": str(out.case_path(c.case_id, ".json")),
+        }))
+    _, failed = map_cases(jobs, ingest_case, ctx, "ingest", done=len(valid) - len(jobs), total=len(valid))
+    quarantine = sorted(quarantine + failed, key=lambda r: r["case_id"])
+    bad = {r["case_id"] for r in failed}
+    records = [json.loads(out.case_path(c.case_id, ".json").read_text()) for c in valid if c.case_id not in bad]
+    if not records:
+        raise StageFailed(f"{cfg.dataset.root}: no valid case ({len(quarantine)} quarantined)")
+    fingerprint = aggregate([{**r["fingerprint"], "target": r["target"]} for r in records],
+                            listing.classes, listing.task)
+    out.write_json("fingerprint.json", fingerprint)
+    out.write_text("cases.csv", _cases_table(records))
+    out.write_json("quarantine.json", quarantine)
+    dataset = {"name": listing.name, "root": cfg.dataset.root, "layout": listing.layout, "task": listing.task,
+               "channels": listing.channels, "classes": {str(k): v for k, v in listing.classes.items()}}
+    return out.finish(cfg, upstream, {
+        "dataset": dataset,
+        "cases": {r["case_id"]: {"file": f"cases/{r['case_id']}.json", "patient_id": r["patient_id"],
+                                 "target": r["target"], "split": r["split"], "bytes": r["bytes"]} for r in records},
+        "quarantine": quarantine,
+        "artifacts": ["fingerprint.json", "cases.csv", "quarantine.json"],
+        "metrics": {"cases": len(records), "quarantined": len(quarantine),
+                    "input_mb": round(sum(r["bytes"] for r in records) / 1e6, 3)},
+    })

@@ -1,0 +1,131 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Default store: SQLite at ``<project>/mlflow/mlflow.db`` with artifacts under
+``<project>/mlflow/artifacts``. ``MLFLOW_TRACKING_URI`` overrides it (another
+database, or an ``http://`` tracking server, which then owns artifact storage).
+Telemetry is off before mlflow is imported, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+warnings.filterwarnings("ignore", module=r"mlflow\..*")
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag  # noqa: E402
+
+from pipelines.config import dump_yaml, flatten  # noqa: E402
+from pipelines.engine import code_version  # noqa: E402
+from pipelines.workspace import mlflow_dir, project_root  # noqa: E402
+
+
+def default_uri() -> str:
+    return f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def default_artifact_root() -> str:
+    return (mlflow_dir() / "artifacts").as_uri()
+
+
+def git_commit() -> tuple[str | None, bool]:
+    """(commit, dirty) of the project checkout, or (None, False) outside git."""
+    root = project_root()
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+class MlflowTracker:
+    """Parent run per pipeline invocation, nested run per stage."""
+
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        self.experiment_name: str | None = None
+        self._parent_id: str | None = None
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        # Only local stores need an artifact location; a server decides its own.
+        location = default_artifact_root() + f"/{name}" if self.uri.startswith("sqlite:") else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    @contextmanager
+    def pipeline(self, cfg, config_path=None, profile=None):
+        self.experiment_name = cfg.tracking.experiment or cfg.name
+        commit, dirty = git_commit()
+        tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version(),
+                "medflow.profile": profile or "", "mlflow.source.type": "LOCAL"}
+        if commit:
+            tags.update({"mlflow.source.git.commit": commit, "medflow.git_dirty": str(dirty).lower()})
+        if config_path:
+            tags["medflow.config_file"] = str(config_path)
+        exp_id = self.experiment_id(self.experiment_name)
+        with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name, tags=tags) as run:
+            self._parent_id = run.info.run_id
+            resolved = cfg.resolved()
+            mlflow.log_params({k: _param(v) for k, v in flatten(resolved).items()})
+            mlflow.log_text(dump_yaml(resolved), "config/pipeline.yaml")
+            try:
+                yield run
+            finally:
+                self._parent_id = None
+
+    @contextmanager
+    def stage(self, name, key, path):
+        tags = {"medflow.stage": name, "medflow.key": key, "medflow.stage_dir": str(path)}
+        with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
+            yield run
+
+    def log_failure(self, message: str) -> None:
+        mlflow.set_tag("medflow.error", message[:5000])
+
+    def log_stage(self, output, skipped: bool, seconds: float) -> None:
+        mlflow.set_tag("medflow.skipped", str(skipped).lower())
+        metrics = {k: float(v) for k, v in output.manifest.get("metrics", {}).items()}
+        mlflow.log_metrics({**metrics, "seconds": seconds})
+        mlflow.log_artifact(str(output.file("manifest.json")), "stage")
+        for name in output.manifest.get("artifacts", []):
+            mlflow.log_artifact(str(output.file(name)), "stage")
+        if "dataset" in output.manifest and output.file("cases.csv").exists():
+            self._log_dataset(output)
+
+    def _log_dataset(self, output) -> None:
+        """The ingested dataset as a run input: per-case fingerprint table, digest = ingest digest."""
+        info = output.manifest["dataset"]
+        table = pd.read_csv(output.file("cases.csv"), dtype=str, keep_default_na=False)
+        ds = mlflow.data.from_pandas(table, source=info["root"], name=info["name"], digest=output.digest[:16],
+                                     targets="target" if info["task"] == "classification" else None)
+        entity = ds._to_mlflow_entity()
+        for run_id in filter(None, (mlflow.active_run().info.run_id, self._parent_id)):
+            context = "ingest" if run_id != self._parent_id else "pipeline"
+            self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+
+def _param(value) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
