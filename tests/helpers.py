@@ -1,0 +1,86 @@
+"""Test helpers: tiny synthetic NIfTI volumes with non-identity affines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def make_affine(spacing=(1.5, 0.8, 2.5), codes="LPS", origin=(30.0, -12.0, 7.5), perm=(0, 1, 2)):
+    """Affine with the given voxel size, axis directions and axis order (voxel axis i -> world axis perm[i])."""
+    aff = np.zeros((4, 4))
+    for i, (s, c) in enumerate(zip(spacing, codes)):
+        aff[perm[i], i] = s * (1.0 if c in "RAS" else -1.0)
+    aff[:3, 3] = origin
+    aff[3, 3] = 1.0
+    return aff
+
+
+def save(path, data, affine, dtype=None):
+    """Write a NIfTI with plain nibabel (independent of medflow's own writer)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data if dtype is None else data.astype(dtype)), affine)
+    img.set_sform(affine, 1)
+    img.set_qform(affine, 1)
+    nib.save(img, str(path))
+    return path
+
+
+def cube_case(shape=(16, 14, 12), lo=(4, 3, 3), hi=(10, 9, 8), seed=0):
+    """Image with a bright cube (class 1) and a dimmer slab (class 2); returns (image, label)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100, 5, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+    label[hi[0]:hi[0] + 2, lo[1]:hi[1], lo[2]:hi[2]] = 2
+    image[label == 1] += 400
+    image[label == 2] += 200
+    return image, label
+
+
+def make_msd(root, n=4, affine=None, shape=(16, 14, 12), labels=None):
+    """A tiny MSD dataset with ``n`` cube cases; returns the root."""
+    root = Path(root)
+    affine = make_affine() if affine is None else affine
+    training = []
+    for i in range(n):
+        image, label = cube_case(shape, seed=i)
+        save(root / "imagesTr" / f"case_{i:02d}.nii.gz", image, affine, np.int16)
+        save(root / "labelsTr" / f"case_{i:02d}.nii.gz", label, affine, np.uint8)
+        training.append({"image": f"./imagesTr/case_{i:02d}.nii.gz", "label": f"./labelsTr/case_{i:02d}.nii.gz"})
+    meta = {"name": "Cubes", "modality": {"0": "MRI"},
+            "labels": labels or {"0": "background", "1": "cube", "2": "slab"},
+            "numTraining": n, "training": training, "test": []}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def add_msd_case(root, name, image_path=None, label_path=None):
+    """Append a training entry to dataset.json (files written by the caller)."""
+    meta = json.loads((Path(root) / "dataset.json").read_text())
+    meta["training"].append({"image": image_path or f"./imagesTr/{name}.nii.gz",
+                             "label": label_path or f"./labelsTr/{name}.nii.gz"})
+    (Path(root) / "dataset.json").write_text(json.dumps(meta))
+
+
+def write_pipeline(path, root, layout="msd", extra="", stages="[ingest, preprocess, split]"):
+    path = Path(path)
+    path.write_text(f"""
+name: test
+stages: {stages}
+dataset:
+  root: {root}
+  layout: {layout}
+preprocess:
+  spacing: [1.0, 1.0, 1.0]
+split:
+  test_fraction: 0.25
+  folds: 2
+workers: 1
+{extra}
+""")
+    return path
