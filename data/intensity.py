@@ -40,7 +40,7 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     finite = image[::2, ::2, ::2] if image.ndim == 3 else image
     if finite.max() <= finite.min():
         return np.ones(image.shape, dtype=bool)
-    return image > threshold_otsu(finite)
+    return image > threshold_otsu(finite.ravel())
 
 
 def zscore_foreground(

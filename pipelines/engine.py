@@ -225,7 +225,7 @@ def map_cases(
     results: dict[str, Any] = {}
     quarantine: list[dict] = []
     with ctx.progress(total if total is not None else done + len(jobs), desc) as bar:
-        bar.update(done)
+        bar.skip(done)
 
         def settle(case_id, source, fn):
             try:

@@ -24,6 +24,7 @@ class Progress:
         self.total, self.desc, self.unit = total, desc, unit
         self.stream = stream or sys.stderr
         self.done = 0
+        self.skipped = 0
         self.start = time.perf_counter()
         self._last_line = self.start
         self._last_frac = 0.0
@@ -36,6 +37,15 @@ class Progress:
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
+    def skip(self, n: int) -> None:
+        """Count ``n`` items finished earlier (resumed work), without touching the rate."""
+        self.skipped += n
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif n:
+            self._line(f"{self.desc}: {n}/{self.total} {self.unit}s already done")
+
     def update(self, n: int = 1) -> None:
         self.done += n
         if self.bar is not None:
@@ -45,7 +55,7 @@ class Progress:
         frac = self.done / max(self.total, 1)
         # A line per 10 % or per 30 s is enough to follow a long job in a log.
         if self.done < self.total and (frac - self._last_frac >= 0.1 or now - self._last_line >= 30):
-            rate = self.done / max(now - self.start, 1e-9)
+            rate = (self.done - self.skipped) / max(now - self.start, 1e-9)
             self._line(f"{self.desc}: {self.done}/{self.total} {self.unit}s ({rate:.2f}/s)")
             self._last_line, self._last_frac = now, frac
 

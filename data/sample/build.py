@@ -127,11 +127,11 @@ def build_tissue(root: Path, *, size: str, seed: int, workers: int, progress) ->
     n = SIZES[size]["brain_tissue"]
     stamp = {"dataset": "brain_tissue", "n": n, "seed": seed, "version": BUILD_VERSION}
     if _prepare(out_dir, stamp, "dataset.json"):
-        progress.update(n)
+        progress.skip(n)
         return out_dir
     todo = [(seed, i, out_dir) for i in range(n)
             if not (out_dir / "imagesTr" / f"brain_{i:03d}.nii.gz").exists()]
-    progress.update(n - len(todo))
+    progress.skip(n - len(todo))
     _run(_tissue_subject, todo, workers, progress)
     # Parameters are recomputed (cheap, deterministic) so resumed builds index every subject.
     params = [draw_subject(subject_seed(seed, "brain_tissue", i), SPACINGS["brain_tissue"]).to_json() for i in range(n)]
@@ -162,12 +162,12 @@ def build_lesion(root: Path, *, size: str, seed: int, workers: int, progress) ->
     n = SIZES[size]["brain_lesion"]
     stamp = {"dataset": "brain_lesion", "n": n, "seed": seed, "version": BUILD_VERSION}
     if _prepare(out_dir, stamp, "manifest.csv"):
-        progress.update(n)
+        progress.skip(n)
         return out_dir
     kinds = lesion_kinds(seed, n)
     todo = [(seed, i, kinds[i], out_dir) for i in range(n)
             if not (out_dir / "images" / f"lesion_{i:03d}.nii.gz").exists()]
-    progress.update(n - len(todo))
+    progress.skip(n - len(todo))
     _run(_lesion_subject, todo, workers, progress)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

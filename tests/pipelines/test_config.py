@@ -1,0 +1,77 @@
+"""Config: defaults in one place, --set overrides, profiles, and errors naming the key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import ConfigError, flatten, load_config, parse_override
+from tests.helpers import write_pipeline
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    cfg = load_config(path)
+    assert cfg.preprocess.spacing == (1.0, 1.0, 1.0)
+    assert cfg.preprocess.ct_window == (-1000.0, 1000.0)  # a default from the schema
+    cfg = load_config(path, ["preprocess.spacing=[2, 2, 3]", "split.seed=7", "dataset.root=${workspace}/x"])
+    assert cfg.preprocess.spacing == (2.0, 2.0, 3.0) and cfg.split.seed == 7
+    assert cfg.dataset.root.endswith("/workspace/x")
+
+
+def test_profile(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data",
+                          extra="profiles:\n  demo:\n    split.folds: 3\n    dataset.root: /tmp/demo\n")
+    cfg = load_config(path, ["split.folds=4"], profile="demo")
+    assert cfg.dataset.root == "/tmp/demo" and cfg.split.folds == 4  # --set wins over the profile
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_config(path, profile="nope")
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("preprocess.spacnig=[1,1,1]", "p.yaml: preprocess.spacnig: unknown key"),
+    ("split.folds=three", "p.yaml: split.folds: Input should be a valid integer"),
+    ("split.test_fraction=1.5", "p.yaml: split.test_fraction: Input should be less than 1"),
+    ("preprocess.spacing=[1,0,1]", "p.yaml: preprocess.spacing: every spacing must be > 0 mm"),
+    ("preprocess.ct_window=[500,-500]", "p.yaml: preprocess.ct_window: window needs lo < hi"),
+    ("stages=[ingest,trian]", "p.yaml: stages: unknown stage(s) ['trian']"),
+    ("dataset.layout=dicom", "p.yaml: dataset.layout: Input should be 'msd' or 'csv'"),
+])
+def test_errors_name_the_key(tmp_path, override, expect):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert expect in str(info.value)
+
+
+def test_every_error_is_reported(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["split.folds=0", "ingest.colour=red"])
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2 and any("split.folds" in ln for ln in lines) and any("ingest.colour" in ln for ln in lines)
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(ConfigError, match="no such pipeline file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override("novalue")
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    with pytest.raises(ConfigError, match="name is not a mapping"):
+        load_config(path, ["name.x=1"])
+
+
+def test_shipped_configs_validate():
+    from pipelines.workspace import project_root
+
+    for name in ("segmentation", "classification"):
+        path = project_root() / "pipelines" / "configs" / f"{name}.yaml"
+        assert load_config(path).name == name
+        assert "demo" in load_config(path, profile="demo").dataset.root
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}

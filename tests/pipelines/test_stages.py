@@ -1,0 +1,177 @@
+"""Ingest -> preprocess -> split on tiny datasets: outputs, quarantine, strict mode, skipping, keys."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from data.casefile import read_case
+from data.geometry import voxel_to_world
+from pipelines.config import load_config
+from pipelines.engine import StageFailed
+from pipelines.runner import run_pipeline, stage_states
+from tests.helpers import add_msd_case, cube_case, make_affine, make_msd, save, write_pipeline
+
+
+def _run(cfg_path, **kw):
+    return run_pipeline(load_config(cfg_path, kw.pop("overrides", [])), **kw)[0]
+
+
+def test_pipeline_outputs(tmp_path, msd_root):
+    results = _run(write_pipeline(tmp_path / "p.yaml", msd_root))
+    assert [(r.name, r.state, r.cases, r.quarantined) for r in results] == [
+        ("ingest", "ran", 4, 0), ("preprocess", "ran", 4, 0), ("split", "ran", 4, 0)]
+    pre = json.loads((tmp_path / "workspace/stages/preprocess").glob("*/manifest.json").__next__().read_text())
+    src_aff = make_affine()
+    _, src_label = cube_case((16, 14, 12), seed=0)
+    arrays, meta = read_case(tmp_path / "workspace/stages/preprocess" / pre["key"][:16] / "cases/case_00.npz")
+    assert meta["axcodes"] == "RAS" and meta["spacing"] == [1.0, 1.0, 1.0]
+    assert arrays["image"].shape == (1, *arrays["label"].shape) and set(np.unique(arrays["label"])) == {0, 1, 2}
+    centre = lambda lab, aff: voxel_to_world(aff, [np.argwhere(lab == 1).mean(0)])[0]  # noqa: E731
+    np.testing.assert_allclose(centre(arrays["label"], np.array(meta["affine"])), centre(src_label, src_aff), atol=0.6)
+    splits = json.loads(next((tmp_path / "workspace/stages/split").glob("*/splits.json")).read_text())
+    assert len(splits["test"]) == 1 and len(splits["folds"]) == 2
+    plan = json.loads(next((tmp_path / "workspace/stages/preprocess").glob("*/plan.json")).read_text())
+    assert plan["spacing"] == [1.0, 1.0, 1.0] and plan["normalization"] == ["mr"] and plan["orientation"] == "RAS"
+
+
+def _bad_dataset(root):
+    """Two good cases plus one case per kind of bad input; returns {case id: expected message part}."""
+    make_msd(root, n=2)
+    aff = make_affine()
+    img, lab = cube_case((16, 14, 12))
+    good_label = root / "labelsTr" / "case_00.nii.gz"
+    expect = {}
+
+    def case(name, fragment, image=None, label=None):
+        if image is not None:
+            image(root / "imagesTr" / f"{name}.nii.gz")
+        if label is not None:
+            label(root / "labelsTr" / f"{name}.nii.gz")
+        else:
+            shutil.copy(good_label, root / "labelsTr" / f"{name}.nii.gz")
+        add_msd_case(root, name)
+        expect[name] = fragment
+
+    case("missing", "missing file")
+    case("empty", "empty file", image=lambda p: p.write_bytes(b""))
+    case("text", "not gzip data", image=lambda p: p.write_text("plain text"))
+    blob = save(root / "tmp.nii.gz", img, aff, np.float32).read_bytes()
+    (root / "tmp.nii.gz").unlink()
+    case("truncated", "truncated or corrupt gzip", image=lambda p: p.write_bytes(blob[: len(blob) // 3]))
+    raw = gzip.decompress(blob)
+    lying = raw[:40] + struct.pack("<8h", 3, 16, 14, 40, 1, 1, 1, 1) + raw[56:]
+    case("liar", "need", image=lambda p: p.write_bytes(gzip.compress(lying)))
+    case("flat", "2D image", image=lambda p: save(p, img[:, :, 0], aff))
+    case("movie", "4D image", image=lambda p: save(p, np.stack([img, img], -1), aff))
+    nan = img.copy()
+    nan[3, 3, 3] = np.nan
+    case("nan", "1 NaN/Inf voxels", image=lambda p: save(p, nan, aff))
+    zero = raw[:40] + struct.pack("<8h", 3, 16, 0, 12, 1, 1, 1, 1) + raw[56:]
+    case("zero", "zero-size axis", image=lambda p: p.write_bytes(gzip.compress(zero)))
+    case("shape", "label shape (16, 14, 11) does not match image shape (16, 14, 12)",
+         image=lambda p: save(p, img, aff, np.int16), label=lambda p: save(p, lab[:, :, :11], aff, np.uint8))
+    moved = aff.copy()
+    moved[0, 3] += 2.0
+    case("shifted", "label affine differs from the image affine by up to 2 mm",
+         image=lambda p: save(p, img, aff, np.int16), label=lambda p: save(p, lab, moved, np.uint8))
+    lab9 = lab.copy()
+    lab9[0, 0, 0] = 9
+    case("extra_class", "label values [9] outside the declared classes [0, 1, 2]",
+         image=lambda p: save(p, img, aff, np.int16), label=lambda p: save(p, lab9, aff, np.uint8))
+    outside = save(root.parent / "outside.nii.gz", img, aff)
+    add_msd_case(root, "escape", image_path="../outside.nii.gz")
+    add_msd_case(root, "absolute", image_path=str(outside))
+    add_msd_case(root, "case_01", image_path="./imagesTr/case_01.nii.gz")  # duplicate id
+    return expect
+
+
+def test_bad_inputs_are_quarantined_and_the_rest_completes(tmp_path):
+    root = tmp_path / "msd"
+    expect = _bad_dataset(root)
+    cfg = write_pipeline(tmp_path / "p.yaml", root, stages="[ingest, preprocess]")
+    results = _run(cfg, workers=2)  # through the process pool
+    assert (results[0].cases, results[1].cases) == (2, 2)
+    ingest_dir = tmp_path / "workspace/stages/ingest" / results[0].key[:16]
+    quarantine = json.loads((ingest_dir / "quarantine.json").read_text())
+    by_id = {}
+    for q in quarantine:
+        by_id.setdefault(q["case_id"], []).append(q)
+    for name, fragment in expect.items():
+        (q,) = by_id[name]
+        assert fragment in q["error"], (name, q["error"])
+        assert q["error"].startswith(q["path"] + ": ") and name in q["path"] and "\n" not in q["error"]
+    outside = [q["error"] for q in quarantine if q["case_id"] == "outside"]
+    assert len(outside) == 2 and all("resolves outside the dataset root" in e for e in outside)
+    assert any("duplicate case id 'case_01'" in q["error"] for q in by_id["case_01"])
+    assert not [p for p in ingest_dir.rglob(".tmp-*")]
+    manifest = json.loads((ingest_dir / "manifest.json").read_text())
+    assert sorted(manifest["cases"]) == ["case_00", "case_01"] and manifest["quarantine"] == quarantine
+
+
+def test_strict_fails_and_leaves_no_manifest(tmp_path):
+    root = tmp_path / "msd"
+    make_msd(root, n=5)
+    (root / "imagesTr" / "case_01.nii.gz").write_bytes(b"")
+    with pytest.raises(StageFailed, match="--strict: .*case_01.nii.gz: empty file"):
+        _run(write_pipeline(tmp_path / "p.yaml", root), strict=True)
+    assert not list((tmp_path / "workspace/stages/ingest").glob("*/manifest.json"))
+    results = _run(write_pipeline(tmp_path / "p.yaml", root))  # without --strict it completes
+    assert results[0].quarantined == 1
+
+
+def test_skip_force_and_keys(tmp_path, msd_root):
+    cfg = write_pipeline(tmp_path / "p.yaml", msd_root)
+    first = _run(cfg)
+    again = _run(cfg)
+    assert [r.state for r in again] == ["skipped"] * 3
+    assert [r.key for r in again] == [r.key for r in first]
+    spacing = _run(cfg, overrides=["preprocess.spacing=[2,2,2]"])
+    assert [r.state for r in spacing] == ["skipped", "ran", "skipped"]
+    assert spacing[1].key != first[1].key
+    forced = _run(cfg, target="preprocess", force=True)
+    assert [(r.name, r.state) for r in forced] == [("ingest", "skipped"), ("preprocess", "ran")]
+    # A changed dataset (one more case) is a new ingest key, and everything downstream follows.
+    img, lab = cube_case((16, 14, 12), seed=9)
+    save(msd_root / "imagesTr" / "case_09.nii.gz", img, make_affine(), np.int16)
+    save(msd_root / "labelsTr" / "case_09.nii.gz", lab, make_affine(), np.uint8)
+    add_msd_case(msd_root, "case_09")
+    grown = _run(cfg)
+    assert [r.state for r in grown] == ["ran"] * 3 and grown[0].cases == 5
+    states = stage_states(load_config(cfg))
+    assert [s["state"] for s in states] == ["done"] * 3
+
+
+def test_stage_selection_errors(tmp_path, msd_root):
+    with pytest.raises(StageFailed, match="not a stage of this pipeline"):
+        _run(write_pipeline(tmp_path / "p.yaml", msd_root, stages="[ingest]"), target="preprocess")
+    with pytest.raises(StageFailed, match="reads from 'ingest'"):
+        _run(write_pipeline(tmp_path / "q.yaml", msd_root, stages="[preprocess]"))
+
+
+def test_csv_classification_dataset(tmp_path):
+    root = tmp_path / "cls"
+    rows = ["path,label,patient_id"]
+    for i in range(12):
+        img, _ = cube_case((12, 10, 8), lo=(2, 2, 2), hi=(6, 6, 5), seed=i)
+        save(root / "images" / f"s{i:02d}.nii.gz", img, make_affine((2.0, 2.0, 3.0), "LAS"), np.int16)
+        rows.append(f"images/s{i:02d}.nii.gz,{'ab'[i % 2]},pat{i // 2}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cfg = write_pipeline(tmp_path / "p.yaml", root, layout="csv", extra="")
+    results = _run(cfg, overrides=["dataset.classes=[a, b]", "preprocess.spacing=[2,2,2]"])
+    assert [r.cases for r in results] == [12, 12, 12]
+    split = json.loads(next((tmp_path / "workspace/stages/split").glob("*/splits.json")).read_text())
+    test_patients = {c[:3] for c in split["test"]}
+    assert split["stratified"] and len(split["test"]) in (2, 4)
+    fold_cases = {c for f in split["folds"] for c in f["train"] + f["val"]}
+    assert not fold_cases & set(split["test"])
+    assert test_patients  # patients pat0..pat5 each own s(2k) and s(2k+1): pairs stay together
+    pairs = {(int(c[1:]) // 2) for c in split["test"]}
+    assert len(split["test"]) == 2 * len(pairs)
+    fp = json.loads(next((tmp_path / "workspace/stages/ingest").glob("*/fingerprint.json")).read_text())
+    assert fp["class_counts"] == {"a": 6, "b": 6} and fp["axcodes"] == {"LAS": 12}
