@@ -65,6 +65,7 @@ class MlflowTracker:
         self.client = MlflowClient(self.uri)
         self.experiment_name: str | None = None
         self._parent_id: str | None = None
+        self._experiment_id: str | None = None
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -84,7 +85,7 @@ class MlflowTracker:
             tags.update({"mlflow.source.git.commit": commit, "medflow.git_dirty": str(dirty).lower()})
         if config_path:
             tags["medflow.config_file"] = str(config_path)
-        exp_id = self.experiment_id(self.experiment_name)
+        exp_id = self._experiment_id = self.experiment_id(self.experiment_name)
         with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name, tags=tags) as run:
             self._parent_id = run.info.run_id
             resolved = cfg.resolved()
@@ -98,7 +99,7 @@ class MlflowTracker:
     @contextmanager
     def stage(self, name, key, path):
         tags = {"medflow.stage": name, "medflow.key": key, "medflow.stage_dir": str(path)}
-        with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags) as run:
             yield run
 
     def log_failure(self, message: str) -> None:
@@ -118,8 +119,10 @@ class MlflowTracker:
         """The ingested dataset as a run input: per-case fingerprint table, digest = ingest digest."""
         info = output.manifest["dataset"]
         table = pd.read_csv(output.file("cases.csv"), dtype=str, keep_default_na=False)
-        ds = mlflow.data.from_pandas(table, source=info["root"], name=info["name"], digest=output.digest[:16],
-                                     targets="target" if info["task"] == "classification" else None)
+        with warnings.catch_warnings():  # mlflow registers the local source twice and warns about it
+            warnings.simplefilter("ignore")
+            ds = mlflow.data.from_pandas(table, source=info["root"], name=info["name"], digest=output.digest[:16],
+                                         targets="target" if info["task"] == "classification" else None)
         entity = ds._to_mlflow_entity()
         for run_id in filter(None, (mlflow.active_run().info.run_id, self._parent_id)):
             context = "ingest" if run_id != self._parent_id else "pipeline"

@@ -1,0 +1,50 @@
+"""The medflow CLI: help with examples, exit codes, run + status against a temporary store."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.cli import EXIT_CONFIG, main
+from tests.helpers import write_pipeline
+
+COMMANDS = ("sample-data", "run", "status", "ui", "bench")
+
+
+def test_help_lists_every_command_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    for cmd in COMMANDS:
+        assert cmd in top
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:" in text and f"medflow {cmd}" in text
+
+
+def test_config_error_exit_code(tmp_path, capsys, msd_root):
+    cfg = write_pipeline(tmp_path / "p.yaml", msd_root)
+    assert main(["run", str(cfg), "--set", "split.folds=-1"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "split.folds: Input should be greater than or equal to 1" in err
+
+
+def test_run_and_status(tmp_path, capsys, msd_root):
+    cfg = write_pipeline(tmp_path / "p.yaml", msd_root)
+    assert main(["run", str(cfg), "--stage", "preprocess"]) == 0
+    out = capsys.readouterr().out
+    assert "ingest" in out and "preprocess" in out and "medflow ui" in out and "parent run" in out
+    assert main(["status", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("ingest", "preprocess",
+                                                                                         "split"))}
+    assert "done" in rows["ingest"] and "done" in rows["preprocess"] and "not run" in rows["split"]
+    assert len(rows["ingest"].split()[-1]) == 32  # the stage's MLflow run id
+
+
+def test_strict_run_fails_with_one_line(tmp_path, capsys, msd_root):
+    (msd_root / "labelsTr" / "case_01.nii.gz").write_bytes(b"junk")
+    cfg = write_pipeline(tmp_path / "p.yaml", msd_root)
+    assert main(["run", str(cfg), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "error: [ingest] --strict: " in err and "case_01.nii.gz: not gzip data" in err

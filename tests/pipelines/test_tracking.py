@@ -1,0 +1,68 @@
+"""End to end into a temporary MLflow store, read back through the MLflow client."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.config import load_config
+from pipelines.engine import StageFailed
+from pipelines.runner import run_pipeline
+from pipelines.tracking import MlflowTracker
+from tests.helpers import make_msd, write_pipeline
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def test_runs_nesting_dataset_and_quarantine(tmp_path, store):
+    root = make_msd(tmp_path / "msd", n=5)
+    (root / "imagesTr" / "case_03.nii.gz").write_bytes(b"\x1f\x8bbroken")  # corrupt gzip
+    cfg = load_config(write_pipeline(tmp_path / "p.yaml", root), ["tracking.experiment=review"])
+    tracker = MlflowTracker(store)
+    results, parent_id = run_pipeline(cfg, tracker=tracker)
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("review")
+    runs = client.search_runs([exp.experiment_id])
+    parent = client.get_run(parent_id)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert sorted(r.data.tags["medflow.stage"] for r in children) == ["ingest", "preprocess", "split"]
+    for r in children:
+        assert r.data.tags["medflow.key"] == next(x.key for x in results if x.name == r.data.tags["medflow.stage"])
+        assert r.info.status == "FINISHED"
+    assert parent.data.params["preprocess.spacing"] == "[1.0, 1.0, 1.0]"
+    assert parent.data.tags["medflow.pipeline"] == "test"
+    assert "config/pipeline.yaml" in [a.path for a in client.list_artifacts(parent_id, "config")]
+    ingest_run = next(r for r in children if r.data.tags["medflow.stage"] == "ingest")
+    assert ingest_run.data.metrics["cases"] == 4 and ingest_run.data.metrics["quarantined"] == 1
+    for run in (parent, ingest_run):
+        (ds_input,) = run.inputs.dataset_inputs
+        assert ds_input.dataset.name == "Cubes"
+        assert json.loads(ds_input.dataset.profile)["num_rows"] == 4
+    path = mlflow.artifacts.download_artifacts(run_id=ingest_run.info.run_id, artifact_path="stage/quarantine.json",
+                                               dst_path=str(tmp_path / "dl"), tracking_uri=store)
+    (q,) = json.loads(open(path).read())
+    assert q["case_id"] == "case_03" and "truncated or corrupt gzip" in q["error"]
+    # A second invocation is a new parent run whose stages are marked skipped.
+    _, parent2 = run_pipeline(cfg, tracker=tracker)
+    skipped = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent2}'")
+    assert {r.data.tags["medflow.skipped"] for r in skipped} == {"true"}
+
+
+def test_failed_stage_marks_runs_failed(tmp_path, store):
+    root = make_msd(tmp_path / "msd", n=4)
+    os.remove(root / "imagesTr" / "case_02.nii.gz")
+    cfg = load_config(write_pipeline(tmp_path / "p.yaml", root))
+    tracker = MlflowTracker(store)
+    with pytest.raises(StageFailed):
+        run_pipeline(cfg, tracker=tracker, strict=True)
+    runs = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("test").experiment_id])
+    assert {r.info.status for r in runs} == {"FAILED"}
+    ingest = next(r for r in runs if r.data.tags.get("medflow.stage") == "ingest")
+    assert "case_02.nii.gz: missing file" in ingest.data.tags["medflow.error"]
