@@ -121,18 +121,30 @@ def _mp_context():
     return mp.get_context("forkserver")
 
 
+def _build_subjects(root: Path, name: str, *, size, seed, index_file, image_rel, worker, job, workers, progress):
+    """Shared part of both builders: reuse a finished build, else synthesize the missing subjects.
+
+    Returns:
+        (out_dir, n, built): ``built`` is False when the folder already held this build.
+    """
+    out_dir = root / name
+    n = SIZES[size][name]
+    if _prepare(out_dir, {"dataset": name, "n": n, "seed": seed, "version": BUILD_VERSION}, index_file):
+        progress.skip(n)
+        return out_dir, n, False
+    todo = [job(i, out_dir) for i in range(n) if not (out_dir / image_rel.format(i)).exists()]
+    progress.skip(n - len(todo))
+    _run(worker, todo, workers, progress)
+    return out_dir, n, True
+
+
 def build_tissue(root: Path, *, size: str, seed: int, workers: int, progress) -> Path:
     """Build (or reuse) the brain-tissue segmentation set under ``root/brain_tissue``."""
-    out_dir = root / "brain_tissue"
-    n = SIZES[size]["brain_tissue"]
-    stamp = {"dataset": "brain_tissue", "n": n, "seed": seed, "version": BUILD_VERSION}
-    if _prepare(out_dir, stamp, "dataset.json"):
-        progress.skip(n)
+    out_dir, n, built = _build_subjects(
+        root, "brain_tissue", size=size, seed=seed, index_file="dataset.json", image_rel="imagesTr/brain_{:03d}.nii.gz",
+        worker=_tissue_subject, job=lambda i, d: (seed, i, d), workers=workers, progress=progress)
+    if not built:
         return out_dir
-    todo = [(seed, i, out_dir) for i in range(n)
-            if not (out_dir / "imagesTr" / f"brain_{i:03d}.nii.gz").exists()]
-    progress.skip(n - len(todo))
-    _run(_tissue_subject, todo, workers, progress)
     # Parameters are recomputed (cheap, deterministic) so resumed builds index every subject.
     params = [draw_subject(subject_seed(seed, "brain_tissue", i), SPACINGS["brain_tissue"]).to_json() for i in range(n)]
     _write_text(out_dir / "subjects.json", json.dumps(params, indent=1))
@@ -158,17 +170,12 @@ def lesion_kinds(seed: int, n: int) -> list[str]:
 
 def build_lesion(root: Path, *, size: str, seed: int, workers: int, progress) -> Path:
     """Build (or reuse) the lesion classification set under ``root/brain_lesion``."""
-    out_dir = root / "brain_lesion"
-    n = SIZES[size]["brain_lesion"]
-    stamp = {"dataset": "brain_lesion", "n": n, "seed": seed, "version": BUILD_VERSION}
-    if _prepare(out_dir, stamp, "manifest.csv"):
-        progress.skip(n)
+    kinds = lesion_kinds(seed, SIZES[size]["brain_lesion"])
+    out_dir, n, built = _build_subjects(
+        root, "brain_lesion", size=size, seed=seed, index_file="manifest.csv", image_rel="images/lesion_{:03d}.nii.gz",
+        worker=_lesion_subject, job=lambda i, d: (seed, i, kinds[i], d), workers=workers, progress=progress)
+    if not built:
         return out_dir
-    kinds = lesion_kinds(seed, n)
-    todo = [(seed, i, kinds[i], out_dir) for i in range(n)
-            if not (out_dir / "images" / f"lesion_{i:03d}.nii.gz").exists()]
-    progress.skip(n - len(todo))
-    _run(_lesion_subject, todo, workers, progress)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "patient_id"])
