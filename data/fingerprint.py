@@ -44,7 +44,7 @@ def case_fingerprint(
         "intensity": {
             "min": float(values.min()), "max": float(values.max()),
             "mean": float(values.mean()), "sd": float(values.std()),
-            "p0.5": float(np.percentile(values, 0.5)), "p99.5": float(np.percentile(values, 99.5)),
+            **dict(zip(("p0.5", "p99.5"), map(float, np.percentile(values, [0.5, 99.5])))),
         },
         "samples": [float(v) for v in np.sort(sample)],
     }

@@ -96,11 +96,38 @@ def resample_to_spacing(
     new_affine, new_shape, scale, offset = resampled_grid(affine, data.shape, spacing)
     if np.allclose(scale, 1.0) and tuple(new_shape) == tuple(data.shape[:3]):
         return data, np.asarray(affine, dtype=np.float64)
-    src = data if order == 0 else data.astype(np.float32, copy=False)
-    out = ndimage.affine_transform(
-        src, scale, offset=offset, output_shape=new_shape, order=order, mode="nearest", prefilter=order > 1
-    )
+    if order in (0, 1):
+        return _separable_resample(data, new_shape, scale, offset, order), new_affine
+    out = ndimage.affine_transform(data.astype(np.float32, copy=False), scale, offset=offset,
+                                   output_shape=new_shape, order=order, mode="nearest")
     return out, new_affine
+
+
+def _separable_resample(data, new_shape, scale, offset, order):
+    """Nearest or linear resampling on an axis-aligned grid, one axis at a time.
+
+    Same result as ``ndimage.affine_transform(..., order, mode='nearest')`` for a
+    diagonal matrix, but three cheap 1-D passes instead of one 3-D spline pass,
+    so it is several times faster on whole volumes.
+    """
+    out = data if order == 0 else data.astype(np.float32, copy=False)
+    for axis in range(3):
+        coord = np.arange(new_shape[axis]) * scale[axis] + offset[axis]
+        n = out.shape[axis]
+        if order == 0:
+            # round half up, as scipy's order-0 spline does
+            out = np.take(out, np.clip(np.floor(coord + 0.5).astype(np.intp), 0, n - 1), axis=axis)
+            continue
+        coord = np.clip(coord, 0, n - 1)
+        lo = np.minimum(np.floor(coord).astype(np.intp), max(n - 2, 0))
+        w = (coord - lo).astype(np.float32)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        w = w.reshape(shape)
+        a = np.take(out, lo, axis=axis)
+        b = np.take(out, np.minimum(lo + 1, n - 1), axis=axis)
+        out = a + (b - a) * w
+    return np.ascontiguousarray(out)
 
 
 def foreground_bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:

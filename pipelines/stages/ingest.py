@@ -72,7 +72,10 @@ def _check_label(label: Volume, image: Volume, classes: list[int], tol: float) -
     if data.dtype.kind == "f":
         if not np.array_equal(data, np.round(data)):
             raise CaseError(label.path, "label map has non-integer values")
-    values = np.unique(data).astype(np.int64)
+    if data.dtype.kind in "ui" and data.min() >= 0 and data.max() < 65536:
+        values = np.flatnonzero(np.bincount(data.ravel().astype(np.intp)))  # much faster than np.unique
+    else:
+        values = np.unique(data).astype(np.int64)
     extra = sorted(set(values.tolist()) - set(classes))
     if extra:
         raise CaseError(label.path, f"label values {extra} outside the declared classes {classes}")

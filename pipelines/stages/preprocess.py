@@ -40,8 +40,8 @@ def resolve_plan(cfg, ingest) -> PreprocessPlan:
     )
 
 
-def preprocess_job(job: dict) -> None:
-    """Read one case's files, preprocess, write its case file. Runs in a worker process."""
+def preprocess_job(job: dict) -> str:
+    """Read one case's files, preprocess, write its case file; return its sha256. Runs in a worker process."""
     record = job["record"]
     images = [read_nifti(p) for p in record["images"]]
     label = read_nifti(record["label"]).data if record["label"] else None
@@ -51,7 +51,7 @@ def preprocess_job(job: dict) -> None:
         raise CaseError(record["images"][0], f"preprocessing produced {meta['axcodes']} at {meta['spacing']} mm")
     meta.update({k: record[k] for k in ("case_id", "patient_id", "target", "split", "images", "label")})
     arrays = {"image": image} if lab is None else {"image": image, "label": lab}
-    write_case(job["out"], arrays, meta)
+    return write_case(job["out"], arrays, meta)
 
 
 def run(cfg, upstream, out: StageDir, ctx):
@@ -71,7 +71,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         record = json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text())
         jobs.append((case_id, record["images"][0], {
             "record": record, "plan": plan_args, "out": str(out.case_path(case_id, ".npz"))}))
-    _, quarantine = map_cases(jobs, preprocess_job, ctx, "preprocess", done=len(ids) - len(jobs), total=len(ids))
+    hashes, quarantine = map_cases(jobs, preprocess_job, ctx, "preprocess", done=len(ids) - len(jobs), total=len(ids))
     bad = {r["case_id"] for r in quarantine}
     cases = {}
     for case_id in ids:
@@ -81,7 +81,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         meta = read_meta(path)
         if meta["axcodes"] != "RAS":
             raise StageFailed(f"{path}: not in canonical RAS ({axcodes(np.array(meta['affine']))})")
-        cases[case_id] = {"file": f"cases/{case_id}.npz", "sha256": file_sha256(path), "shape": meta["shape"],
+        cases[case_id] = {"file": f"cases/{case_id}.npz", "sha256": hashes.get(case_id) or file_sha256(path), "shape": meta["shape"],
                           "spacing": meta["spacing"], "patient_id": meta["patient_id"], "target": meta["target"],
                           "split": meta["split"], "has_label": meta["label"] is not None}
     if not cases:
