@@ -33,7 +33,7 @@ def case_fingerprint(
         ``samples`` list of foreground intensities, plus ``class_voxels`` for labels.
     """
     fg = label > 0 if label is not None and label.any() else np.ones(image.shape, dtype=bool)
-    values = image[fg].astype(np.float64)
+    values = image[fg]  # native dtype: a float64 copy of a whole volume costs more than the statistics
     rng = np.random.default_rng(seed)
     sample = rng.choice(values, size=min(SAMPLES_PER_CASE, values.size), replace=False)
     out = {
@@ -43,7 +43,7 @@ def case_fingerprint(
         "axcodes": axcodes(affine),
         "intensity": {
             "min": float(values.min()), "max": float(values.max()),
-            "mean": float(values.mean()), "sd": float(values.std()),
+            "mean": float(values.mean(dtype=np.float64)), "sd": float(values.std(dtype=np.float64)),
             **dict(zip(("p0.5", "p99.5"), map(float, np.percentile(values, [0.5, 99.5])))),
         },
         "samples": [float(v) for v in np.sort(sample)],

@@ -35,3 +35,12 @@ def test_one_tissue_subject(tmp_path):
     np.testing.assert_allclose(image.affine, label.affine)
     assert set(np.unique(label.data)) == {0, 1, 2, 3}
     assert axcodes(image.affine) == info["params"]["orientation"]
+
+
+def test_same_seed_same_subject(tmp_path):
+    a = _lesion_subject((5, 1, "normal", tmp_path / "a"))
+    b = _lesion_subject((5, 1, "normal", tmp_path / "b"))
+    c = _lesion_subject((6, 1, "normal", tmp_path / "c"))
+    read = lambda d: read_nifti(d / "images" / "lesion_001.nii.gz")  # noqa: E731
+    np.testing.assert_array_equal(read(tmp_path / "a").data, read(tmp_path / "b").data)
+    assert a == b and c["params"] != a["params"]

@@ -66,3 +66,42 @@ def test_failed_stage_marks_runs_failed(tmp_path, store):
     assert {r.info.status for r in runs} == {"FAILED"}
     ingest = next(r for r in runs if r.data.tags.get("medflow.stage") == "ingest")
     assert "case_02.nii.gz: missing file" in ingest.data.tags["medflow.error"]
+
+
+@pytest.mark.slow
+def test_tracking_server_works_the_same(tmp_path):
+    """MLFLOW_TRACKING_URI=http://... : runs and artifacts go through a real server on loopback."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
+         "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        root = make_msd(tmp_path / "msd", n=4)
+        cfg = load_config(write_pipeline(tmp_path / "p.yaml", root))
+        _, parent_id = run_pipeline(cfg, tracker=MlflowTracker(uri))
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+        assert len(runs) == 4 and client.get_run(parent_id).inputs.dataset_inputs
+        ingest = next(r for r in runs if r.data.tags.get("medflow.stage") == "ingest")
+        names = [a.path for a in client.list_artifacts(ingest.info.run_id, "stage")]
+        assert "stage/fingerprint.json" in names and "stage/quarantine.json" in names
+        assert list((tmp_path / "srv-artifacts").rglob("fingerprint.json"))  # stored by the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
