@@ -85,8 +85,16 @@ class MlflowTracker:
             tags.update({"mlflow.source.git.commit": commit, "medflow.git_dirty": str(dirty).lower()})
         if config_path:
             tags["medflow.config_file"] = str(config_path)
-        exp_id = self._experiment_id = self.experiment_id(self.experiment_name)
-        with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name, tags=tags) as run:
+        launched = os.environ.pop("MLFLOW_RUN_ID", None)  # consumed here, or stage runs would resume it
+        if launched:  # started by `mlflow run mlflow/`: that run is the pipeline's parent run
+            exp_id = self.client.get_run(launched).info.experiment_id
+            self.experiment_name = self.client.get_experiment(exp_id).name
+            start = {"run_id": launched}
+        else:
+            exp_id = self.experiment_id(self.experiment_name)
+            start = {"experiment_id": exp_id, "run_name": cfg.name}
+        self._experiment_id = exp_id
+        with mlflow.start_run(**start, tags=tags) as run:
             self._parent_id = run.info.run_id
             resolved = cfg.resolved()
             mlflow.log_params({k: _param(v) for k, v in flatten(resolved).items()})

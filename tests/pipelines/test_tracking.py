@@ -105,3 +105,24 @@ def test_tracking_server_works_the_same(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_project_entry_point(tmp_path, store):
+    """`mlflow run mlflow/`: the project's run becomes the pipeline's parent, stages nest under it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = make_msd(tmp_path / "msd", n=4)
+    cfg = write_pipeline(tmp_path / "p.yaml", root, extra="profiles:\n  demo: {}\n")
+    project = Path(__file__).resolve().parents[2] / "mlflow"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store)
+    subprocess.run([sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local",
+                    "--experiment-name", "projects", "-P", f"pipeline={cfg}", "-P", "profile=demo"],
+                   env=env, check=True, capture_output=True, cwd=tmp_path)
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("projects").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags["medflow.pipeline"] == "test" and parent.info.status == "FINISHED"
+    assert sorted(r.data.tags["medflow.stage"] for r in runs if r is not parent) == ["ingest", "preprocess", "split"]
