@@ -1,0 +1,9 @@
+"""Seeded 2D/3D augmentation: our own n-D transforms plus albumentations where it serves.
+
+Importing this package registers every transform in :data:`REGISTRY`.
+"""
+
+from data.augment import albu, artifacts, intensity, spatial  # noqa: F401  (registration)
+from data.augment.base import REGISTRY, Chain, Transform, build_transform, sample_seed
+
+__all__ = ["REGISTRY", "Chain", "Transform", "build_transform", "sample_seed"]
