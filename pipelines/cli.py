@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -118,10 +119,44 @@ def cmd_ui(args) -> int:
     return 0  # not reached
 
 
-def cmd_bench(args) -> int:
-    from pipelines.bench import bench_ingest
+def cmd_augment_preview(args) -> int:
+    import hashlib
 
-    return bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
+    from pipelines.config import ConfigError, load_config
+    from pipelines.engine import StageFailed
+    from pipelines.inputs import build_source, finished_output
+    from pipelines.workspace import workspace_root
+
+    try:
+        cfg = load_config(args.pipeline, args.set, args.profile)
+        pre = finished_output(cfg, "preprocess")
+        source = build_source(cfg, pre, [args.case], cache="none")
+    except (ConfigError, StageFailed) as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    from data.preview import preview_figure
+
+    sample = source.sample(args.case, args.epoch, args.index)
+    out = args.out or workspace_root() / "previews" / f"{cfg.name}_{args.case}_e{args.epoch}_{args.index}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = preview_figure(source, [(args.case, args.epoch, args.index)])
+    fig.savefig(out, dpi=110)
+    digest = hashlib.sha256(sample.image.tobytes() + (sample.label.tobytes() if sample.label is not None else b""))
+    print(f"case {args.case}, epoch {args.epoch}, sample {args.index}: seed {sample.seed}, centre {sample.centre}")
+    for name, draw in sample.applied:
+        shown = {k: (v if not isinstance(v, list) or len(str(v)) < 80 else "...") for k, v in draw.items()}
+        print(f"  {name}: {shown}")
+    print(f"sample sha256 {digest.hexdigest()}  image {sample.image.shape}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pipelines import bench
+
+    if args.what == "augment":
+        return bench.bench_augment(size=args.size, seed=args.seed)
+    return bench.bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml")
     p.add_argument("--stage", help="run up to and including this stage")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--profile", help="apply a named profile from the YAML first (e.g. demo)")
+    p.add_argument("--profile", action="append", help="apply a named profile from the YAML first (repeatable)")
     p.add_argument("--force", action="store_true", help="redo finished stages (only --stage's when given)")
     p.add_argument("--strict", action="store_true", help="fail a stage on any bad case instead of quarantining it")
     p.add_argument("--workers", type=int, help="parallel case workers (default: config, 0 = all cores)")
@@ -173,8 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
                        """))
     p.add_argument("pipeline", metavar="PIPELINE.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--profile")
+    p.add_argument("--profile", action="append", help="named profile(s) from the YAML (repeatable)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("augment-preview", help="replay one training sample exactly and write a PNG",
+                       formatter_class=fmt, epilog=_examples("""
+                           medflow augment-preview pipelines/configs/segmentation.yaml --profile demo --case brain_003
+                           medflow augment-preview pipelines/configs/segmentation.yaml --case brain_003 --epoch 7 --index 2
+                           medflow augment-preview pipelines/configs/classification.yaml --case lesion_010 --out /tmp/p.png
+                       """))
+    p.add_argument("pipeline", metavar="PIPELINE.yaml")
+    p.add_argument("--case", required=True, help="case id")
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--index", type=int, default=0, help="which of the case's samples in that epoch")
+    p.add_argument("--out", type=Path, help="PNG path (default: workspace/previews/...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--profile", action="append", help="named profile(s) from the YAML (repeatable)")
+    p.set_defaults(func=cmd_augment_preview)
 
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the project's store", formatter_class=fmt,
                        epilog=_examples("""
@@ -189,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_examples("""
                            medflow bench ingest
                            medflow bench ingest --size full --workers 2
+                           medflow bench augment
                        """))
-    p.add_argument("what", choices=("ingest",), help="ingest: ingest+preprocess volumes/s vs raw nibabel decode")
+    p.add_argument("what", choices=("ingest", "augment"),
+                   help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default chains")
     p.add_argument("--size", choices=("demo", "full"), default="demo")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)

@@ -79,6 +79,35 @@ class SplitConfig(_Strict):
     stratify: bool = True
 
 
+class LoaderConfig(_Strict):
+    """How training samples are cut from the preprocessed volumes and batched (tf.data)."""
+
+    mode: Literal["2d", "3d"] = "2d"
+    patch_size: list[int] = Field(default=[192, 192], description="2 sizes in 2d mode, 3 in 3d mode")
+    slice_axis: int = Field(default=2, ge=0, le=2, description="2d mode: 0 sagittal, 1 coronal, 2 axial (RAS)")
+    foreground_ratio: float = Field(default=0.67, ge=0, le=1, description="patches centred on foreground")
+    crop: Literal["random", "center"] = "random"
+    samples_per_case: int = Field(default=4, ge=1, description="samples per case per epoch")
+    batch_size: int = Field(default=8, ge=1)
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_memory_gb: float = Field(default=4.0, gt=0, description="auto: memory below this, disk above")
+    parallel_calls: int = Field(default=0, ge=0, description="0 = AUTOTUNE bounded by the cores")
+
+    @model_validator(mode="after")
+    def _patch_matches_mode(self):
+        want = 2 if self.mode == "2d" else 3
+        if len(self.patch_size) != want or any(p < 1 for p in self.patch_size):
+            raise ValueError(f"patch_size needs {want} positive sizes in {self.mode} mode, got {self.patch_size}")
+        return self
+
+
+class AugmentConfig(_Strict):
+    """The augmentation chain: a list of {name, p, **params}; see data/augment for the names."""
+
+    seed: int = 0
+    transforms: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class TrackingConfig(_Strict):
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
 
@@ -91,6 +120,8 @@ class PipelineConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
+    loader: LoaderConfig = LoaderConfig()
+    augment: AugmentConfig = AugmentConfig()
     tracking: TrackingConfig = TrackingConfig()
     workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")
@@ -111,6 +142,14 @@ class PipelineConfig(_Strict):
     def _consistent(self):
         if self.dataset.layout == "msd" and self.dataset.classes is not None:
             raise ValueError("dataset.classes is for the csv layout; msd datasets declare labels in dataset.json")
+        from data.augment import build_transform  # the registry validates each transform's parameters
+
+        ndim = 2 if self.loader.mode == "2d" else 3
+        for i, spec in enumerate(self.augment.transforms):
+            try:
+                build_transform(spec, ndim)
+            except ValueError as err:
+                raise ValueError(f"augment.transforms.{i}: {err}") from None
         return self
 
     def section(self, name: str) -> Any:
@@ -151,13 +190,14 @@ def _expand(value: str, config_dir: Path) -> str:
     return str(Path(value).absolute()) if value else value
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str | None = None) -> PipelineConfig:
+def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str | list[str] | None = None
+                ) -> PipelineConfig:
     """Load, override and validate a pipeline YAML.
 
     Args:
         path: the pipeline YAML.
         overrides: ``key.path=value`` strings, applied after the profile.
-        profile: name of a ``profiles`` entry to apply first (e.g. ``demo``).
+        profile: name(s) of ``profiles`` entries to apply first, in order (e.g. ``demo``, ``3d``).
 
     Raises:
         ConfigError: with every problem, one per line, each naming the key path.
@@ -171,12 +211,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str
         raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a pipeline file must be a mapping at the top level")
-    if profile is not None:
+    for name in [profile] if isinstance(profile, str) else (profile or []):
         profiles = doc.get("profiles") or {}
-        if profile not in profiles:
-            raise ConfigError(f"{path}: unknown profile {profile!r} (defined: {sorted(profiles) or 'none'})")
-        for dotted, value in (profiles[profile] or {}).items():
-            apply_override(doc, str(dotted).split("."), value, f"{path}: profiles.{profile}")
+        if name not in profiles:
+            raise ConfigError(f"{path}: unknown profile {name!r} (defined: {sorted(profiles) or 'none'})")
+        for dotted, value in (profiles[name] or {}).items():
+            apply_override(doc, str(dotted).split("."), value, f"{path}: profiles.{name}")
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(doc, keys, value, f"--set {item}")
@@ -187,11 +227,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            loc = ".".join(str(p) for p in e["loc"])
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{path}: {loc}: {msg}")
+            lines.append(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
 

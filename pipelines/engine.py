@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,8 @@ from data.nifti import CaseError
 from pipelines.progress import Progress, log
 
 MANIFEST = "manifest.json"
-# Code whose change can change a stage's outputs. The CLI, tracking and benchmarks are left out.
-_CODE_DIRS = ("data", "models", "pipelines/stages")
-_CODE_FILES = ("pipelines/engine.py", "pipelines/config.py")
+_PROJECT_PACKAGES = ("data", "models", "pipelines")
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 class StageFailed(RuntimeError):
@@ -41,27 +41,61 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
-_code_version: str | None = None
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    if parts[0] not in _PROJECT_PACKAGES:
+        return None
+    for candidate in (_ROOT.joinpath(*parts).with_suffix(".py"), _ROOT.joinpath(*parts, "__init__.py")):
+        if candidate.exists():
+            return candidate
+    return None
 
 
-def code_version() -> str:
-    """Package version plus a hash of every source file that shapes stage outputs."""
-    global _code_version
-    if _code_version is None:
-        from importlib.metadata import PackageNotFoundError, version
+def _project_imports(path: Path) -> set[str]:
+    """Names of the project modules a file imports, anywhere in it (lazy imports included)."""
+    import ast
 
-        try:
-            ver = version("medflow")
-        except PackageNotFoundError:
-            ver = "0+unknown"
-        root = Path(__file__).resolve().parent.parent
-        files = sorted(p for d in _CODE_DIRS for p in (root / d).rglob("*.py")) + [root / f for f in _CODE_FILES]
-        h = hashlib.sha256()
-        for f in files:
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
-        _code_version = f"{ver}+{h.hexdigest()[:12]}"
-    return _code_version
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+    return {n for n in names if n.split(".")[0] in _PROJECT_PACKAGES}
+
+
+@lru_cache(maxsize=None)
+def code_version(module: str) -> str:
+    """Package version plus a hash of ``module`` and every project module it imports, transitively.
+
+    Only code that can change a stage's outputs enters its key: editing the
+    augmentation code re-keys training, not ingest.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("medflow")
+    except PackageNotFoundError:
+        ver = "0+unknown"
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if name in seen or path is None:
+            continue
+        seen[name] = path
+        todo.extend(_project_imports(path))
+    # Parent packages' __init__ files run on import too; their own imports (often a registry of
+    # sibling modules) are not followed, or every stage would depend on every other.
+    parents = {p for n in seen for p in (n.rsplit(".", i)[0] for i in range(1, n.count(".") + 1))}
+    files = set(seen.values()) | {f for f in map(_module_file, parents) if f is not None}
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path.relative_to(_ROOT)).encode())
+        h.update(path.read_bytes())
+    return f"{ver}+{h.hexdigest()[:12]}"
 
 
 @dataclass
@@ -100,7 +134,7 @@ class Stage:
             "stage": self.name,
             "config": {s: cfg.section(s) for s in self.sections},
             "upstream": {n: upstream[n].digest for n in self.inputs},
-            "code": code_version(),
+            "code": code_version(self.fn.__module__),
             "extra": self.extra_key(cfg) if self.extra_key else None,
         })
 
@@ -132,8 +166,8 @@ class StageOutput:
 class StageDir:
     """The output folder of one stage run, written atomically."""
 
-    def __init__(self, root: Path, name: str, key: str):
-        self.name, self.key = name, key
+    def __init__(self, root: Path, name: str, key: str, module: str = "pipelines.engine"):
+        self.name, self.key, self.module = name, key, module
         self.path = Path(root) / name / key[:16]
         self.cases_dir = self.path / "cases"
 
@@ -183,7 +217,7 @@ class StageDir:
     def finish(self, cfg, upstream: dict[str, StageOutput], body: dict) -> StageOutput:
         """Write the manifest (last). ``body`` holds cases, quarantine, artifacts, metrics."""
         manifest = {
-            "stage": self.name, "key": self.key, "code_version": code_version(),
+            "stage": self.name, "key": self.key, "code_version": code_version(self.module),
             "upstream": {n: o.digest for n, o in upstream.items()},
             **body,
         }

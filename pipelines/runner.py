@@ -103,7 +103,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         for stage in stages:
             upstream = {n: outputs[n] for n in stage.inputs}
             key = stage.key(cfg, upstream)
-            out = StageDir(stages_root(), stage.name, key)
+            out = StageDir(stages_root(), stage.name, key, stage.fn.__module__)
             redo = force and (target is None or stage.name == target)
             start = time.perf_counter()
             with tracker.stage(stage.name, key, out.path) as run:
@@ -147,7 +147,7 @@ def stage_states(cfg) -> list[dict]:
             rows.append({"stage": stage.name, "state": f"unavailable ({err})", "key": None, "path": None,
                          "cases": None, "quarantined": None})
             continue
-        out = StageDir(stages_root(), stage.name, key)
+        out = StageDir(stages_root(), stage.name, key, stage.fn.__module__)
         row = {"stage": stage.name, "key": key, "path": str(out.path), "cases": None, "quarantined": None}
         if out.complete:
             outputs[stage.name] = out.load()

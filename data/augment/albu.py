@@ -44,17 +44,16 @@ class AlbuTransform(Transform):
 
     def apply(self, image, label, draw):
         self.op.set_random_seed(draw["seed"])
-        if image.ndim == 3:  # (C, H, W) -> albumentations' (H, W, C)
-            kw = {"image": np.moveaxis(image, 0, -1)}
-            if label is not None:
-                kw["mask"] = label
-            out = self.op(**kw)
-            return np.ascontiguousarray(np.moveaxis(out["image"], -1, 0)), out.get("mask", label)
-        kw = {"volume": np.moveaxis(image, 0, -1)}  # (C, D, H, W) -> (D, H, W, C)
+        # albumentations fills with 0: shift each channel so its minimum (the background) is 0.
+        low = image.reshape(image.shape[0], -1).min(axis=1).reshape((-1,) + (1,) * (image.ndim - 1))
+        moved = np.moveaxis(image - low, 0, -1)  # (C, *S) -> (*S, C)
+        key, mask_key = ("image", "mask") if image.ndim == 3 else ("volume", "mask3d")
+        kw = {key: np.ascontiguousarray(moved)}
         if label is not None:
-            kw["mask3d"] = label
+            kw[mask_key] = label
         out = self.op(**kw)
-        return np.ascontiguousarray(np.moveaxis(out["volume"], -1, 0)), out.get("mask3d", label)
+        result = np.moveaxis(out[key], -1, 0) + low
+        return np.ascontiguousarray(result, dtype=np.float32), out.get(mask_key, label)
 
 
 def _albu(name: str, op_class, kind: str, dims: tuple[int, ...]):

@@ -7,7 +7,7 @@ import pytest
 from pipelines.cli import EXIT_CONFIG, main
 from tests.helpers import write_pipeline
 
-COMMANDS = ("sample-data", "run", "status", "ui", "bench")
+COMMANDS = ("sample-data", "run", "status", "augment-preview", "ui", "bench")
 
 
 def test_help_lists_every_command_with_examples(capsys):

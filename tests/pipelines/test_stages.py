@@ -175,3 +175,13 @@ def test_csv_classification_dataset(tmp_path):
     assert len(split["test"]) == 2 * len(pairs)
     fp = json.loads(next((tmp_path / "workspace/stages/ingest").glob("*/fingerprint.json")).read_text())
     assert fp["class_counts"] == {"a": 6, "b": 6} and fp["axcodes"] == {"LAS": 12}
+
+
+def test_code_version_follows_the_stage_imports():
+    from pipelines.engine import _module_file, _project_imports, code_version
+
+    ingest_deps = _project_imports(_module_file("pipelines.stages.ingest"))
+    assert {"data.nifti", "data.fingerprint", "data.layouts", "pipelines.engine"} <= ingest_deps
+    assert not any(d.startswith("data.augment") for d in ingest_deps)
+    versions = {m: code_version(f"pipelines.stages.{m}") for m in ("ingest", "preprocess", "split")}
+    assert len(set(versions.values())) == 3  # each stage is keyed by its own code

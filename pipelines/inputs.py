@@ -1,0 +1,56 @@
+"""Build the input pipeline of a pipeline config from its preprocess stage output.
+
+Shared by training (when it lands), ``medflow augment-preview`` and
+``medflow bench augment``, so all three make exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+
+from data.augment import Chain
+from data.loader import CaseStore, SampleSource
+from data.sampling import SamplerConfig
+from pipelines.engine import StageFailed, StageOutput
+from pipelines.runner import plan_stages
+from pipelines.workspace import stages_root
+
+
+def sampler_config(cfg) -> SamplerConfig:
+    ld = cfg.loader
+    return SamplerConfig(mode=ld.mode, patch_size=tuple(ld.patch_size), slice_axis=ld.slice_axis,
+                         foreground_ratio=ld.foreground_ratio, crop=ld.crop)
+
+
+def finished_output(cfg, stage: str) -> StageOutput:
+    """The finished output of ``stage`` for this config (its upstream must be finished too)."""
+    from pipelines.engine import StageDir
+
+    outputs: dict[str, StageOutput] = {}
+    for st in plan_stages(cfg, stage):
+        out = StageDir(stages_root(), st.name, st.key(cfg, {n: outputs[n] for n in st.inputs}), st.fn.__module__)
+        if not out.complete:
+            raise StageFailed(f"stage {st.name!r} has not finished for this config: run "
+                              f"`medflow run <pipeline> --stage {stage}` first")
+        outputs[st.name] = out.load()
+    return outputs[stage]
+
+
+def build_source(cfg, preprocess: StageOutput, case_ids: list[str] | None = None, *, cache: str | None = None,
+                 cache_dir=None) -> SampleSource:
+    """The sample source over ``case_ids`` (default: every preprocessed case)."""
+    plan = json.loads(preprocess.file("plan.json").read_text())
+    ids = sorted(case_ids if case_ids is not None else preprocess.cases)
+    missing = [c for c in ids if c not in preprocess.cases]
+    if missing:
+        raise StageFailed(f"{preprocess.path}: no preprocessed case {missing[0]!r}")
+    classes = [plan["classes"][k] for k in sorted(plan["classes"], key=int)]
+    targets = {}
+    if plan["task"] == "classification":
+        targets = {c: classes.index(preprocess.cases[c]["target"]) for c in ids}
+    store = CaseStore({c: preprocess.file(preprocess.cases[c]["file"]) for c in ids}, targets,
+                      cache=cache or cfg.loader.cache, cache_dir=cache_dir or preprocess.path / "cache",
+                      memory_gb=cfg.loader.cache_memory_gb)
+    chain = Chain.from_config(cfg.augment.transforms, 2 if cfg.loader.mode == "2d" else 3)
+    return SampleSource(store, sampler_config(cfg), chain, run_seed=cfg.augment.seed,
+                        samples_per_case=cfg.loader.samples_per_case)
