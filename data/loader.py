@@ -149,7 +149,7 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
     plan = [(ids.index(cid), e, k) for e in epochs for cid, k in source.plan(ids, e)]
     channels = source.store.arrays(ids[0])["image"].shape[0]
     patch = tuple(source.sampler.patch_size)
-    seg = "label" in source.store.arrays(ids[0])
+    seg = not source.store.targets  # classification stores carry a class index per case
 
     def produce(case_idx, epoch, index):
         s = source.sample(ids[int(case_idx)], int(epoch), int(index), augment=augment)

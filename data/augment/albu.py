@@ -11,6 +11,7 @@ replaced by medflow's own n-D transforms.
 from __future__ import annotations
 
 import os
+import threading
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations 2.0.8 checks PyPI at import
 
@@ -34,26 +35,47 @@ class AlbuTransform(Transform):
 
     def __init__(self, p: float = 1.0, **params):
         super().__init__(p=p, **params)
+        self._params = params
+        self._local = threading.local()  # tf.data maps in parallel threads; an op's seed is its state
         try:
-            self.op = self.op_class(**params, p=1.0)
-        except Exception as err:  # albumentations raises pydantic errors and TypeErrors
-            raise ValueError(" ".join(str(err).split())[:400]) from None
+            self._local.op = self.op_class(**params, p=1.0)
+        except (TypeError, ValueError) as err:  # albumentations re-raises its pydantic errors as ValueError
+            raise ValueError(f"{self.name}: {_first_problem(str(err))}") from None
 
     def randomize(self, rng, shape):
         return {"seed": int(rng.integers(2**31))}
 
+    @property
+    def op(self):
+        if not hasattr(self._local, "op"):
+            self._local.op = self.op_class(**self._params, p=1.0)
+        return self._local.op
+
     def apply(self, image, label, draw):
-        self.op.set_random_seed(draw["seed"])
-        # albumentations fills with 0: shift each channel so its minimum (the background) is 0.
-        low = image.reshape(image.shape[0], -1).min(axis=1).reshape((-1,) + (1,) * (image.ndim - 1))
-        moved = np.moveaxis(image - low, 0, -1)  # (C, *S) -> (*S, C)
+        op = self.op
+        op.set_random_seed(draw["seed"])
+        # albumentations expects float images in [0, 1] (it clips to it) and fills with 0: map each
+        # channel's [min, max] to [0, 1], so the background is 0, and map back afterwards.
+        flat = image.reshape(image.shape[0], -1)
+        shape = (-1,) + (1,) * (image.ndim - 1)
+        low, span = flat.min(axis=1).reshape(shape), np.maximum(np.ptp(flat, axis=1), 1e-8).reshape(shape)
+        moved = np.moveaxis((image - low) / span, 0, -1)  # (C, *S) -> (*S, C)
         key, mask_key = ("image", "mask") if image.ndim == 3 else ("volume", "mask3d")
         kw = {key: np.ascontiguousarray(moved)}
         if label is not None:
             kw[mask_key] = label
-        out = self.op(**kw)
-        result = np.moveaxis(out[key], -1, 0) + low
+        out = op(**kw)
+        result = np.moveaxis(out[key], -1, 0) * span + low
         return np.ascontiguousarray(result, dtype=np.float32), out.get(mask_key, label)
+
+
+def _first_problem(text: str) -> str:
+    """One line from a pydantic error report: ``key: message``."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) >= 3 and "validation error" in lines[0]:
+        key = lines[1].split(".")[0]
+        return f"{key}: {lines[2].split(' [type=')[0]}"
+    return " ".join(text.split())[:300]
 
 
 def _albu(name: str, op_class, kind: str, dims: tuple[int, ...]):
