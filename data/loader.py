@@ -108,11 +108,22 @@ class SampleSource:
         self.store, self.sampler, self.chain = store, sampler, chain
         self.run_seed, self.samples_per_case = run_seed, samples_per_case
 
-    def plan(self, case_ids: list[str], epoch: int) -> list[tuple[str, int]]:
-        """The epoch's (case id, index) pairs in a seeded shuffled order."""
-        items = [(cid, k) for cid in sorted(case_ids) for k in range(self.samples_per_case)]
+    def plan(self, case_ids: list[str], epoch: int, n: int | None = None) -> list[tuple[str, int]]:
+        """The epoch's (case id, index) pairs in a seeded shuffled order.
+
+        Args:
+            n: samples in the epoch; default ``samples_per_case`` per case. A larger ``n``
+                draws further indices per case (every case once more per round), so an
+                epoch can be exactly ``steps x batch`` samples and batches never straddle epochs.
+        """
+        ids = sorted(case_ids)
+        n = len(ids) * self.samples_per_case if n is None else n
+        rounds = max(self.samples_per_case, -(-n // len(ids)))
+        items = [(cid, k) for cid in ids for k in range(rounds)]
         order = np.random.default_rng([self.run_seed, epoch, 7]).permutation(len(items))
-        return [items[i] for i in order]
+        shuffled = [items[i] for i in order]
+        # Indices below samples_per_case first, so the default plan is always inside any larger one.
+        return sorted(shuffled, key=lambda item: item[1] >= self.samples_per_case)[:n]
 
     def sample(self, case_id: str, epoch: int, index: int, *, augment: bool = True) -> Sample:
         """Sample ``index`` of ``case_id`` in ``epoch``; ``augment=False`` gives the same cut un-augmented."""
@@ -132,7 +143,7 @@ class SampleSource:
 
 
 def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, batch_size: int,
-                 augment: bool = True, parallel: int = 0, drop_remainder: bool = False):
+                 augment: bool = True, parallel: int = 0, samples_per_epoch: int | None = None):
     """A ``tf.data.Dataset`` of (image, label-or-target) batches over ``epochs``.
 
     Args:
@@ -142,11 +153,13 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
         batch_size: samples per batch.
         augment: apply the augmentation chain (False for validation).
         parallel: map parallelism; 0 = AUTOTUNE bounded by the machine's cores.
+        samples_per_epoch: samples per epoch (see :meth:`SampleSource.plan`); training passes
+            steps x batch so every epoch is whole batches and a resumed run sees the same batches.
     """
     import tensorflow as tf
 
     ids = sorted(case_ids)
-    plan = [(ids.index(cid), e, k) for e in epochs for cid, k in source.plan(ids, e)]
+    plan = [(ids.index(cid), e, k) for e in epochs for cid, k in source.plan(ids, e, samples_per_epoch)]
     channels = source.store.arrays(ids[0])["image"].shape[0]
     patch = tuple(source.sampler.patch_size)
     seg = not source.store.targets  # classification stores carry a class index per case
@@ -168,7 +181,7 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
     columns = tuple(np.array([p[i] for p in plan], dtype=np.int64) for i in range(3))
     ds = tf.data.Dataset.from_tensor_slices(columns)
     ds = ds.map(mapped, num_parallel_calls=parallel or tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.autotune.cpu_budget = cores  # AUTOTUNE may not plan for more cores than there are
     options.threading.private_threadpool_size = cores

@@ -76,3 +76,65 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> int:
 
 
 
+
+
+def _ensure_preprocessed(cfg, size: str, seed: int):
+    """Sample data + ingest/preprocess of ``cfg`` (reused when already done); returns the preprocess output."""
+    from data.sample.build import SIZES, build_tissue
+    from pipelines.progress import Progress
+    from pipelines.runner import run_pipeline
+
+    with Progress(SIZES[size]["brain_tissue"], "bench: sample data", unit="subject") as bar:
+        build_tissue(sample_root(size), size=size, seed=seed, workers=os.cpu_count() or 1, progress=bar)
+    run_pipeline(cfg, target="preprocess")
+    from pipelines.inputs import finished_output
+
+    return finished_output(cfg, "preprocess")
+
+
+def _rate(source, ids, n: int, batch: int) -> tuple[float, float]:
+    """(tf.data samples/s, eager single-thread samples/s) over about ``n`` samples."""
+    from data.loader import make_dataset
+
+    epochs = range(max(1, -(-n // (len(ids) * source.samples_per_case))))
+    ds = make_dataset(source, ids, epochs, batch_size=batch)
+    it = iter(ds)
+    next(it)  # warm-up: thread pools, first reads
+    start, count = time.perf_counter(), 0
+    for x, _ in it:
+        count += int(x.shape[0])
+        if count >= n:
+            break
+    parallel = count / (time.perf_counter() - start)
+    plan = [(cid, 0, k) for cid, k in source.plan(ids, 0)][: max(4, n // 8)]
+    start = time.perf_counter()
+    for cid, e, k in plan:
+        source.sample(cid, e, k)
+    return parallel, len(plan) / (time.perf_counter() - start)
+
+
+def bench_augment(size: str = "demo", seed: int = 0) -> int:
+    """Samples/s of the default augmentation chains: 2D 256x256 slices and 3D 96^3 patches."""
+    from pipelines.config import load_config
+    from pipelines.inputs import build_source
+
+    path = project_root() / "pipelines/configs/segmentation.yaml"
+    root = f"dataset.root={sample_root(size) / 'brain_tissue'}"
+    rows = []
+    for label, profiles, sets, n in (
+        ("2D 256x256 slices", [], ["loader.patch_size=[256,256]"], 256),
+        ("3D 96^3 patches", ["3d"], [], 24),
+    ):
+        cfg = load_config(path, [root, *sets], profile=profiles)
+        pre = _ensure_preprocessed(cfg, size, seed)
+        source = build_source(cfg, pre, cache="memory")
+        ids = sorted(pre.cases)
+        chain = ", ".join(t["name"] for t in cfg.augment.transforms)
+        parallel, eager = _rate(source, ids, n, cfg.loader.batch_size)
+        rows.append((label, parallel, eager, chain))
+    print(f"\nmedflow bench augment: default chains of pipelines/configs/segmentation.yaml on the {size} "
+          f"brain-tissue set ({platform.machine()}, {os.cpu_count()} cores)")
+    print(f"  {'':<20} {'tf.data samples/s':>18} {'eager 1-thread samples/s':>25}  chain")
+    for label, parallel, eager, chain in rows:
+        print(f"  {label:<20} {parallel:>18.1f} {eager:>25.1f}  {chain}")
+    return 0

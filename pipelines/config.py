@@ -108,6 +108,34 @@ class AugmentConfig(_Strict):
     transforms: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class ModelConfig(_Strict):
+    """A registered model builder (models/) and its parameters."""
+
+    name: str = "unet2d"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self):
+        from models.registry import check_model
+
+        check_model(self.name, self.params)
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=30, ge=1)
+    fold: int = Field(default=0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["constant", "cosine", "plateau"] = "cosine"
+    early_stopping_patience: int = Field(default=0, ge=0, description="epochs without improvement; 0 = off")
+    monitor: str = "val_loss"
+    val_samples_per_case: int = Field(default=2, ge=1)
+    class_weights: Literal["none", "balanced"] = "none"
+    preview_cases: int = Field(default=4, ge=1)
+
+
 class TrackingConfig(_Strict):
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
 
@@ -122,6 +150,8 @@ class PipelineConfig(_Strict):
     split: SplitConfig = SplitConfig()
     loader: LoaderConfig = LoaderConfig()
     augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")

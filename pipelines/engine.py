@@ -104,6 +104,8 @@ class RunContext:
 
     strict: bool = False
     workers: int = 1
+    log_metrics: Callable[[dict, int], None] = lambda metrics, step: None  # live metrics (per epoch)
+    log_artifact: Callable[[Path, str], None] = lambda path, folder: None  # e.g. a figure as it is made
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)

@@ -49,6 +49,12 @@ class NullTracker:
     def log_failure(self, message):
         pass
 
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifact(self, path, folder):
+        pass
+
 
 def plan_stages(cfg, target: str | None = None) -> list:
     """The stages to run, in pipeline order; with ``target``, that stage and what it reads from."""
@@ -94,7 +100,8 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         stage ends the run; its result has state 'failed' and later stages are absent.
     """
     tracker = tracker or NullTracker()
-    ctx = RunContext(strict=strict, workers=resolve_workers(cfg, workers))
+    ctx = RunContext(strict=strict, workers=resolve_workers(cfg, workers), log_metrics=tracker.log_metrics,
+                     log_artifact=tracker.log_artifact)
     stages = plan_stages(cfg, target)
     outputs: dict[str, StageOutput] = {}
     results: list[StageResult] = []

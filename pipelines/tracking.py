@@ -110,6 +110,13 @@ class MlflowTracker:
         with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags) as run:
             yield run
 
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Live metrics of the active stage run (e.g. per training epoch)."""
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path, folder: str) -> None:
+        mlflow.log_artifact(str(path), folder)
+
     def log_failure(self, message: str) -> None:
         mlflow.set_tag("medflow.error", message[:5000])
 

@@ -7,7 +7,7 @@ after the stages it reads from.
 from __future__ import annotations
 
 from pipelines.engine import Stage
-from pipelines.stages import ingest, preprocess, split
+from pipelines.stages import ingest, preprocess, split, train
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -18,5 +18,7 @@ STAGES: dict[str, Stage] = {
               outputs="cases/<id>.npz (RAS, target spacing, normalized), plan.json"),
         Stage("split", split.run, inputs=("ingest",), sections=("split",),
               outputs="splits.json (patient-level test holdout + folds)"),
+        Stage("train", train.run, inputs=("preprocess", "split"), sections=("loader", "augment", "model", "train"),
+              outputs="model.keras (best epoch), checkpoints, history.csv, preview.png, train.json"),
     )
 }

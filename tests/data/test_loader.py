@@ -68,6 +68,8 @@ def test_plan_is_seeded_and_complete(case_files):
     p0 = src.plan(list(case_files), 0)
     assert sorted(p0) == [(c, k) for c in sorted(case_files) for k in range(3)]
     assert p0 == src.plan(list(reversed(list(case_files))), 0) and p0 != src.plan(list(case_files), 1)
+    longer = src.plan(list(case_files), 0, n=16)  # e.g. steps x batch: extra rounds of every case
+    assert len(longer) == 16 and set(p0) <= set(longer) and len(set(longer)) == 16
 
 
 @pytest.mark.parametrize("mode,patch,chain", [("2d", (24, 24), CHAIN_2D), ("3d", (16, 16, 16), CHAIN_3D)])

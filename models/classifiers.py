@@ -1,0 +1,104 @@
+"""Classifiers for 2D slices and 3D volumes: logistic regression, MLP, VGG-style CNN, ResNet-style CNN.
+
+All outputs are class probabilities (softmax). Dropout and L1/L2 weight decay
+come from config; only standard Keras layers are used.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, regularizers
+
+from models.registry import register_model
+
+
+def _layers(nd: int):
+    if nd == 2:
+        return layers.Conv2D, layers.AveragePooling2D, layers.MaxPooling2D, layers.GlobalAveragePooling2D
+    return layers.Conv3D, layers.AveragePooling3D, layers.MaxPooling3D, layers.GlobalAveragePooling3D
+
+
+def _reg(l1: float, l2: float):
+    return regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+
+
+def _head(x, n_classes, dropout, l1, l2):
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    return layers.Dense(n_classes, activation="softmax", kernel_regularizer=_reg(l1, l2), name="probabilities",
+                        dtype="float32")(x)
+
+
+def _check(input_shape):
+    nd = len(input_shape) - 1
+    if nd not in (2, 3):
+        raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={input_shape}")
+    return nd
+
+
+@register_model("logistic", task="classification")
+def logistic(input_shape, n_classes, downsample=4, dropout=0.0, l1=0.0, l2=1e-4):
+    """Softmax regression on the input average-pooled by ``downsample`` and flattened."""
+    nd = _check(input_shape)
+    inputs = keras.Input(input_shape, name="image")
+    x = _layers(nd)[1](downsample, padding="same", name="downsample")(inputs) if downsample > 1 else inputs
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="logistic")
+
+
+@register_model("mlp", task="classification")
+def mlp(input_shape, n_classes, downsample=4, units=(256, 64), dropout=0.3, l1=0.0, l2=1e-4):
+    """Multi-layer perceptron on the downsampled, flattened input."""
+    nd = _check(input_shape)
+    inputs = keras.Input(input_shape, name="image")
+    x = _layers(nd)[1](downsample, padding="same", name="downsample")(inputs) if downsample > 1 else inputs
+    x = layers.Flatten(name="flatten")(x)
+    for i, u in enumerate(units):
+        x = layers.Dense(u, activation="relu", kernel_regularizer=_reg(l1, l2), name=f"dense{i}")(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout, name=f"dropout{i}")(x)
+    return keras.Model(inputs, _head(x, n_classes, 0.0, l1, l2), name="mlp")
+
+
+@register_model("cnn", task="classification")
+def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e-4):
+    """VGG-style: ``blocks`` x (conv-BN-ReLU x2, max-pool), global average pooling, dense softmax."""
+    nd = _check(input_shape)
+    conv, _, maxpool, gap = _layers(nd)
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for b in range(blocks):
+        for i in (1, 2):
+            x = conv(filters * 2**b, 3, padding="same", use_bias=False, kernel_regularizer=_reg(l1, l2),
+                     name=f"block{b}_conv{i}")(x)
+            x = layers.BatchNormalization(name=f"block{b}_bn{i}")(x)
+            x = layers.Activation("relu", name=f"block{b}_relu{i}")(x)
+        x = maxpool(2, padding="same", name=f"block{b}_pool")(x)
+    x = gap(name="gap")(x)
+    return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="cnn")
+
+
+@register_model("resnet", task="classification")
+def resnet(input_shape, n_classes, filters=16, stages=(2, 2, 2), dropout=0.3, l1=0.0, l2=1e-4):
+    """ResNet-style: a stem, then stages of basic residual blocks (stride 2 between stages)."""
+    nd = _check(input_shape)
+    conv, _, maxpool, gap = _layers(nd)
+    reg = _reg(l1, l2)
+    inputs = keras.Input(input_shape, name="image")
+    x = conv(filters, 5, strides=2, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(inputs)
+    x = layers.Activation("relu", name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for s, n_blocks in enumerate(stages):
+        f = filters * 2**s
+        for b in range(n_blocks):
+            stride = 2 if (b == 0 and s > 0) else 1
+            name = f"stage{s}_block{b}"
+            y = conv(f, 3, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_conv1")(x)
+            y = layers.Activation("relu", name=f"{name}_relu1")(layers.BatchNormalization(name=f"{name}_bn1")(y))
+            y = conv(f, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_conv2")(y)
+            y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+            if stride != 1 or x.shape[-1] != f:
+                x = conv(f, 1, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg,
+                         name=f"{name}_proj")(x)
+            x = layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, y]))
+    x = gap(name="gap")(x)
+    return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="resnet")

@@ -1,0 +1,67 @@
+"""Losses and metrics, registered for ``.keras`` serialization (loadable with safe_mode=True)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="medflow")
+class DiceCELoss(keras.losses.Loss):
+    """Soft Dice over the foreground classes plus cross-entropy (nnU-Net's default loss).
+
+    y_true: integer labels (B, *S); y_pred: softmax probabilities (B, *S, K).
+    Dice is computed per class over the whole batch (as nnU-Net's batch Dice),
+    averaged over classes 1..K-1, and ``1 - dice`` is added to the mean CE.
+    """
+
+    def __init__(self, n_classes: int, smooth: float = 1e-5, ce_weight: float = 1.0, name="dice_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2. Received: n_classes={n_classes}")
+        self.n_classes, self.smooth, self.ce_weight = int(n_classes), float(smooth), float(ce_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        onehot = ops.one_hot(y_true, self.n_classes, dtype=y_pred.dtype)
+        axes = tuple(range(len(y_pred.shape) - 1))  # batch and space
+        inter = ops.sum(onehot * y_pred, axis=axes)
+        denom = ops.sum(onehot, axis=axes) + ops.sum(y_pred, axis=axes)
+        dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
+        dice_fg = ops.mean(dice[1:])
+        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        return self.ce_weight * ops.mean(ce) + (1.0 - dice_fg)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"n_classes": self.n_classes, "smooth": self.smooth, "ce_weight": self.ce_weight})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="medflow")
+class ForegroundDice(keras.metrics.Metric):
+    """Mean hard Dice over the foreground classes, accumulated over all batches of an epoch."""
+
+    def __init__(self, n_classes: int, name="dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n_classes = int(n_classes)
+        self.inter = self.add_weight(shape=(n_classes,), initializer="zeros", name="inter")
+        self.total = self.add_weight(shape=(n_classes,), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        pred = ops.one_hot(ops.argmax(y_pred, axis=-1), self.n_classes)
+        true = ops.one_hot(ops.cast(y_true, "int32"), self.n_classes)
+        axes = tuple(range(len(pred.shape) - 1))
+        self.inter.assign_add(ops.sum(pred * true, axis=axes))
+        self.total.assign_add(ops.sum(pred, axis=axes) + ops.sum(true, axis=axes))
+
+    def result(self):
+        dice = 2.0 * self.inter / ops.maximum(self.total, 1e-8)
+        return ops.mean(dice[1:])
+
+    def reset_state(self):
+        self.inter.assign(ops.zeros_like(self.inter))
+        self.total.assign(ops.zeros_like(self.total))
+
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes}

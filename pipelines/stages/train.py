@@ -1,0 +1,108 @@
+"""Train stage: fit the configured model on one fold's training cases, with augmentation from config.
+
+Reads:  preprocess (case files, plan.json) and split (splits.json)
+Writes: <workspace>/stages/train/<key>/preview.png (augmentation preview, logged when training starts),
+        ckpt-<epoch>/ + last.json (resume points), best.keras, model.keras (the best epoch),
+        history.csv, train.json, then manifest.json (last)
+
+The folder is self-contained for export and inference: model.keras plus the
+preprocessing plan, class names and splits it was trained with.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+from pipelines.engine import StageDir, StageFailed
+
+
+def _fold_cases(split, pre, fold: int) -> tuple[list[str], list[str]]:
+    splits = json.loads(split.file("splits.json").read_text())
+    if fold >= len(splits["folds"]):
+        raise StageFailed(f"train.fold={fold} but the split stage made {len(splits['folds'])} fold(s)")
+    pick = lambda ids: sorted(c for c in ids if c in pre.cases)  # noqa: E731  (preprocess may have quarantined some)
+    train, val = pick(splits["folds"][fold]["train"]), pick(splits["folds"][fold]["val"])
+    if not train or not val:
+        raise StageFailed(f"fold {fold} has {len(train)} training and {len(val)} validation cases after preprocessing")
+    return train, val
+
+
+def _history_csv(history: list[dict]) -> str:
+    keys = sorted({k for row in history for k in row} - {"epoch"})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for row in history:
+        writer.writerow([row["epoch"], *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
+    return buf.getvalue()
+
+
+def run(cfg, upstream, out: StageDir, ctx):
+    """Train (or resume training) on ``cfg.train.fold``."""
+    import keras
+
+    from data.augment import Chain
+    from data.loader import SampleSource, make_dataset
+    from data.preview import preview_figure
+    from models.registry import check_model
+    from pipelines import trainer
+    from pipelines.inputs import build_source
+
+    pre, split = upstream["preprocess"], upstream["split"]
+    plan = json.loads(pre.file("plan.json").read_text())
+    task = plan["task"]
+    classes = [plan["classes"][k] for k in sorted(plan["classes"], key=int)]
+    builder_task = check_model(cfg.model.name, cfg.model.params).task
+    if builder_task != task:
+        raise StageFailed(f"model {cfg.model.name!r} is a {builder_task} model but the dataset is for {task}")
+    train_ids, val_ids = _fold_cases(split, pre, cfg.train.fold)
+    out.prepare()
+    keras.utils.set_random_seed(cfg.augment.seed)
+    source = build_source(cfg, pre, train_ids + val_ids, cache_dir=out.path / "cache")
+    val_source = SampleSource(source.store, source.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
+                              samples_per_case=cfg.train.val_samples_per_case)
+    n_classes = len(classes)
+    channels = len(plan["channels"])
+    input_shape = (*cfg.loader.patch_size, channels)
+    batch = cfg.loader.batch_size
+    steps = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, batch)
+
+    model, state = trainer.load_resume(out.path)
+    start = 0 if state is None else state["epoch"] + 1
+    if model is None:
+        model = trainer.compile_model(cfg, input_shape, n_classes, task, steps * cfg.train.epochs)
+    fig = preview_figure(source, [(c, start, 0) for c in train_ids[: cfg.train.preview_cases]],
+                         classes if task == "classification" else None)
+    fig.savefig(out.path / "preview.png", dpi=90)
+    ctx.log_artifact(out.path / "preview.png", "augment")
+    stopped = state is not None and cfg.train.early_stopping_patience and \
+        state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience
+    if start < cfg.train.epochs and not stopped:
+        train_ds = make_dataset(source, train_ids, range(start, cfg.train.epochs), batch_size=batch,
+                                parallel=cfg.loader.parallel_calls, samples_per_epoch=steps * batch)
+        val_ds = make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False).cache()
+        weights = None
+        if task == "classification" and cfg.train.class_weights == "balanced":
+            weights = trainer.class_weights([source.store.targets[c] for c in train_ids], n_classes)
+        state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,
+                            state=state, log_metrics=ctx.log_metrics, class_weight=weights)
+    shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")
+    (out.path / ".tmp-model.keras").replace(out.path / "model.keras")
+    out.write_text("history.csv", _history_csv(state["history"]))
+    out.write_json("train.json", {
+        "task": task, "classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
+        "fold": cfg.train.fold, "train_cases": train_ids, "val_cases": val_ids, "plan": plan,
+        "model": cfg.model.model_dump(mode="json"), "best_epoch": state["best_epoch"], "monitor": cfg.train.monitor,
+    })
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    return out.finish(cfg, upstream, {
+        "cases": {c: {"role": "train"} for c in train_ids} | {c: {"role": "val"} for c in val_ids},
+        "quarantine": [],
+        "model": "model.keras",
+        "artifacts": ["history.csv", "train.json"],
+        "metrics": {"epochs_run": len(state["history"]), "best_epoch": state["best_epoch"],
+                    **{f"best_{k}": v for k, v in best.items() if k != "epoch"}},
+    })

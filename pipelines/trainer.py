@@ -1,0 +1,140 @@
+"""One small trainer for every task (big_vision style): what varies comes from config by name.
+
+Checkpoints live in the train stage's folder. Each epoch writes a new
+``ckpt-<epoch>/`` (model with optimizer state, plus the trainer state) and then
+atomically replaces ``last.json``, the pointer to it; the previous checkpoint
+is kept until the next one is safe. A restarted stage resumes from the pointer
+and, because every sample's seed derives from (run seed, epoch, case), sees
+exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from models.losses import DiceCELoss, ForegroundDice
+from models.registry import build_model
+
+POINTER = "last.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int):
+    """Build and compile the configured model; loss and metrics follow the task."""
+    tc = cfg.train
+    model = build_model(cfg.model.name, input_shape, n_classes, cfg.model.params)
+    lr = tc.learning_rate
+    if tc.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(tc.learning_rate, decay_steps=max(total_steps, 1), alpha=0.01)
+    opt = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}[tc.optimizer]
+    kwargs = {"weight_decay": tc.weight_decay} if tc.optimizer == "adamw" and tc.weight_decay else {}
+    if tc.optimizer == "sgd":
+        kwargs["momentum"] = 0.99 if task == "segmentation" else 0.9
+        kwargs["nesterov"] = True
+    if task == "segmentation":
+        loss, metrics = DiceCELoss(n_classes), [ForegroundDice(n_classes)]
+    else:
+        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(
+            name="accuracy")]
+    model.compile(optimizer=opt(learning_rate=lr, **kwargs), loss=loss, metrics=metrics)
+    return model
+
+
+def load_resume(folder: Path):
+    """(model, state) of the last checkpoint in ``folder``, or (None, None) to start fresh."""
+    pointer = folder / POINTER
+    if not pointer.exists():
+        return None, None
+    ckpt = folder / json.loads(pointer.read_text())["dir"]
+    state = json.loads((ckpt / "state.json").read_text())
+    model = keras.saving.load_model(ckpt / "model.keras", compile=True, safe_mode=True)
+    return model, state
+
+
+class StageCheckpoint(keras.callbacks.Callback):
+    """Per-epoch atomic checkpoint, best-model copy, history and early stopping that survive restarts."""
+
+    def __init__(self, folder: Path, monitor: str, patience: int, state: dict | None, log_metrics):
+        super().__init__()
+        self.folder, self.monitor, self.patience, self.log_metrics = Path(folder), monitor, patience, log_metrics
+        self.mode = "max" if any(k in monitor for k in ("dice", "accuracy", "auc")) else "min"
+        self.state = state or {"epoch": -1, "best": None, "best_epoch": -1, "history": []}
+
+    def _better(self, value: float) -> bool:
+        best = self.state["best"]
+        return best is None or (value > best if self.mode == "max" else value < best)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        lr = self.model.optimizer.learning_rate
+        logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"train.monitor {self.monitor!r} is not among the epoch's metrics {sorted(logs)}")
+        improved = self._better(value)
+        self.state["history"].append({"epoch": epoch, **logs})
+        self.state["epoch"] = epoch
+        if improved:
+            self.state.update(best=value, best_epoch=epoch)
+            tmp = self.folder / ".tmp-best.keras"
+            self.model.save(tmp)
+            os.replace(tmp, self.folder / "best.keras")
+        ckpt = self.folder / f"ckpt-{epoch:04d}"
+        tmp_dir = self.folder / f".tmp-ckpt-{epoch:04d}"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        self.model.save(tmp_dir / "model.keras")
+        _write_json(tmp_dir / "state.json", self.state)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        os.replace(tmp_dir, ckpt)
+        previous = self.folder / POINTER
+        old = json.loads(previous.read_text())["dir"] if previous.exists() else None
+        _write_json(previous, {"dir": ckpt.name, "epoch": epoch})  # the switch to the new checkpoint
+        for stale in self.folder.glob("ckpt-*"):  # keep the new one and the one before it
+            if stale.name not in (ckpt.name, old):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.log_metrics(logs, epoch)
+        if self.patience and epoch - self.state["best_epoch"] >= self.patience:
+            self.model.stop_training = True
+
+
+def class_weights(targets: list[int], n_classes: int) -> dict[int, float]:
+    """'balanced' weights n / (k * count_c), as scikit-learn computes them (absent classes get 1)."""
+    counts = np.bincount(np.asarray(targets, dtype=int), minlength=n_classes)
+    n = counts.sum()
+    return {c: (float(n / (n_classes * counts[c])) if counts[c] else 1.0) for c in range(n_classes)}
+
+
+def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state, log_metrics,
+        class_weight=None):
+    """Run Keras fit from ``start_epoch`` to ``cfg.train.epochs`` with the stage's checkpointing."""
+    tc = cfg.train
+    callbacks = [StageCheckpoint(folder, tc.monitor, tc.early_stopping_patience, state, log_metrics)]
+    if tc.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=tc.monitor, factor=0.5, patience=3))
+    with warnings.catch_warnings():
+        # The dataset holds exactly steps x epochs batches (one plan per epoch, so seeds line up with
+        # epochs); Keras warns when it probes past the last one.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=steps, callbacks=callbacks, class_weight=class_weight, shuffle=False,
+                  verbose=1 if sys.stdout.isatty() else 2)
+    return callbacks[0].state
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_samples / batch_size))
