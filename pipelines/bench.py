@@ -120,6 +120,8 @@ def bench_augment(size: str = "demo", seed: int = 0) -> int:
 
     path = project_root() / "pipelines/configs/segmentation.yaml"
     root = f"dataset.root={sample_root(size) / 'brain_tissue'}"
+    # First, while no other input pipeline's threads are alive in this process.
+    wait = _input_wait(load_config(path, [root]), size, seed)
     rows = []
     for label, profiles, sets, n in (
         ("2D 256x256 slices", [], ["loader.patch_size=[256,256]"], 256),
@@ -137,4 +139,39 @@ def bench_augment(size: str = "demo", seed: int = 0) -> int:
     print(f"  {'':<20} {'tf.data samples/s':>18} {'eager 1-thread samples/s':>25}  chain")
     for label, parallel, eager, chain in rows:
         print(f"  {label:<20} {parallel:>18.1f} {eager:>25.1f}  {chain}")
+    print(f"  training step with the default segmentation config ({wait['model']}, batch {wait['batch']}, "
+          f"patch {wait['patch']}): {wait['step_s']:.3f} s/step with the input pipeline, "
+          f"{wait['compute_s']:.3f} s/step on a cached batch -> {wait['fraction']:.1%} of each step waits on input")
     return 0
+
+
+def _input_wait(cfg, size: str, seed: int, steps: int = 4) -> dict:
+    """Fraction of a training step spent waiting on input: fit on the real pipeline vs. on one cached batch."""
+    import json
+
+    from data.loader import make_dataset
+    from pipelines import trainer
+    from pipelines.inputs import build_source
+
+    pre = _ensure_preprocessed(cfg, size, seed)
+    ids = sorted(pre.cases)
+    plan = json.loads(pre.file("plan.json").read_text())
+    source = build_source(cfg, pre, ids, cache="memory")
+    batch = cfg.loader.batch_size
+    shape = (*cfg.loader.patch_size, len(plan["channels"]))
+    model = trainer.compile_model(cfg, shape, len(plan["classes"]), plan["task"], 1000)
+    live = make_dataset(source, ids, range(12), batch_size=batch, samples_per_epoch=steps * batch)
+    cached = live.take(1).cache().repeat()
+
+    def timed(ds) -> float:
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+        return (time.perf_counter() - start) / steps
+
+    model.fit(cached, epochs=1, steps_per_epoch=3, verbose=0)  # warm-up: tracing, oneDNN primitives, pools
+    # Alternate the two and take medians: a 2-core machine's step time drifts by several percent.
+    pairs = [(timed(cached), timed(live.skip(2 + 2 * steps * i))) for i in range(2)]
+    compute = float(np.median([c for c, _ in pairs]))
+    step = float(np.median([s for _, s in pairs]))
+    return {"model": cfg.model.name, "batch": batch, "patch": "x".join(map(str, cfg.loader.patch_size)),
+            "step_s": step, "compute_s": compute, "fraction": max(0.0, 1.0 - compute / step)}

@@ -39,7 +39,10 @@ def test_demo_job_end_to_end(tmp_path):
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         assert len(parents) == 1
         stages = {r.data.tags["medflow.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-        assert set(stages) == {"ingest", "preprocess", "split"}
+        assert set(stages) == {"ingest", "preprocess", "split", "train"}
+        train = stages["train"]
+        assert "augment/preview.png" in [a.path for a in client.list_artifacts(train.info.run_id, "augment")]
+        assert len(client.get_metric_history(train.info.run_id, "val_loss")) == 2  # demo: 2 epochs
         assert stages["preprocess"].data.metrics["cases"] == n_cases
         assert parents[0].inputs.dataset_inputs
         pre_dir = Path(stages["preprocess"].data.tags["medflow.stage_dir"])

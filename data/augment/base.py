@@ -93,9 +93,12 @@ def build_transform(spec: dict, ndim: int) -> Transform:
     try:
         return cls(**spec)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             if e["type"] != "extra_forbidden" else f"{'.'.join(map(str, e['loc']))}: unknown parameter"
-                             for e in err.errors())
+        def one(e) -> str:
+            where = ".".join(map(str, e["loc"]))
+            msg = "unknown parameter" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            return f"{where}: {msg}" if where else msg
+
+        problems = "; ".join(one(e) for e in err.errors())
         raise ValueError(f"{name}: {problems}") from None
 
 

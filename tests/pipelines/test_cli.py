@@ -48,3 +48,34 @@ def test_strict_run_fails_with_one_line(tmp_path, capsys, msd_root):
     assert main(["run", str(cfg), "--strict"]) == 1
     err = capsys.readouterr().err
     assert "error: [ingest] --strict: " in err and "case_01.nii.gz: not gzip data" in err
+
+
+def test_augment_preview_replays_the_training_sample(tmp_path, capsys, msd_root):
+    import hashlib
+
+    import numpy as np
+
+    from data.loader import make_dataset
+    from pipelines.config import load_config
+    from pipelines.inputs import build_source, finished_output
+
+    extra = ("loader: {mode: 2d, patch_size: [16, 16], samples_per_case: 2, batch_size: 1}\n"
+             "augment: {seed: 4, transforms: [{name: affine2d, p: 1.0, rotate: [-30, 30]}, {name: gamma}]}\n")
+    cfg_path = write_pipeline(tmp_path / "p.yaml", msd_root, extra=extra)
+    assert main(["run", str(cfg_path), "--stage", "preprocess"]) == 0
+    capsys.readouterr()
+    out_png = tmp_path / "prev.png"
+    assert main(["augment-preview", str(cfg_path), "--case", "case_02", "--epoch", "3", "--index", "1",
+                 "--out", str(out_png)]) == 0
+    printed = capsys.readouterr().out
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "affine2d" in printed
+    # The same sample as it comes out of the tf.data pipeline training uses:
+    cfg = load_config(cfg_path)
+    source = build_source(cfg, finished_output(cfg, "preprocess"))
+    ids = sorted(source.store.files)
+    plan = source.plan(ids, 3)
+    pos = plan.index(("case_02", 1))
+    x, y = next(iter(make_dataset(source, ids, range(3, 4), batch_size=1).skip(pos)))
+    digest = hashlib.sha256(np.asarray(x[0]).tobytes() + np.asarray(y[0]).tobytes()).hexdigest()
+    assert f"sample sha256 {digest}" in printed
+    assert main(["augment-preview", str(cfg_path), "--case", "nope"]) == EXIT_CONFIG

@@ -75,3 +75,27 @@ def test_shipped_configs_validate():
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("augment.transforms=[{name: flip}, {name: swirl}]", "p.yaml: augment.transforms.1: unknown transform 'swirl'"),
+    ("augment.transforms=[{name: affine, scale: [1.2, 0.8]}]", "augment.transforms.0: affine: scale: range needs lo <= hi"),
+    ("augment.transforms=[{name: elastic2d, alpha: 1}]", None),
+    ("loader.patch_size=[64, 64, 64]", "patch_size needs 2 positive sizes in 2d mode"),
+    ("model.name=transformer", "unknown model 'transformer'"),
+    ("model.params={depth: 3, colour: red}", "model 'unet2d' has no parameter(s) ['colour']"),
+])
+def test_augment_loader_model_errors(tmp_path, override, expect):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    if expect is None:
+        load_config(path, [override])
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert expect in str(info.value)
+
+
+def test_3d_mode_rejects_2d_only_transforms(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    with pytest.raises(ConfigError, match="augment.transforms.0: transform 'affine2d' works on 2D samples"):
+        load_config(path, ["loader.mode=3d", "loader.patch_size=[8,8,8]", "augment.transforms=[{name: affine2d}]"])
