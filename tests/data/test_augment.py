@@ -111,3 +111,26 @@ def test_bad_specs(spec, nd, message):
     with pytest.raises(ValueError) as info:
         build_transform(spec, nd)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name,nd", CASES)
+def test_same_seed_same_output_inside_tf_data(name, nd):
+    """big_vision's warning: eager and tf.data can differ. Here they must not."""
+    import tensorflow as tf
+
+    image, label = cube_sample(nd, channels=1)
+    chain = Chain([build_transform({"name": name, "p": 1.0, **STRONG.get(name, {})}, nd)])
+
+    def aug(seed):
+        out, lab, _ = chain(image, label, int(seed))
+        return out, lab
+
+    seeds = np.array([7, 8, 7], dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(seeds).map(
+        lambda s: tf.numpy_function(aug, [s], (tf.float32, tf.uint8)), num_parallel_calls=2, deterministic=True)
+    got = [(x.numpy(), y.numpy()) for x, y in ds]
+    for (x, y), seed in zip(got, seeds):
+        want_x, want_y = aug(seed)
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(got[0][0], got[2][0])
