@@ -87,7 +87,7 @@ def _ensure_preprocessed(cfg, size: str, seed: int):
     with Progress(SIZES[size]["brain_tissue"], "bench: sample data", unit="subject") as bar:
         build_tissue(sample_root(size), size=size, seed=seed, workers=os.cpu_count() or 1, progress=bar)
     run_pipeline(cfg, target="preprocess")
-    from pipelines.inputs import finished_output
+    from pipelines.runner import finished_output
 
     return finished_output(cfg, "preprocess")
 

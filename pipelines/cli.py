@@ -124,7 +124,8 @@ def cmd_augment_preview(args) -> int:
 
     from pipelines.config import ConfigError, load_config
     from pipelines.engine import StageFailed
-    from pipelines.inputs import build_source, finished_output
+    from pipelines.inputs import build_source
+    from pipelines.runner import finished_output
     from pipelines.workspace import workspace_root
 
     try:

@@ -159,7 +159,7 @@ class PipelineConfig(_Strict):
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, v):
-        from pipelines.stages import STAGES  # registry; imported late to avoid a cycle
+        from pipelines.catalog import STAGES  # registry; imported late to avoid a cycle
 
         unknown = [s for s in v if s not in STAGES]
         if unknown:

@@ -1,6 +1,6 @@
 """Build the input pipeline of a pipeline config from its preprocess stage output.
 
-Shared by training (when it lands), ``medflow augment-preview`` and
+Shared by the train stage, ``medflow augment-preview`` and
 ``medflow bench augment``, so all three make exactly the same samples.
 """
 
@@ -12,28 +12,12 @@ from data.augment import Chain
 from data.loader import CaseStore, SampleSource
 from data.sampling import SamplerConfig
 from pipelines.engine import StageFailed, StageOutput
-from pipelines.runner import plan_stages
-from pipelines.workspace import stages_root
 
 
 def sampler_config(cfg) -> SamplerConfig:
     ld = cfg.loader
     return SamplerConfig(mode=ld.mode, patch_size=tuple(ld.patch_size), slice_axis=ld.slice_axis,
                          foreground_ratio=ld.foreground_ratio, crop=ld.crop)
-
-
-def finished_output(cfg, stage: str) -> StageOutput:
-    """The finished output of ``stage`` for this config (its upstream must be finished too)."""
-    from pipelines.engine import StageDir
-
-    outputs: dict[str, StageOutput] = {}
-    for st in plan_stages(cfg, stage):
-        out = StageDir(stages_root(), st.name, st.key(cfg, {n: outputs[n] for n in st.inputs}), st.fn.__module__)
-        if not out.complete:
-            raise StageFailed(f"stage {st.name!r} has not finished for this config: run "
-                              f"`medflow run <pipeline> --stage {stage}` first")
-        outputs[st.name] = out.load()
-    return outputs[stage]
 
 
 def build_source(cfg, preprocess: StageOutput, case_ids: list[str] | None = None, *, cache: str | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pipelines.engine import RunContext, StageDir, StageFailed, StageOutput
 from pipelines.progress import log
-from pipelines.stages import STAGES
+from pipelines.catalog import STAGES
 from pipelines.workspace import stages_root
 
 
@@ -167,3 +167,15 @@ def stage_states(cfg) -> list[dict]:
             row.update(state="not run")
         rows.append(row)
     return rows
+
+
+def finished_output(cfg, stage: str) -> StageOutput:
+    """The finished output of ``stage`` for this config (its upstream must be finished too)."""
+    outputs: dict[str, StageOutput] = {}
+    for st in plan_stages(cfg, stage):
+        out = StageDir(stages_root(), st.name, st.key(cfg, {n: outputs[n] for n in st.inputs}), st.fn.__module__)
+        if not out.complete:
+            raise StageFailed(f"stage {st.name!r} has not finished for this config: run "
+                              f"`medflow run <pipeline> --stage {stage}` first")
+        outputs[st.name] = out.load()
+    return outputs[stage]

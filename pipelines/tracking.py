@@ -79,7 +79,7 @@ class MlflowTracker:
     def pipeline(self, cfg, config_path=None, profile=None):
         self.experiment_name = cfg.tracking.experiment or cfg.name
         commit, dirty = git_commit()
-        tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version("pipelines.stages"),
+        tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version("pipelines.catalog"),
                 "medflow.profile": ",".join([profile] if isinstance(profile, str) else profile or []), "mlflow.source.type": "LOCAL"}
         if commit:
             tags.update({"mlflow.source.git.commit": commit, "medflow.git_dirty": str(dirty).lower()})

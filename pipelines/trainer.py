@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -68,9 +69,11 @@ def load_resume(folder: Path):
 class StageCheckpoint(keras.callbacks.Callback):
     """Per-epoch atomic checkpoint, best-model copy, history and early stopping that survive restarts."""
 
-    def __init__(self, folder: Path, monitor: str, patience: int, state: dict | None, log_metrics):
+    def __init__(self, folder: Path, monitor: str, patience: int, state: dict | None, log_metrics,
+                 samples_per_epoch: int = 0):
         super().__init__()
         self.folder, self.monitor, self.patience, self.log_metrics = Path(folder), monitor, patience, log_metrics
+        self.samples_per_epoch, self._epoch_start = samples_per_epoch, None
         self.mode = "max" if any(k in monitor for k in ("dice", "accuracy", "auc")) else "min"
         self.state = state or {"epoch": -1, "best": None, "best_epoch": -1, "history": []}
 
@@ -78,8 +81,15 @@ class StageCheckpoint(keras.callbacks.Callback):
         best = self.state["best"]
         return best is None or (value > best if self.mode == "max" else value < best)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        if self._epoch_start is not None:  # wall time includes validation; samples/s counts training samples
+            logs["epoch_seconds"] = time.perf_counter() - self._epoch_start
+            if self.samples_per_epoch:
+                logs["train_samples_per_s"] = self.samples_per_epoch / logs["epoch_seconds"]
         lr = self.model.optimizer.learning_rate
         logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
         value = logs.get(self.monitor)
@@ -123,7 +133,8 @@ def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: P
         class_weight=None):
     """Run Keras fit from ``start_epoch`` to ``cfg.train.epochs`` with the stage's checkpointing."""
     tc = cfg.train
-    callbacks = [StageCheckpoint(folder, tc.monitor, tc.early_stopping_patience, state, log_metrics)]
+    callbacks = [StageCheckpoint(folder, tc.monitor, tc.early_stopping_patience, state, log_metrics,
+                                 samples_per_epoch=steps * cfg.loader.batch_size)]
     if tc.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=tc.monitor, factor=0.5, patience=3))
     with warnings.catch_warnings():

@@ -1,24 +1,4 @@
-"""The stage registry: every stage declared once, by name.
+"""Pipeline stages: one module per stage, each a function of (config, upstream outputs).
 
-A pipeline YAML lists stage names; the engine runs them in this order, each
-after the stages it reads from.
+The catalog that names them is :mod:`pipelines.catalog`.
 """
-
-from __future__ import annotations
-
-from pipelines.engine import Stage
-from pipelines.stages import ingest, preprocess, split, train
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        Stage("ingest", ingest.run, inputs=(), sections=("dataset", "ingest"), extra_key=ingest.dataset_state,
-              outputs="case records, fingerprint.json, cases.csv, quarantine.json"),
-        Stage("preprocess", preprocess.run, inputs=("ingest",), sections=("preprocess",),
-              outputs="cases/<id>.npz (RAS, target spacing, normalized), plan.json"),
-        Stage("split", split.run, inputs=("ingest",), sections=("split",),
-              outputs="splits.json (patient-level test holdout + folds)"),
-        Stage("train", train.run, inputs=("preprocess", "split"), sections=("loader", "augment", "model", "train"),
-              outputs="model.keras (best epoch), checkpoints, history.csv, preview.png, train.json"),
-    )
-}

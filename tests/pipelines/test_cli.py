@@ -57,7 +57,8 @@ def test_augment_preview_replays_the_training_sample(tmp_path, capsys, msd_root)
 
     from data.loader import make_dataset
     from pipelines.config import load_config
-    from pipelines.inputs import build_source, finished_output
+    from pipelines.inputs import build_source
+    from pipelines.runner import finished_output
 
     extra = ("loader: {mode: 2d, patch_size: [16, 16], samples_per_case: 2, batch_size: 1}\n"
              "augment: {seed: 4, transforms: [{name: affine2d, p: 1.0, rotate: [-30, 30]}, {name: gamma}]}\n")
