@@ -8,7 +8,7 @@ adding a stage does not change the code version (and so the keys) of the others.
 from __future__ import annotations
 
 from pipelines.engine import Stage
-from pipelines.stages import ingest, preprocess, split, train
+from pipelines.stages import evaluate, ingest, preprocess, split, train
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -21,5 +21,8 @@ STAGES: dict[str, Stage] = {
               outputs="splits.json (patient-level test holdout + folds)"),
         Stage("train", train.run, inputs=("preprocess", "split"), sections=("loader", "augment", "model", "train"),
               outputs="model.keras (best epoch), checkpoints, history.csv, preview.png, train.json"),
+        Stage("evaluate", evaluate.run, inputs=("ingest", "split", "train"), sections=("evaluate",),
+              outputs="predictions/<case>.nii.gz (native space), metrics.csv, summary.json, confusion.json/.png, "
+                      "montage.png"),
     )
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
@@ -42,6 +43,23 @@ def _print_summary(name: str, results, parent_id, tracker) -> None:
         print(f"  {r.name:<11} {r.state:<8} {r.cases:>6} {r.quarantined:>11} {r.seconds:>8.1f}  {r.path}")
         if r.error:
             print(f"  error: {r.error}")
+    for r in results:
+        if r.name == "evaluate" and r.state != "failed":
+            _print_evaluation(Path(r.path) / "summary.json")
+
+
+def _print_evaluation(path: Path) -> None:
+    """The evaluate stage's means per method: Dice over the report classes, then Dice and HD95 per class."""
+    if not path.exists():
+        return
+    s = json.loads(path.read_text())
+    report = ", ".join(s["report_classes"])
+    print(f"
+  {s['split']} set, native space; mean Dice over {report}:")
+    for method, m in s["methods"].items():
+        per_class = "  ".join(f"{c} Dice {v['dice']:.3f} HD95 {v['hd95_mm']:.2f} mm"
+                              for c, v in m["per_class"].items())
+        print(f"    {method:<11} {m['mean_dice']:.4f} +/- {m['sd_dice']:.4f} ({m['cases']} cases)  {per_class}")
 
 
 def cmd_run(args) -> int:
@@ -157,6 +175,10 @@ def cmd_bench(args) -> int:
 
     if args.what == "augment":
         return bench.bench_augment(size=args.size, seed=args.seed)
+    if args.what == "train":
+        from pipelines.bench_train import bench_train
+
+        return bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps)
     return bench.bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
 
 
@@ -241,12 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
                            medflow bench ingest
                            medflow bench ingest --size full --workers 2
                            medflow bench augment
+                           medflow bench train --model unet2d
+                           medflow bench train --model unet2d --set model.params.filters=32 --batch 8
                        """))
-    p.add_argument("what", choices=("ingest", "augment"),
-                   help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default chains")
+    p.add_argument("what", choices=("ingest", "augment", "train"),
+                   help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
+                        "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s")
     p.add_argument("--size", choices=("demo", "full"), default="demo")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="unet2d", help="train: a registered model name")
+    p.add_argument("--pipeline", default=None, help="train: pipeline YAML (default: the one for the model's task)")
+    p.add_argument("--profile", action="append", default=[], help="train: config profile(s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: config overrides")
+    p.add_argument("--batch", type=int, default=None, help="train: batch size (default: the config's)")
+    p.add_argument("--steps", type=int, default=5, help="train: timed steps per repeat")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -136,6 +136,28 @@ class TrainConfig(_Strict):
     preview_cases: int = Field(default=4, ge=1)
 
 
+class EvaluateConfig(_Strict):
+    """Evaluation on held-out cases, in each case's native space (segmentation)."""
+
+    split: Literal["test", "val"] = Field(default="test", description="test holdout, or the trained fold's val cases")
+    overlap: float = Field(default=0.5, ge=0, lt=1, description="sliding-window overlap")
+    batch_size: int = Field(default=8, ge=1, description="windows per prediction call")
+    mirror_axes: list[int] = Field(default_factory=list, description="window axes flipped for test-time augmentation")
+    report_classes: list[str] | None = Field(default=None, description="classes averaged into mean_dice; "
+                                                                        "default: every foreground class")
+    baseline: Literal["none", "multi_otsu"] = "none"
+    baseline_labels: list[int] = Field(default_factory=list, description="multi_otsu: label of each intensity "
+                                                                          "class, darkest first")
+    hd95: bool = Field(default=True, description="surface distances (the slowest metric)")
+
+    @model_validator(mode="after")
+    def _baseline(self):
+        if self.baseline == "multi_otsu" and len(self.baseline_labels) < 2:
+            raise ValueError("baseline multi_otsu needs baseline_labels: the label of each intensity class, "
+                             "darkest first, e.g. [1, 2, 3]")
+        return self
+
+
 class TrackingConfig(_Strict):
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
 
@@ -152,6 +174,7 @@ class PipelineConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")

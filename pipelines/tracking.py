@@ -124,6 +124,9 @@ class MlflowTracker:
         mlflow.set_tag("medflow.skipped", str(skipped).lower())
         metrics = {k: float(v) for k, v in output.manifest.get("metrics", {}).items()}
         mlflow.log_metrics({**metrics, "seconds": seconds})
+        if self._parent_id:  # a stage's headline figures also go on the pipeline run, for the runs table
+            for name, value in output.manifest.get("headline", {}).items():
+                self.client.log_metric(self._parent_id, name, float(value))
         mlflow.log_artifact(str(output.file("manifest.json")), "stage")
         for name in output.manifest.get("artifacts", []):
             mlflow.log_artifact(str(output.file(name)), "stage")

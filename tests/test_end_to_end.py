@@ -31,6 +31,7 @@ def test_demo_job_end_to_end(tmp_path):
     configs = [str(ROOT / f"pipelines/configs/{n}.yaml") for n in ("segmentation", "classification")]
     out = _medflow("run", *configs, "--profile", "demo", env=env).stdout
     assert "pipeline segmentation" in out and "pipeline classification" in out and "medflow ui" in out
+    assert "test set, native space; mean Dice over gray_matter, white_matter" in out and "multi_otsu" in out
 
     client = MlflowClient(store)
     for name, n_cases, spacing in (("segmentation", 10, [1.0, 1.0, 1.0]), ("classification", 24, [2.0, 2.0, 2.0])):
@@ -39,7 +40,8 @@ def test_demo_job_end_to_end(tmp_path):
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         assert len(parents) == 1
         stages = {r.data.tags["medflow.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-        assert set(stages) == {"ingest", "preprocess", "split", "train"}
+        expected = {"ingest", "preprocess", "split", "train"} | ({"evaluate"} if name == "segmentation" else set())
+        assert set(stages) == expected
         train = stages["train"]
         assert "augment/preview.png" in [a.path for a in client.list_artifacts(train.info.run_id, "augment")]
         assert len(client.get_metric_history(train.info.run_id, "val_loss")) == 2  # demo: 2 epochs
@@ -49,6 +51,8 @@ def test_demo_job_end_to_end(tmp_path):
         for case in (pre_dir / "cases").glob("*.npz"):
             meta = read_meta(case)
             assert meta["axcodes"] == "RAS" and np.allclose(meta["spacing"], spacing)
+        if name == "segmentation":
+            _check_evaluation(client, stages["evaluate"], parents[0])
 
     # A corrupted file dropped into a copy of the dataset is quarantined; the rest completes.
     data = tmp_path / "ws/sample/demo/brain_tissue"
@@ -62,3 +66,29 @@ def test_demo_job_end_to_end(tmp_path):
                      if r.data.tags.get("medflow.stage") == "ingest" and r.data.metrics.get("quarantined") == 1]
     manifest = json.loads((Path(ingest_run.data.tags["medflow.stage_dir"]) / "manifest.json").read_text())
     assert len(manifest["cases"]) == 9 and manifest["quarantine"][0]["case_id"] == "brain_004"
+
+
+def _demo_data(folder):  # the demo dataset under the test workspace (folder: ws/stages/evaluate/<key>)
+    return folder.parents[2] / "sample" / "demo" / "brain_tissue"
+
+
+def _check_evaluation(client, run, parent):
+    """Confusion matrix, per-case table and montage in MLflow; predictions on each test image's grid."""
+    import nibabel as nib
+
+    rid = run.info.run_id
+    logged = {a.path for a in client.list_artifacts(rid, "stage")}
+    assert {"stage/confusion.png", "stage/confusion.json", "stage/metrics.csv", "stage/montage.png",
+            "stage/confusion_multi_otsu.png"} <= logged
+    conf = json.loads(Path(client.download_artifacts(rid, "stage/confusion.json")).read_text())
+    assert conf["classes"] == ["background", "csf_other", "gray_matter", "white_matter"]
+    table = Path(client.download_artifacts(rid, "stage/metrics.csv")).read_text().splitlines()
+    folder = Path(run.data.tags["medflow.stage_dir"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(table) == 1 + len(manifest["cases"]) * 2 * 3  # cases x (network, multi_otsu) x classes
+    assert 0.5 < run.data.metrics["multi_otsu_test_mean_dice"] < 1.0
+    assert parent.data.metrics["test_mean_dice"] == run.data.metrics["test_mean_dice"]
+    for case_id in manifest["cases"]:
+        pred = nib.load(str(folder / "predictions" / f"{case_id}.nii.gz"))
+        src = nib.load(str(_demo_data(folder) / "imagesTr" / f"{case_id}.nii.gz"))
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)

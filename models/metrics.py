@@ -1,0 +1,119 @@
+"""Segmentation metrics on label maps in physical space (numpy; the Keras training metrics are in losses.py).
+
+Overlap metrics come from one voxel confusion matrix per case; surface distances
+use Euclidean distance transforms with the voxel spacing, so they are in mm on
+anisotropic grids too. Conventions (as in nnU-Net's and MONAI's evaluators):
+
+- a class absent from both truth and prediction gives NaN (left out of means);
+- HD95 is NaN when both masks are empty and ``inf`` when exactly one is;
+- HD95 is the 95th percentile of the pooled surface distances in both
+  directions (as medpy and the BraTS toolkit compute it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts: rows are true classes, columns predicted ones.
+
+    Args:
+        truth, pred: integer label maps of the same shape, values in [0, n_classes).
+    """
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")
+    t = truth.astype(np.int64, copy=False).ravel()
+    p = pred.astype(np.int64, copy=False).ravel()
+    if t.size and (max(t.max(), p.max()) >= n_classes or min(t.min(), p.min()) < 0):
+        raise ValueError(f"labels outside [0, {n_classes})")
+    return np.bincount(t * n_classes + p, minlength=n_classes**2).reshape(n_classes, n_classes)
+
+
+def overlap_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class Dice, IoU, true and predicted voxel counts from a confusion matrix.
+
+    Returns:
+        dict of (K,) arrays: dice, iou, n_true, n_pred (NaN overlap where the class is absent from both).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    n_true, n_pred = cm.sum(1), cm.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(n_true + n_pred > 0, 2 * tp / (n_true + n_pred), np.nan)
+        iou = np.where(n_true + n_pred - tp > 0, tp / (n_true + n_pred - tp), np.nan)
+    return {"dice": dice, "iou": iou, "n_true": n_true, "n_pred": n_pred}
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with at least one 6-neighbour outside it (the array border counts as outside)."""
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
+    return mask & ~eroded
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each surface voxel of ``a`` to the surface of ``b``, and from ``b`` to ``a``.
+
+    Both masks must be non-empty. Work is limited to the bounding box of their union
+    (plus one voxel), so whole native volumes stay cheap.
+    """
+    union = a | b
+    box = tuple(slice(max(0, int(ix.min()) - 1), int(ix.max()) + 2) for ix in np.nonzero(union))
+    a, b = a[box], b[box]
+    sa, sb = _surface(a), _surface(b)
+    # The distance transform measures to the nearest zero, so feed it "not surface".
+    to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
+    return to_b[sa], to_a[sb]
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile symmetric Hausdorff distance in mm between boolean masks ``a`` and ``b``."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    has_a, has_b = a.any(), b.any()
+    if not has_a and not has_b:
+        return float("nan")
+    if not has_a or not has_b:
+        return float("inf")
+    d_ab, d_ba = surface_distances(a, b, spacing)
+    return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
+
+
+def case_metrics(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float], classes: Sequence[str],
+                 *, surface: bool = True) -> tuple[list[dict], np.ndarray]:
+    """Per-class metrics of one case on its own grid.
+
+    Args:
+        truth, pred: (X, Y, Z) integer label maps; class 0 is background.
+        spacing: voxel size in mm along each array axis.
+        classes: class names by label value (background first).
+        surface: compute HD95 (the expensive part).
+
+    Returns:
+        (one row per foreground class: class, dice, iou, hd95_mm, volume_true_ml, volume_pred_ml,
+        volume_diff_ml, volume_diff_pct; the case's confusion matrix (K, K)).
+    """
+    k = len(classes)
+    cm = confusion_matrix(truth, pred, k)
+    ov = overlap_from_confusion(cm)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    rows = []
+    for c in range(1, k):
+        v_true, v_pred = ov["n_true"][c] * voxel_ml, ov["n_pred"][c] * voxel_ml
+        rows.append({
+            "class": classes[c], "dice": float(ov["dice"][c]), "iou": float(ov["iou"][c]),
+            "hd95_mm": hd95(truth == c, pred == c, spacing) if surface else float("nan"),
+            "volume_true_ml": v_true, "volume_pred_ml": v_pred, "volume_diff_ml": v_pred - v_true,
+            "volume_diff_pct": 100.0 * (v_pred - v_true) / v_true if v_true > 0 else float("nan"),
+        })
+    return rows, cm
+
+
+def row_normalize(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (recall per true class); empty rows stay 0."""
+    cm = np.asarray(cm, dtype=np.float64)
+    sums = cm.sum(1, keepdims=True)
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)

@@ -1,0 +1,115 @@
+"""``medflow bench train``: training throughput of a model beside the machine's float32 matmul rate.
+
+The model's arithmetic rate is its training FLOPs per sample times samples/s.
+FLOPs are counted from the layers (2 per multiply-add in convolutions, transposed
+convolutions and dense layers; a training step is counted as 3x the forward
+pass: forward, gradient to the inputs, gradient to the weights). Normalization,
+activations and the loss are not counted, so the figure is a lower bound on the
+work done. The matmul reference runs in the same process, on the same threads.
+Synthetic batches are used: input cost is measured by ``medflow bench augment``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Median float32 GFLOP/s of an n x n matrix product (TensorFlow, default threads)."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    b = tf.random.uniform((n, n), dtype=tf.float32)
+    mm = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
+    mm(a, b).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mm(a, b).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def forward_flops(model) -> float:
+    """Multiply-add FLOPs (x2) of one sample's forward pass through conv, transposed-conv and dense layers."""
+    from keras import layers
+
+    total = 0.0
+    for layer in _leaf_layers(model):
+        if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)):
+            kernel = np.prod(layer.kernel.shape)  # (*k, out, in)
+            total += 2.0 * np.prod(layer.input.shape[1:-1]) * kernel
+        elif isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D)):
+            kernel = np.prod(layer.kernel.shape)  # (*k, in, out)
+            total += 2.0 * np.prod(layer.output.shape[1:-1]) * kernel
+        elif isinstance(layer, layers.Dense):
+            total += 2.0 * np.prod(layer.kernel.shape) * np.prod(layer.input.shape[1:-1] or (1,))
+    return float(total)
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def train_rate(model, batch: int, input_shape, n_classes: int, task: str, steps: int = 5, repeats: int = 3):
+    """Median seconds per training step on a fixed synthetic batch (after a warm-up)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+    if task == "segmentation":
+        y = rng.integers(0, n_classes, (batch, *input_shape[:-1])).astype(np.int32)
+    else:
+        y = rng.integers(0, n_classes, (batch,)).astype(np.int32)
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # tracing, oneDNN primitive caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        times.append((time.perf_counter() - start) / steps)
+    return float(np.median(times))
+
+
+def bench_train(model_name: str = "unet2d", pipeline: str | None = None, profiles=(), sets=(),
+                batch: int | None = None, steps: int = 5) -> int:
+    """Print train samples/s and model GFLOP/s of ``model_name`` beside the matmul GFLOP/s."""
+    from pipelines import trainer
+    from pipelines.config import load_config
+    from pipelines.workspace import project_root
+
+    if pipeline is None:
+        name = "segmentation" if model_name.startswith("unet") else "classification"
+        pipeline = project_root() / "pipelines" / "configs" / f"{name}.yaml"
+        if model_name == "unet3d" and not profiles:
+            profiles = ["3d"]
+    cfg = load_config(pipeline, [*sets, f"model.name={model_name}"], profile=list(profiles))
+    task = "segmentation" if model_name.startswith("unet") else "classification"
+    batch = batch or cfg.loader.batch_size
+    n_classes = 4 if task == "segmentation" else 3
+    input_shape = (*cfg.loader.patch_size, 1)
+    model = trainer.compile_model(cfg, input_shape, n_classes, task, 1000)
+    fwd = forward_flops(model)
+    matmul = matmul_gflops()
+    step_s = train_rate(model, batch, input_shape, n_classes, task, steps=steps)
+    matmul_after = matmul_gflops()  # the machine may drift (thermal, neighbours): bracket the run
+    rate = batch / step_s
+    model_gflops = 3 * fwd * rate / 1e9
+    reference = float(np.median([matmul, matmul_after]))
+    params = ", ".join(f"{k}={v}" for k, v in cfg.model.params.items())
+    print(f"\nmedflow bench train: {model_name} ({params}), input {'x'.join(map(str, input_shape[:-1]))}, "
+          f"batch {batch} ({platform.machine()}, {os.cpu_count()} cores, float32)")
+    print(f"  forward pass: {fwd / 1e9:.2f} GFLOP/sample, training step counted as 3x forward")
+    print(f"  train: {step_s:.3f} s/step, {rate:.2f} samples/s -> model {model_gflops:.1f} GFLOP/s")
+    print(f"  float32 matmul 2048x2048 in the same run: {reference:.1f} GFLOP/s "
+          f"(before {matmul:.1f}, after {matmul_after:.1f})")
+    print(f"  the training step runs at {model_gflops / reference:.0%} of the matmul rate")
+    return 0

@@ -1,0 +1,81 @@
+"""Segmentation metrics against hand-computed values and an independent brute-force computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from models.baselines import multi_otsu
+from models.metrics import case_metrics, confusion_matrix, hd95, overlap_from_confusion, row_normalize
+
+
+def _brute_hd95(a, b, spacing):
+    """Surface = voxels with a 6-neighbour outside (array border outside); all-pairs distances in mm."""
+    def surface_points(m):
+        p = np.pad(m, 1)
+        inner = p[1:-1, 1:-1, 1:-1]
+        neigh = [p[2:, 1:-1, 1:-1], p[:-2, 1:-1, 1:-1], p[1:-1, 2:, 1:-1], p[1:-1, :-2, 1:-1],
+                 p[1:-1, 1:-1, 2:], p[1:-1, 1:-1, :-2]]
+        surf = inner & ~np.logical_and.reduce(neigh)
+        return np.argwhere(surf) * np.asarray(spacing)
+    pa, pb = surface_points(a), surface_points(b)
+    d = cdist(pa, pb)
+    return np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
+
+
+def test_dice_iou_hand_computed():
+    truth = np.zeros((4, 4, 1), int)
+    pred = np.zeros((4, 4, 1), int)
+    truth[:2, :2] = 1          # 4 voxels
+    pred[:2, :3] = 1           # 6 voxels, 4 shared
+    truth[3, 3] = 2
+    cm = confusion_matrix(truth, pred, 3)
+    assert cm.tolist() == [[9, 2, 0], [0, 4, 0], [1, 0, 0]]
+    ov = overlap_from_confusion(cm)
+    assert ov["dice"][1] == pytest.approx(2 * 4 / (4 + 6))
+    assert ov["iou"][1] == pytest.approx(4 / 6)
+    assert ov["dice"][2] == 0.0
+    rows, _ = case_metrics(truth, pred, (2.0, 1.0, 1.0), ["bg", "a", "b"], surface=False)
+    assert rows[0]["volume_true_ml"] == pytest.approx(4 * 2 / 1000)
+    assert rows[0]["volume_diff_pct"] == pytest.approx(50.0)
+    assert rows[1]["volume_pred_ml"] == 0 and rows[1]["volume_diff_pct"] == pytest.approx(-100.0)
+
+
+def test_absent_class_is_nan_and_row_normalize():
+    truth = np.zeros((3, 3, 3), int)
+    rows, cm = case_metrics(truth, truth, (1, 1, 1), ["bg", "x"])
+    assert np.isnan(rows[0]["dice"]) and np.isnan(rows[0]["hd95_mm"])
+    assert row_normalize(np.array([[2, 2], [0, 0]])).tolist() == [[0.5, 0.5], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.5)])
+def test_hd95_matches_brute_force(spacing):
+    rng = np.random.default_rng(0)
+    a = np.zeros((18, 16, 14), bool)
+    b = np.zeros_like(a)
+    a[3:12, 4:11, 2:9] = True
+    b[5:14, 3:10, 4:12] = True
+    b[rng.random(b.shape) < 0.02] = True  # scattered outliers stretch the tail
+    assert hd95(a, b, spacing) == pytest.approx(_brute_hd95(a, b, spacing), rel=1e-9)
+
+
+def test_hd95_shifted_cube_and_empty():
+    a = np.zeros((20, 20, 20), bool)
+    a[5:10, 5:10, 5:10] = True
+    b = np.roll(a, 3, axis=0)
+    # every surface voxel of a face moved by 3 voxels of 2 mm; the 95th percentile is that shift
+    assert hd95(a, b, (2.0, 1.0, 1.0)) == pytest.approx(6.0)
+    assert hd95(a, a, (1, 1, 1)) == 0.0
+    assert hd95(a, np.zeros_like(a), (1, 1, 1)) == float("inf")
+
+
+def test_multi_otsu_orders_classes_by_intensity():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(1, 4, (10, 10, 10))
+    image = np.choose(truth - 1, [20.0, 60.0, 100.0]) + rng.normal(0, 1.5, truth.shape)
+    mask = np.ones(truth.shape, bool)
+    mask[0] = False
+    seg = multi_otsu(image, mask, [1, 2, 3])
+    assert (seg[0] == 0).all() and (seg[mask] == truth[mask]).all()
+    assert (multi_otsu(-image, mask, [3, 2, 1])[mask] == truth[mask]).all()

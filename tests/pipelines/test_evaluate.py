@@ -1,0 +1,83 @@
+"""Evaluate stage: native-space predictions, metrics, confusion matrix, montage, baseline, resume, MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from mlflow import MlflowClient
+
+from pipelines.config import load_config
+from pipelines.runner import run_pipeline
+from pipelines.tracking import MlflowTracker
+from tests.helpers import make_msd, write_pipeline
+
+EXTRA = """
+loader: {mode: 2d, patch_size: [16, 16], slice_axis: 2, samples_per_case: 4, batch_size: 4}
+augment: {seed: 1, transforms: [{name: flip, p: 0.5}]}
+model: {name: unet2d, params: {depth: 2, filters: 4}}
+train: {epochs: 2, learning_rate: 0.01, monitor: val_dice, val_samples_per_case: 1, preview_cases: 1}
+evaluate: {overlap: 0.25, batch_size: 16, baseline: multi_otsu, baseline_labels: [2, 1], report_classes: [cube]}
+"""
+
+
+def test_evaluate_stage_end_to_end(tmp_path):
+    root = make_msd(tmp_path / "msd", n=6)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    path = write_pipeline(tmp_path / "p.yaml", root, stages="[ingest, preprocess, split, train, evaluate]",
+                          extra=EXTRA)
+    cfg = load_config(path, ["split.test_fraction=0.34"])
+    results, _ = run_pipeline(cfg, tracker=MlflowTracker(store))
+    ev = results[-1]
+    assert ev.name == "evaluate" and ev.state == "ran", ev
+    folder = Path(ev.path)
+    summary = json.loads((folder / "summary.json").read_text())
+    test_ids = json.loads(next((tmp_path / "workspace" / "stages" / "split").glob("*/splits.json")).read_text())["test"]
+    assert summary["methods"]["network"]["cases"] == len(test_ids) == 2
+
+    # predictions: one label map per test case on the input's own grid and header
+    for case_id in test_ids:
+        pred = nib.load(str(folder / "predictions" / f"{case_id}.nii.gz"))
+        src = nib.load(str(root / "imagesTr" / f"{case_id}.nii.gz"))
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+        assert pred.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asanyarray(pred.dataobj))) <= {0, 1, 2}
+
+    # the per-case table: a row per case, method and foreground class
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert len(rows) == 2 * 2 * 2 and {r["method"] for r in rows} == {"network", "multi_otsu"}
+    otsu = [r for r in rows if r["method"] == "multi_otsu"]
+    assert all(float(r["dice"]) > 0.95 for r in otsu)  # two well-separated intensities inside the mask
+    for r in rows:
+        assert 0 <= float(r["dice"]) <= 1 and float(r["hd95_mm"]) >= 0
+
+    # the voxel confusion matrix covers every native voxel of the test cases
+    conf = json.loads((folder / "confusion.json").read_text())
+    n_voxels = sum(int(np.prod(nib.load(str(root / "imagesTr" / f"{c}.nii.gz")).shape)) for c in test_ids)
+    assert np.sum(conf["network"]["counts"]) == n_voxels == np.sum(conf["multi_otsu"]["counts"])
+    assert conf["classes"] == ["background", "cube", "slab"]
+    np.testing.assert_allclose(np.sum(conf["network"]["row_normalized"], 1), 1.0)
+    assert summary["methods"]["multi_otsu"]["mean_dice"] > 0.95
+
+    client = MlflowClient(store)
+    run = client.get_run(ev.run_id)
+    assert run.data.metrics["multi_otsu_test_mean_dice"] > 0.95 and "test_mean_dice" in run.data.metrics
+    assert "test_hd95_mm_cube" in run.data.metrics
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["test_mean_dice"] == run.data.metrics["test_mean_dice"]
+    logged = {a.path for a in client.list_artifacts(ev.run_id, "stage")}
+    assert {"stage/confusion.png", "stage/montage.png", "stage/metrics.csv", "stage/confusion.json"} <= logged
+
+    # per-case resume: drop one case's result and the manifest; only that case is redone
+    keep, redo = (folder / "cases" / f"{test_ids[0]}.json"), (folder / "cases" / f"{test_ids[1]}.json")
+    before = keep.stat().st_mtime_ns
+    os.remove(folder / "manifest.json")
+    redo.unlink()
+    again, _ = run_pipeline(cfg, tracker=MlflowTracker(store))
+    assert again[-1].state == "ran" and again[-1].path == ev.path
+    assert keep.stat().st_mtime_ns == before and redo.exists()
+    assert json.loads((folder / "summary.json").read_text())["methods"] == summary["methods"]
