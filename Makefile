@@ -48,6 +48,8 @@ test-all: install
 
 bench: install
 	$(BIN)/medflow bench ingest --size $(PROFILE)
+	$(BIN)/medflow bench augment
+	$(BIN)/medflow bench train --model unet2d
 
 ui: install
 	$(BIN)/medflow ui

@@ -54,8 +54,7 @@ def _print_evaluation(path: Path) -> None:
         return
     s = json.loads(path.read_text())
     report = ", ".join(s["report_classes"])
-    print(f"
-  {s['split']} set, native space; mean Dice over {report}:")
+    print(f"\n  {s['split']} set, native space; mean Dice over {report}:")
     for method, m in s["methods"].items():
         per_class = "  ".join(f"{c} Dice {v['dice']:.3f} HD95 {v['hd95_mm']:.2f} mm"
                               for c, v in m["per_class"].items())
