@@ -117,3 +117,55 @@ def row_normalize(cm: np.ndarray) -> np.ndarray:
     cm = np.asarray(cm, dtype=np.float64)
     sums = cm.sum(1, keepdims=True)
     return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+
+
+# --- classification -------------------------------------------------------------------------------
+
+
+def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, per-class precision/recall/F1/support, macro one-vs-rest ROC-AUC.
+
+    Args:
+        y_true: (N,) integer classes.
+        probs: (N, K) class probabilities; the prediction is their argmax.
+        classes: K names.
+
+    Returns:
+        dict with accuracy, balanced_accuracy, macro_f1, roc_auc_macro_ovr (NaN when some class has
+        no positive or no negative case), per_class {name: {precision, recall, f1, support, roc_auc}},
+        confusion (K, K) list.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    pred = probs.argmax(1)
+    cm = np.bincount(y_true * k + pred, minlength=k * k).reshape(k, k)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)  # scikit-learn's zero_division=0
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    aucs = np.array([binary_auc(y_true == c, probs[:, c]) for c in range(k)])
+    present = support > 0
+    return {
+        "n": int(y_true.size),
+        "accuracy": float(tp.sum() / max(y_true.size, 1)),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "roc_auc_macro_ovr": float(aucs.mean()) if np.isfinite(aucs).all() else float("nan"),
+        "per_class": {name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                             "support": int(support[c]), "roc_auc": float(aucs[c])} for c, name in enumerate(classes)},
+        "confusion": cm.tolist(),
+    }
+
+
+def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic (ties count half); NaN without both classes."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -21,7 +21,7 @@ STAGES: dict[str, Stage] = {
               outputs="splits.json (patient-level test holdout + folds)"),
         Stage("train", train.run, inputs=("preprocess", "split"), sections=("loader", "augment", "model", "train"),
               outputs="model.keras (best epoch), checkpoints, history.csv, preview.png, train.json"),
-        Stage("evaluate", evaluate.run, inputs=("ingest", "split", "train"), sections=("evaluate",),
+        Stage("evaluate", evaluate.run, inputs=("ingest", "preprocess", "split", "train"), sections=("evaluate",),
               outputs="predictions/<case>.nii.gz (native space), metrics.csv, summary.json, confusion.json/.png, "
                       "montage.png"),
     )

@@ -9,7 +9,7 @@ import numpy as np
 from models.metrics import row_normalize
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +25,7 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
         cm: (K, K) counts, rows true, columns predicted.
         classes: K names.
     """
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     k = len(classes)
     size = max(4.0, 0.6 * k + 2.5)
@@ -67,7 +67,7 @@ def montage_figure(rows: Sequence[dict], n_classes: int, title: str = ""):
             order (first axis to the right, second to the front), shown radiologically upright.
         n_classes: K, for a fixed colour per class.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False, constrained_layout=True)
     for r, row in enumerate(rows):
         for c, (name, label) in enumerate((("image", None), ("truth", row["truth"]), ("prediction", row["pred"]))):

@@ -128,8 +128,8 @@ class MlflowTracker:
             for name, value in output.manifest.get("headline", {}).items():
                 self.client.log_metric(self._parent_id, name, float(value))
         mlflow.log_artifact(str(output.file("manifest.json")), "stage")
-        for name in output.manifest.get("artifacts", []):
-            mlflow.log_artifact(str(output.file(name)), "stage")
+        for name in output.manifest.get("artifacts", []):  # sub-folders are kept: val/ and test/ both exist
+            mlflow.log_artifact(str(output.file(name)), "/".join(["stage", *Path(name).parts[:-1]]))
         if "dataset" in output.manifest and output.file("cases.csv").exists():
             self._log_dataset(output)
 

@@ -84,3 +84,21 @@ workers: 1
 {extra}
 """)
     return path
+
+
+def make_cls_dataset(root, n=16, shape=(12, 10, 8)):
+    """A CSV classification dataset: class 'lesion' has a bright cube, 'normal' has none; 2 cases per patient."""
+    root = Path(root)
+    rows = ["path,label,patient_id"]
+    for i in range(n):
+        img, _ = cube_case(shape, lo=(3, 3, 2), hi=(7, 7, 5), seed=i)
+        label = "lesion" if i % 2 else "normal"
+        if label == "normal":
+            img = np.random.default_rng(100 + i).normal(100, 5, shape).astype(np.float32)
+            img[1:-1, 1:-1, 1:-1] += 50  # same head, no lesion
+        else:
+            img[1:-1, 1:-1, 1:-1] += 50
+        save(root / "images" / f"s{i:02d}.nii.gz", img, make_affine((2.0, 2.0, 3.0), "LAS"), np.int16)
+        rows.append(f"images/s{i:02d}.nii.gz,{label},pat{i // 2}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root

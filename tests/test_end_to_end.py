@@ -40,7 +40,7 @@ def test_demo_job_end_to_end(tmp_path):
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         assert len(parents) == 1
         stages = {r.data.tags["medflow.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-        expected = {"ingest", "preprocess", "split", "train"} | ({"evaluate"} if name == "segmentation" else set())
+        expected = {"ingest", "preprocess", "split", "train", "evaluate"}
         assert set(stages) == expected
         train = stages["train"]
         assert "augment/preview.png" in [a.path for a in client.list_artifacts(train.info.run_id, "augment")]

@@ -1,6 +1,7 @@
 """Evaluate stage: segment held-out cases in their native space and score them.
 
-Reads:  ingest (the original files), split (which cases), train (model.keras, train.json with the plan)
+Reads:  ingest (the original files), split (which cases), train (model.keras, train.json with the plan);
+        classifiers read the preprocess stage's case files instead (see evaluate_cls)
 Writes: <workspace>/stages/evaluate/<key>/predictions/<case>.nii.gz (label maps on each input's grid,
         with its affine and header), cases/<case>.json (per-case metrics and confusion, the resume
         points), metrics.csv, summary.json, confusion.json, confusion.png, montage.png, then manifest.json
@@ -139,7 +140,7 @@ def _montage(results, records, report, n_classes, path) -> list[str]:
 
 
 def run(cfg, upstream, out: StageDir, ctx):
-    """Evaluate the trained model on the configured split (segmentation)."""
+    """Evaluate the trained model on the configured split (classification: see evaluate_cls)."""
     import keras
 
     import models.losses  # noqa: F401  (registers the custom loss classes a compiled file may name)
@@ -148,8 +149,10 @@ def run(cfg, upstream, out: StageDir, ctx):
 
     ingest, split, train = upstream["ingest"], upstream["split"], upstream["train"]
     info = json.loads(train.file("train.json").read_text())
-    if info["task"] != "segmentation":
-        raise StageFailed(f"evaluate handles segmentation; this model is for {info['task']}")
+    if info["task"] == "classification":
+        from pipelines.stages import evaluate_cls
+
+        return evaluate_cls.run(cfg, upstream, out, ctx, info)
     classes, ev = info["classes"], cfg.evaluate
     report = ev.report_classes or classes[1:]
     unknown = [c for c in report if c not in classes[1:]]

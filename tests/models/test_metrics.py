@@ -79,3 +79,28 @@ def test_multi_otsu_orders_classes_by_intensity():
     seg = multi_otsu(image, mask, [1, 2, 3])
     assert (seg[0] == 0).all() and (seg[mask] == truth[mask]).all()
     assert (multi_otsu(-image, mask, [3, 2, 1])[mask] == truth[mask]).all()
+
+
+def test_classification_report_matches_scikit_learn():
+    from sklearn import metrics as skm
+
+    from models.metrics import classification_report
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 60)
+    logits = rng.normal(size=(60, 3)) + 1.5 * np.eye(3)[y]
+    logits[:5, 0] = logits[:5, 1]  # ties in the scores
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    rep = classification_report(y, probs, ["a", "b", "c"])
+    pred = probs.argmax(1)
+    assert rep["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert rep["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert rep["roc_auc_macro_ovr"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert rep["confusion"] == skm.confusion_matrix(y, pred).tolist()
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, zero_division=0)
+    for c, name in enumerate("abc"):
+        got = rep["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p[c], r[c], f[c], s[c]))
+    assert rep["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    one_class = classification_report(np.zeros(4, int), np.tile([0.6, 0.3, 0.1], (4, 1)), ["a", "b", "c"])
+    assert np.isnan(one_class["roc_auc_macro_ovr"]) and one_class["accuracy"] == 1.0
