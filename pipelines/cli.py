@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel case workers (default: config, 0 = all cores)")
     p.set_defaults(func=cmd_run)
 
+    from pipelines.cli_experiments import add_parsers
+
+    add_parsers(sub, fmt, _examples)
+
     p = sub.add_parser("status", help="which stages are done, their keys, outputs and MLflow runs",
                        formatter_class=fmt, epilog=_examples("""
                            medflow status pipelines/configs/segmentation.yaml

@@ -158,6 +158,12 @@ class EvaluateConfig(_Strict):
         return self
 
 
+class CompareConfig(_Strict):
+    """The models ``medflow compare`` trains on the same split, each a registered name and its parameters."""
+
+    models: list[ModelConfig] = Field(default_factory=list)
+
+
 class TrackingConfig(_Strict):
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
 
@@ -175,6 +181,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    compare: CompareConfig = CompareConfig()
     tracking: TrackingConfig = TrackingConfig()
     workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")

@@ -18,6 +18,12 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, dest, dpi: int = 90) -> None:
+    """Save ``fig`` to a path or file object and close it (pyplot keeps open figures alive)."""
+    fig.savefig(dest, dpi=dpi, format="png")
+    pyplot().close(fig)
+
+
 def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
     """Counts (left) and row-normalized recall (right), class names on both axes.
 

@@ -37,8 +37,14 @@ class NullTracker:
 
     experiment_name = None
 
-    def pipeline(self, cfg, config_path=None, profile=None):
+    def pipeline(self, cfg, config_path=None, profile=None, run_name=None, kind="pipeline"):
         return nullcontext(None)
+
+    def group(self, name, tags=None):
+        return nullcontext(None)
+
+    def log_to(self, run_id, metrics=None, artifacts=(), folder=None):
+        pass
 
     def stage(self, name, key, path):
         return nullcontext(None)
@@ -100,41 +106,53 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         stage ends the run; its result has state 'failed' and later stages are absent.
     """
     tracker = tracker or NullTracker()
-    ctx = RunContext(strict=strict, workers=resolve_workers(cfg, workers), log_metrics=tracker.log_metrics,
-                     log_artifact=tracker.log_artifact)
-    stages = plan_stages(cfg, target)
-    outputs: dict[str, StageOutput] = {}
-    results: list[StageResult] = []
+    ctx = make_context(cfg, tracker, strict, workers)
     with tracker.pipeline(cfg, config_path, profile) as parent:
         parent_id = parent.info.run_id if parent is not None else None
-        for stage in stages:
-            upstream = {n: outputs[n] for n in stage.inputs}
-            key = stage.key(cfg, upstream)
-            out = StageDir(stages_root(), stage.name, key, stage.fn.__module__)
-            redo = force and (target is None or stage.name == target)
-            start = time.perf_counter()
-            with tracker.stage(stage.name, key, out.path) as run:
-                run_id = run.info.run_id if run is not None else None
-                try:
-                    if out.complete and not redo:
-                        output, state = out.load(), "skipped"
-                        log(f"[{stage.name}] up to date ({out.path})")
-                    else:
-                        if redo:
-                            out.reset()
-                        log(f"[{stage.name}] running -> {out.path}")
-                        output, state = stage.fn(cfg, upstream, out, ctx), "ran"
-                except StageFailed as err:
-                    results.append(StageResult(stage.name, key, str(out.path), "failed",
-                                               time.perf_counter() - start, 0, 0, run_id, str(err)))
-                    tracker.log_failure(str(err))
-                    raise
-                seconds = time.perf_counter() - start
-                tracker.log_stage(output, state == "skipped", seconds)
-            outputs[stage.name] = output
-            results.append(StageResult(stage.name, key, str(out.path), state, seconds,
-                                       len(output.cases), len(output.quarantine), run_id))
+        results = run_stages(cfg, plan_stages(cfg, target), {}, tracker, ctx, force=force, target=target)
     return results, parent_id
+
+
+def make_context(cfg, tracker, strict: bool = False, workers: int | None = None) -> RunContext:
+    return RunContext(strict=strict, workers=resolve_workers(cfg, workers), log_metrics=tracker.log_metrics,
+                      log_artifact=tracker.log_artifact)
+
+
+def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunContext, *, force=False,
+               target=None) -> list[StageResult]:
+    """Run (or skip) ``stages`` in order inside the active tracking run; ``outputs`` gains each one's output.
+
+    Upstream outputs already in ``outputs`` (e.g. shared by the folds of a cross-validation) are reused.
+    """
+    results: list[StageResult] = []
+    for stage in stages:
+        upstream = {n: outputs[n] for n in stage.inputs}
+        key = stage.key(cfg, upstream)
+        out = StageDir(stages_root(), stage.name, key, stage.fn.__module__)
+        redo = force and (target is None or stage.name == target)
+        start = time.perf_counter()
+        with tracker.stage(stage.name, key, out.path) as run:
+            run_id = run.info.run_id if run is not None else None
+            try:
+                if out.complete and not redo:
+                    output, state = out.load(), "skipped"
+                    log(f"[{stage.name}] up to date ({out.path})")
+                else:
+                    if redo:
+                        out.reset()
+                    log(f"[{stage.name}] running -> {out.path}")
+                    output, state = stage.fn(cfg, upstream, out, ctx), "ran"
+            except StageFailed as err:
+                results.append(StageResult(stage.name, key, str(out.path), "failed",
+                                           time.perf_counter() - start, 0, 0, run_id, str(err)))
+                tracker.log_failure(str(err))
+                raise
+            seconds = time.perf_counter() - start
+            tracker.log_stage(output, state == "skipped", seconds)
+        outputs[stage.name] = output
+        results.append(StageResult(stage.name, key, str(out.path), state, seconds,
+                                   len(output.cases), len(output.quarantine), run_id))
+    return results
 
 
 def stage_states(cfg) -> list[dict]:

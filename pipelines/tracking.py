@@ -76,11 +76,12 @@ class MlflowTracker:
         return self.client.create_experiment(name, artifact_location=location)
 
     @contextmanager
-    def pipeline(self, cfg, config_path=None, profile=None):
+    def pipeline(self, cfg, config_path=None, profile=None, run_name=None, kind="pipeline"):
         self.experiment_name = cfg.tracking.experiment or cfg.name
         commit, dirty = git_commit()
         tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version("pipelines.catalog"),
-                "medflow.profile": ",".join([profile] if isinstance(profile, str) else profile or []), "mlflow.source.type": "LOCAL"}
+                "medflow.profile": ",".join([profile] if isinstance(profile, str) else profile or []),
+                "medflow.kind": kind, "mlflow.source.type": "LOCAL"}
         if commit:
             tags.update({"mlflow.source.git.commit": commit, "medflow.git_dirty": str(dirty).lower()})
         if config_path:
@@ -92,7 +93,7 @@ class MlflowTracker:
             start = {"run_id": launched}
         else:
             exp_id = self.experiment_id(self.experiment_name)
-            start = {"experiment_id": exp_id, "run_name": cfg.name}
+            start = {"experiment_id": exp_id, "run_name": run_name or cfg.name}
         self._experiment_id = exp_id
         with mlflow.start_run(**start, tags=tags) as run:
             self._parent_id = run.info.run_id
@@ -109,6 +110,19 @@ class MlflowTracker:
         tags = {"medflow.stage": name, "medflow.key": key, "medflow.stage_dir": str(path)}
         with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags) as run:
             yield run
+
+    @contextmanager
+    def group(self, name: str, tags: dict | None = None):
+        """A nested run holding further stage runs: one fold of a cross-validation, one model of a comparison."""
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags or {}) as run:
+            yield run
+
+    def log_to(self, run_id: str, metrics: dict | None = None, artifacts=(), folder: str | None = None) -> None:
+        """Metrics and files for a run that is not the active one (a parent after its children)."""
+        for name, value in (metrics or {}).items():
+            self.client.log_metric(run_id, name, float(value))
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path), folder)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Live metrics of the active stage run (e.g. per training epoch)."""

@@ -119,7 +119,7 @@ def _metrics_csv(results: dict[str, dict]) -> str:
 def _montage(results, records, report, n_classes, path) -> list[str]:
     """Best, median and worst case (network mean Dice over the report classes), axial slice through the truth."""
     from data.geometry import to_canonical
-    from pipelines.figures import montage_figure
+    from pipelines.figures import montage_figure, save_figure
 
     ranked = sorted(results, key=lambda c: _mean_dice(results[c]["methods"]["network"]["rows"], report))
     picks = [("worst", ranked[0]), ("median", ranked[len(ranked) // 2]), ("best", ranked[-1])]
@@ -134,8 +134,7 @@ def _montage(results, records, report, n_classes, path) -> list[str]:
         dice = _mean_dice(results[case_id]["methods"]["network"]["rows"], report)
         rows.append({"title": f"{tag}: {case_id} (Dice {dice:.3f})", "image": vols[0][:, :, z],
                      "truth": np.rint(vols[1][:, :, z]).astype(int), "pred": vols[2][:, :, z].astype(int)})
-    fig = montage_figure(rows, n_classes, "image | truth | prediction (axial, native resolution)")
-    fig.savefig(path, dpi=90)
+    save_figure(montage_figure(rows, n_classes, "image | truth | prediction (axial, native resolution)"), path)
     return [c for _, c in picks]
 
 
@@ -145,7 +144,7 @@ def run(cfg, upstream, out: StageDir, ctx):
 
     import models.losses  # noqa: F401  (registers the custom loss classes a compiled file may name)
     from models.inference import keras_predictor
-    from pipelines.figures import confusion_figure
+    from pipelines.figures import confusion_figure, save_figure
 
     ingest, split, train = upstream["ingest"], upstream["split"], upstream["train"]
     info = json.loads(train.file("train.json").read_text())
@@ -185,9 +184,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     artifacts = ["metrics.csv", "summary.json", "confusion.json", "montage.png"]
     for method, s in summary.items():
         name = "confusion.png" if method == "network" else f"confusion_{method}.png"
-        confusion_figure(np.array(s["confusion"]), classes,
-                         f"{method}: voxels of {s['cases']} {ev.split} case(s), native space").savefig(
-            out.path / name, dpi=90)
+        save_figure(confusion_figure(np.array(s["confusion"]), classes,
+                                     f"{method}: voxels of {s['cases']} {ev.split} case(s), native space"),
+                    out.path / name)
         artifacts.append(name)
     metrics = {}
     for method, s in summary.items():

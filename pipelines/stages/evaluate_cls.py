@@ -76,7 +76,7 @@ def _misclassified_figure(source, ids, y, probs, classes, limit: int = 12):
 
 def evaluate_split(split: str, ids, y, probs, classes, source, out: StageDir) -> dict:
     """Write one split's predictions, metrics, confusion matrix and misclassified montage; return its report."""
-    from pipelines.figures import confusion_figure
+    from pipelines.figures import confusion_figure, save_figure
 
     report = classification_report(y, probs, classes)
     cm = np.array(report["confusion"])
@@ -88,8 +88,8 @@ def evaluate_split(split: str, ids, y, probs, classes, source, out: StageDir) ->
     out.write_text(f"{split}/confusion.csv", _confusion_csv(cm, classes))
     title = (f"{split}: {len(ids)} cases, accuracy {report['accuracy']:.3f}, "
              f"balanced {report['balanced_accuracy']:.3f}")
-    confusion_figure(cm, classes, title).savefig(out.path / split / "confusion.png", dpi=90)
-    _misclassified_figure(source, ids, y, probs, classes).savefig(out.path / split / "misclassified.png", dpi=80)
+    save_figure(confusion_figure(cm, classes, title), out.path / split / "confusion.png")
+    save_figure(_misclassified_figure(source, ids, y, probs, classes), out.path / split / "misclassified.png", dpi=80)
     return report
 
 

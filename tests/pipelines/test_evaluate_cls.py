@@ -57,3 +57,52 @@ def test_classification_evaluation(tmp_path):
             "stage/test/confusion.csv", "stage/test/misclassified.png"} <= logged
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["test_balanced_accuracy"] == run.data.metrics["test_balanced_accuracy"]
+
+
+COMPARE = """
+compare:
+  models:
+    - {name: logistic, params: {downsample: 1, l2: 0.0}}
+    - {name: mlp, params: {downsample: 2, units: [8], dropout: 0.0}}
+"""
+
+
+def test_cross_validation_and_comparison(tmp_path):
+    from pipelines.experiments import run_compare, run_cv
+
+    root = make_cls_dataset(tmp_path / "cls", n=16)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    path = write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages="[ingest, preprocess, split, train, evaluate]",
+                          extra=EXTRA + COMPARE)
+    cfg = load_config(path, ["dataset.classes=[normal, lesion]", "split.folds=3", "train.epochs=2"])
+    client = MlflowClient(store)
+
+    cv = run_cv(cfg, tracker=MlflowTracker(store))
+    splits = json.loads(next((tmp_path / "workspace/stages/split").glob("*/splits.json")).read_text())
+    non_test = sorted(c for f in splits["folds"] for c in f["val"])
+    assert len(non_test) == len(set(non_test)) == 16 - len(splits["test"])  # each case in one held-out fold
+    seen = []
+    for fold_dir in (tmp_path / "workspace/stages/evaluate").iterdir():
+        seen += [r["case_id"] for r in csv.DictReader((fold_dir / "val" / "predictions.csv").open())]
+    assert sorted(seen) == non_test
+    assert np.sum(cv["confusion"]) == len(non_test) and len(cv["folds"]) == 3
+    parent = client.get_run(cv["parent_run_id"])
+    assert parent.data.tags["medflow.kind"] == "cv"
+    ba = [f["balanced_accuracy"] for f in cv["folds"]]
+    assert parent.data.metrics["cv_balanced_accuracy_mean"] == np.mean(ba)
+    assert parent.data.metrics["cv_balanced_accuracy_sd"] == np.std(ba, ddof=1)
+    assert {"cv/folds.csv", "cv/confusion.png", "cv/summary.json"} <= {a.path for a in client.list_artifacts(
+        cv["parent_run_id"], "cv")}
+    runs = client.search_runs([parent.info.experiment_id])
+    folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+             and r.data.tags.get("medflow.kind") == "cv-fold"]
+    assert len(folds) == 3
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == folds[0].info.run_id]
+    assert {r.data.tags["medflow.stage"] for r in nested} == {"train", "evaluate"}
+
+    cmp = run_compare(cfg, tracker=MlflowTracker(store))
+    assert [r["model"] for r in cmp["rows"]] == ["logistic", "mlp"] and cmp["best"] in ("logistic", "mlp")
+    table = client.download_artifacts(cmp["parent_run_id"], "comparison/comparison.csv")
+    rows = list(csv.DictReader(open(table)))
+    assert [r["model"] for r in rows] == ["logistic", "mlp"] and "test_balanced_accuracy" in rows[0]
+    assert int(rows[0]["parameters"]) == 8 * 8 * 8 * 2 + 2  # logistic: one weight per voxel and class

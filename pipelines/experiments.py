@@ -1,0 +1,179 @@
+"""Runs made of several trainings under one parent run: k-fold cross-validation and model comparison.
+
+The shared stages (ingest, preprocess, split) run once; each fold or model then
+runs train + evaluate inside its own nested MLflow run. Stage folders are the
+ordinary cached ones (the fold and the model are part of the train key), so a
+fold trained before is reused, and an interrupted experiment resumes.
+The aggregates go on the parent run and into ``<workspace>/reports/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.engine import StageFailed
+from pipelines.progress import log
+from pipelines.runner import NullTracker, make_context, plan_stages, run_stages
+
+PER_RUN = ("train", "evaluate")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr")
+
+
+def _with(cfg, section: str, **changes):
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=changes)})
+
+
+def _check(cfg) -> None:
+    names = [s.name for s in plan_stages(cfg)]
+    if "evaluate" not in names:
+        raise StageFailed("cross-validation and comparison need the evaluate stage in the pipeline's stages")
+
+
+def _report(results) -> tuple[dict, Path]:
+    folder = Path(next(r.path for r in results if r.name == "evaluate"))
+    summary = json.loads((folder / "summary.json").read_text())
+    if "reports" not in summary:
+        raise StageFailed("cross-validation and comparison aggregate classification reports; "
+                          "this pipeline's evaluate stage scored a segmentation")
+    return summary, folder
+
+
+def _table(rows: list[dict]) -> tuple[str, str]:
+    """(CSV, Markdown) of a list of flat dicts with the same keys."""
+    keys = list(rows[0])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    for r in rows:
+        w.writerow([fmt(r[k]) for k in keys])
+    md = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    md += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return buf.getvalue(), "\n".join(md) + "\n"
+
+
+def _per_run(cfg):
+    return [s for s in plan_stages(cfg) if s.name in PER_RUN]
+
+
+def _shared(cfg, tracker, ctx, force):
+    outputs: dict = {}
+    stages = [s for s in plan_stages(cfg) if s.name not in PER_RUN]
+    return outputs, run_stages(cfg, stages, outputs, tracker, ctx, force=force)
+
+
+def _save(files: dict[str, str | bytes], tracker, parent_id, name: str) -> Path:
+    from pipelines.workspace import workspace_root
+
+    dest = workspace_root() / "reports" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for fname, content in files.items():
+        fd, name_tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest)
+        os.close(fd)
+        tmp = Path(name_tmp)
+        tmp.write_bytes(content if isinstance(content, bytes) else content.encode())
+        tmp.replace(dest / fname)
+    if parent_id:
+        tracker.log_to(parent_id, artifacts=[dest / f for f in files], folder=name.split("/")[0])
+    return dest
+
+
+def run_cv(cfg, *, tracker=None, strict=False, workers=None, force=False, config_path=None, profile=None) -> dict:
+    """k-fold cross-validation: fold f trains on the other folds and is scored on its own held-out cases.
+
+    Returns:
+        {'folds': [per-fold report], 'mean': {metric: mean}, 'sd': {...}, 'confusion': summed (K, K),
+         'parent_run_id', 'report_dir'}.
+    """
+    from pipelines.figures import confusion_figure, save_figure
+
+    _check(cfg)
+    if cfg.split.folds < 2:
+        raise StageFailed(f"cross-validation needs split.folds >= 2 (it is {cfg.split.folds})")
+    tracker = tracker or NullTracker()
+    ctx = make_context(cfg, tracker, strict, workers)
+    with tracker.pipeline(cfg, config_path, profile, run_name=f"{cfg.name} cv", kind="cv") as parent:
+        parent_id = parent.info.run_id if parent is not None else None
+        outputs, _ = _shared(cfg, tracker, ctx, force)
+        folds, confusion, classes = [], None, None
+        for f in range(cfg.split.folds):
+            cfg_f = _with(_with(cfg, "train", fold=f), "evaluate", split="val")
+            log(f"[cv] fold {f + 1}/{cfg.split.folds}")
+            with tracker.group(f"fold {f}", {"medflow.fold": str(f), "medflow.kind": "cv-fold"}) as run:
+                summary, _ = _report(run_stages(cfg_f, _per_run(cfg_f), dict(outputs), tracker,
+                                                ctx, force=force))
+                report = summary["reports"]["val"]
+                if run is not None:
+                    tracker.log_to(run.info.run_id, {f"val_{m}": report[m] for m in METRICS
+                                                     if np.isfinite(report[m])})
+            classes = summary["classes"]
+            cm = np.array(report["confusion"])
+            confusion = cm if confusion is None else confusion + cm
+            folds.append({"fold": f, "cases": report["n"], **{m: report[m] for m in METRICS}})
+        mean = {m: float(np.nanmean([r[m] for r in folds])) for m in METRICS}
+        sd = {m: float(np.nanstd([r[m] for r in folds], ddof=1)) for m in METRICS}
+        folds_csv, folds_md = _table(folds + [{"fold": "mean", "cases": sum(r["cases"] for r in folds), **mean},
+                                              {"fold": "sd", "cases": "", **sd}])
+        fig = confusion_figure(confusion, classes, f"{cfg.split.folds}-fold CV: summed over the held-out folds")
+        png = io.BytesIO()
+        save_figure(fig, png)
+        result = {"classes": classes, "folds": folds, "mean": mean, "sd": sd, "confusion": confusion.tolist()}
+        dest = _save({"folds.csv": folds_csv, "folds.md": folds_md, "summary.json": json.dumps(result, indent=1),
+                      "confusion.png": png.getvalue()}, tracker, parent_id, f"cv/{cfg.name}-{parent_id or 'local'}")
+        if parent_id:
+            tracker.log_to(parent_id, {**{f"cv_{m}_mean": v for m, v in mean.items() if np.isfinite(v)},
+                                       **{f"cv_{m}_sd": v for m, v in sd.items() if np.isfinite(v)}})
+    return {**result, "parent_run_id": parent_id, "report_dir": str(dest), "folds_md": folds_md}
+
+
+def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, force=False, config_path=None,
+                profile=None) -> dict:
+    """Train and evaluate each model of ``cfg.compare.models`` (or ``models``, by name) on the same split."""
+    from models.registry import build_model
+
+    _check(cfg)
+    variants = [m for m in cfg.compare.models if not models or m.name in models]
+    if not variants:
+        raise StageFailed("nothing to compare: list compare.models in the pipeline YAML"
+                          + (f" (asked for {', '.join(models)})" if models else ""))
+    tracker = tracker or NullTracker()
+    ctx = make_context(cfg, tracker, strict, workers)
+    rows = []
+    with tracker.pipeline(cfg, config_path, profile, run_name=f"{cfg.name} comparison", kind="comparison") as parent:
+        parent_id = parent.info.run_id if parent is not None else None
+        outputs, _ = _shared(cfg, tracker, ctx, force)
+        for variant in variants:
+            cfg_m = cfg.model_copy(update={"model": variant})
+            log(f"[compare] {variant.name}")
+            with tracker.group(variant.name, {"medflow.model": variant.name, "medflow.kind": "comparison-model"}):
+                results = run_stages(cfg_m, _per_run(cfg_m), dict(outputs), tracker, ctx,
+                                     force=force)
+            summary, _ = _report(results)
+            train = next(r for r in results if r.name == "train")
+            info = json.loads((Path(train.path) / "train.json").read_text())
+            params = build_model(variant.name, info["input_shape"], len(info["classes"]), variant.params).count_params()
+            row = {"model": variant.name, "parameters": params, "best_epoch": info["best_epoch"]}
+            for split in ("val", "test"):
+                rep = summary["reports"].get(split)
+                for m in METRICS:
+                    row[f"{split}_{m}"] = rep[m] if rep else float("nan")
+            with open(Path(train.path) / "history.csv") as fh:  # the training's own time, also when reused
+                row["train_seconds"] = round(sum(float(h.get("epoch_seconds") or 0) for h in csv.DictReader(fh)), 1)
+            rows.append(row)
+        csv_text, md = _table(rows)
+        dest = _save({"comparison.csv": csv_text, "comparison.md": md, "comparison.json": json.dumps(rows, indent=1)},
+                     tracker, parent_id, f"comparison/{cfg.name}-{parent_id or 'local'}")
+        primary = cfg.evaluate.split
+        best = max(rows, key=lambda r: -1 if np.isnan(r[f"{primary}_balanced_accuracy"])
+                   else r[f"{primary}_balanced_accuracy"])
+        if parent_id:
+            tracker.log_to(parent_id, {f"{r['model']}_{primary}_balanced_accuracy": r[f"{primary}_balanced_accuracy"]
+                                       for r in rows if np.isfinite(r[f"{primary}_balanced_accuracy"])})
+    return {"rows": rows, "best": best["model"], "parent_run_id": parent_id, "report_dir": str(dest), "table_md": md}
