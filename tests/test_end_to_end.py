@@ -53,6 +53,8 @@ def test_demo_job_end_to_end(tmp_path):
             assert meta["axcodes"] == "RAS" and np.allclose(meta["spacing"], spacing)
         if name == "segmentation":
             _check_evaluation(client, stages["evaluate"], parents[0])
+        else:
+            _check_classification(client, stages["evaluate"], stages["split"])
 
     # A corrupted file dropped into a copy of the dataset is quarantined; the rest completes.
     data = tmp_path / "ws/sample/demo/brain_tissue"
@@ -92,3 +94,15 @@ def _check_evaluation(client, run, parent):
         pred = nib.load(str(folder / "predictions" / f"{case_id}.nii.gz"))
         src = nib.load(str(_demo_data(folder) / "imagesTr" / f"{case_id}.nii.gz"))
         assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+
+
+def _check_classification(client, run, split_run):
+    """The test confusion matrix is in MLflow and counts every test case once."""
+    rid = run.info.run_id
+    conf = json.loads(Path(client.download_artifacts(rid, "stage/test/confusion.json")).read_text())
+    splits = json.loads((Path(split_run.data.tags["medflow.stage_dir"]) / "splits.json").read_text())
+    assert np.sum(conf["counts"]) == len(splits["test"]) > 0
+    assert conf["classes"] == ["normal", "hyperintense_lesion", "hypointense_lesion"]
+    assert {"stage/test/confusion.png", "stage/test/predictions.csv", "stage/test/misclassified.png"} <= {
+        a.path for a in client.list_artifacts(rid, "stage/test")}
+    assert 0 <= run.data.metrics["test_balanced_accuracy"] <= 1
