@@ -65,3 +65,16 @@ def test_foreground_dice_metric():
     m.update_state(y_true, np.eye(3)[pred_labels].astype("float32"))
     # class 1: inter 1, |P|+|T| = 2+2 -> 0.5; class 2: inter 2, 2+3 -> 0.8
     assert float(m.result()) == pytest.approx((0.5 + 0.8) / 2)
+
+
+@pytest.mark.parametrize("name", ["logistic", "mlp", "cnn", "resnet"])
+def test_classifier_regularization_from_params(name):
+    shape = (12, 16, 12, 1)
+    plain = build_model(name, shape, 3, {"l1": 0.0, "l2": 0.0, "dropout": 0.0})
+    reg = build_model(name, shape, 3, {"l1": 1e-3, "l2": 1e-2, "dropout": 0.5})
+    x = np.ones((1, *shape), "float32")
+    plain(x)
+    reg(x)
+    assert not plain.losses and len(reg.losses) >= 1 and all(float(v) > 0 for v in reg.losses)
+    assert any(isinstance(layer, keras.layers.Dropout) for layer in reg.layers)
+    assert not any(isinstance(layer, keras.layers.Dropout) and layer.rate > 0 for layer in plain.layers)
