@@ -10,6 +10,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
+# oneDNN kernels: off by default on AMD/AVX2 CPUs, 1.4-3x faster training here (medflow bench train)
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test test-slow test-all bench lock ui clean-workspace help

@@ -11,7 +11,6 @@ input's affine and header.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from data.geometry import same_grid, to_canonical
+from data.nifti import save_atomic
 from data.preprocess import PreprocessPlan, preprocess_case
 
 
@@ -92,13 +92,4 @@ def write_like(path: str | os.PathLike, data: np.ndarray, reference: str | os.Pa
     header.set_data_dtype(dtype)
     img = type(ref)(np.asarray(data, dtype=dtype), ref.affine, header=header)
     img.header.set_slope_inter(1.0, 0.0)  # the values are the data: no rescaling inherited from the input
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic(img, path)

@@ -231,7 +231,17 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    save_atomic(img, path)
+
+
+def save_atomic(img, path: str | os.PathLike) -> None:
+    """Save a nibabel image to ``path`` through a temp file in the same folder, then rename.
+
+    A crash or a full disk leaves either the old file or none, never a truncated one.
+    The temp name keeps the .nii/.nii.gz suffix because nibabel picks compression by it.
+    """
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -239,6 +249,5 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
         nib.save(img, tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise

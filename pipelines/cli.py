@@ -12,6 +12,10 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs. On this
+# project's AVX2 machine they make a U-Net training step 1.4x and a 3D CNN step 3x
+# faster (medflow bench train), so they are on unless the user says otherwise.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 EXIT_FAILED, EXIT_CONFIG = 1, 2
 
@@ -153,12 +157,13 @@ def cmd_augment_preview(args) -> int:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
     from data.preview import preview_figure
+    from pipelines.figures import save_figure
 
     sample = source.sample(args.case, args.epoch, args.index)
     out = args.out or workspace_root() / "previews" / f"{cfg.name}_{args.case}_e{args.epoch}_{args.index}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig = preview_figure(source, [(args.case, args.epoch, args.index)])
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     digest = hashlib.sha256(sample.image.tobytes() + (sample.label.tobytes() if sample.label is not None else b""))
     print(f"case {args.case}, epoch {args.epoch}, sample {args.index}: seed {sample.seed}, centre {sample.centre}")
     for name, draw in sample.applied:

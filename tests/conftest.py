@@ -10,6 +10,7 @@ from tests.helpers import make_msd
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the kernels the CLI runs with
 
 
 @pytest.fixture(autouse=True)

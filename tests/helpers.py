@@ -102,3 +102,30 @@ def make_cls_dataset(root, n=16, shape=(12, 10, 8)):
         rows.append(f"images/s{i:02d}.nii.gz,{label},pat{i // 2}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+EVAL_STAGES = "[ingest, preprocess, split, train, evaluate]"
+
+
+def read_splits(tmp_path):
+    """The splits.json of the (single) split stage under ``tmp_path``'s workspace."""
+    return json.loads(next((Path(tmp_path) / "workspace/stages/split").glob("*/splits.json")).read_text())
+
+
+def run_evaluation(tmp_path, root, extra, overrides=(), layout="msd"):
+    """Run ingest through evaluate on ``root`` into a SQLite store under ``tmp_path``.
+
+    Returns:
+        (store URI, resolved config, the evaluate stage's result).
+    """
+    from pipelines.config import load_config
+    from pipelines.runner import run_pipeline
+    from pipelines.tracking import MlflowTracker
+
+    store = f"sqlite:///{Path(tmp_path) / 's.db'}"
+    path = write_pipeline(Path(tmp_path) / "p.yaml", root, layout=layout, stages=EVAL_STAGES, extra=extra)
+    cfg = load_config(path, list(overrides))
+    results, _ = run_pipeline(cfg, tracker=MlflowTracker(store))
+    ev = results[-1]
+    assert ev.name == "evaluate" and ev.state == "ran", ev
+    return store, cfg, ev

@@ -49,6 +49,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     from data.preview import preview_figure
     from models.registry import check_model
     from pipelines import trainer
+    from pipelines.figures import save_figure
     from pipelines.inputs import build_source
 
     pre, split = upstream["preprocess"], upstream["split"]
@@ -76,7 +77,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         model = trainer.compile_model(cfg, input_shape, n_classes, task, steps * cfg.train.epochs)
     fig = preview_figure(source, [(c, start, 0) for c in train_ids[: cfg.train.preview_cases]],
                          classes if task == "classification" else None)
-    fig.savefig(out.path / "preview.png", dpi=90)
+    save_figure(fig, out.path / "preview.png")
     ctx.log_artifact(out.path / "preview.png", "augment")
     stopped = state is not None and cfg.train.early_stopping_patience and \
         state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience

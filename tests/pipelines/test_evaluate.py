@@ -11,10 +11,9 @@ import nibabel as nib
 import numpy as np
 from mlflow import MlflowClient
 
-from pipelines.config import load_config
 from pipelines.runner import run_pipeline
 from pipelines.tracking import MlflowTracker
-from tests.helpers import make_msd, write_pipeline
+from tests.helpers import make_msd, read_splits, run_evaluation
 
 EXTRA = """
 loader: {mode: 2d, patch_size: [16, 16], slice_axis: 2, samples_per_case: 4, batch_size: 4}
@@ -27,16 +26,10 @@ evaluate: {overlap: 0.25, batch_size: 16, baseline: multi_otsu, baseline_labels:
 
 def test_evaluate_stage_end_to_end(tmp_path):
     root = make_msd(tmp_path / "msd", n=6)
-    store = f"sqlite:///{tmp_path / 's.db'}"
-    path = write_pipeline(tmp_path / "p.yaml", root, stages="[ingest, preprocess, split, train, evaluate]",
-                          extra=EXTRA)
-    cfg = load_config(path, ["split.test_fraction=0.34"])
-    results, _ = run_pipeline(cfg, tracker=MlflowTracker(store))
-    ev = results[-1]
-    assert ev.name == "evaluate" and ev.state == "ran", ev
+    store, cfg, ev = run_evaluation(tmp_path, root, EXTRA, ["split.test_fraction=0.34"])
     folder = Path(ev.path)
     summary = json.loads((folder / "summary.json").read_text())
-    test_ids = json.loads(next((tmp_path / "workspace" / "stages" / "split").glob("*/splits.json")).read_text())["test"]
+    test_ids = read_splits(tmp_path)["test"]
     assert summary["methods"]["network"]["cases"] == len(test_ids) == 2
 
     # predictions: one label map per test case on the input's own grid and header

@@ -10,9 +10,8 @@ import numpy as np
 from mlflow import MlflowClient
 
 from pipelines.config import load_config
-from pipelines.runner import run_pipeline
 from pipelines.tracking import MlflowTracker
-from tests.helpers import make_cls_dataset, write_pipeline
+from tests.helpers import EVAL_STAGES, make_cls_dataset, read_splits, run_evaluation, write_pipeline
 
 EXTRA = """
 preprocess: {spacing: [2.0, 2.0, 2.0], crop_to_foreground: false}
@@ -27,15 +26,9 @@ def test_classification_evaluation(tmp_path):
     from sklearn import metrics as skm
 
     root = make_cls_dataset(tmp_path / "cls", n=16)
-    store = f"sqlite:///{tmp_path / 's.db'}"
-    path = write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages="[ingest, preprocess, split, train, evaluate]",
-                          extra=EXTRA)
-    cfg = load_config(path, ["dataset.classes=[normal, lesion]"])
-    results, _ = run_pipeline(cfg, tracker=MlflowTracker(store))
-    ev = results[-1]
-    assert ev.name == "evaluate" and ev.state == "ran", ev
+    store, cfg, ev = run_evaluation(tmp_path, root, EXTRA, ["dataset.classes=[normal, lesion]"], layout="csv")
     folder = Path(ev.path)
-    splits = json.loads(next((tmp_path / "workspace/stages/split").glob("*/splits.json")).read_text())
+    splits = read_splits(tmp_path)
     for name, ids in (("test", splits["test"]), ("val", splits["folds"][0]["val"])):
         rows = list(csv.DictReader((folder / name / "predictions.csv").open()))
         assert sorted(r["case_id"] for r in rows) == sorted(ids)
@@ -72,13 +65,13 @@ def test_cross_validation_and_comparison(tmp_path):
 
     root = make_cls_dataset(tmp_path / "cls", n=16)
     store = f"sqlite:///{tmp_path / 's.db'}"
-    path = write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages="[ingest, preprocess, split, train, evaluate]",
+    path = write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages=EVAL_STAGES,
                           extra=EXTRA + COMPARE)
     cfg = load_config(path, ["dataset.classes=[normal, lesion]", "split.folds=3", "train.epochs=2"])
     client = MlflowClient(store)
 
     cv = run_cv(cfg, tracker=MlflowTracker(store))
-    splits = json.loads(next((tmp_path / "workspace/stages/split").glob("*/splits.json")).read_text())
+    splits = read_splits(tmp_path)
     non_test = sorted(c for f in splits["folds"] for c in f["val"])
     assert len(non_test) == len(set(non_test)) == 16 - len(splits["test"])  # each case in one held-out fold
     seen = []
