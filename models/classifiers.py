@@ -18,6 +18,30 @@ def _layers(nd: int):
     return layers.Conv3D, layers.AveragePooling3D, layers.MaxPooling3D, layers.GlobalAveragePooling3D
 
 
+_POOLINGS = ("avg", "max", "avgmax")
+
+
+def _global_pool(x, nd: int, pooling: str):
+    """Global pooling of (N, *spatial, C) features to (N, C), or (N, 2C) for 'avgmax'.
+
+    A lesion covers a few voxels of a whole head: averaging dilutes its response
+    by the volume, while the maximum keeps it. 'avgmax' concatenates both.
+    """
+    if pooling not in _POOLINGS:
+        raise ValueError(f"pooling must be one of {_POOLINGS}. Received: pooling={pooling!r}")
+    avg = (layers.GlobalAveragePooling2D if nd == 2 else layers.GlobalAveragePooling3D)
+    mx = (layers.GlobalMaxPooling2D if nd == 2 else layers.GlobalMaxPooling3D)
+    if pooling == "avg":
+        return avg(name="gap")(x)
+    if pooling == "max":
+        return mx(name="gmp")(x)
+    return layers.Concatenate(name="gap_gmp")([avg(name="gap")(x), mx(name="gmp")(x)])
+
+
+def _bn(name: str, momentum: float):
+    return layers.BatchNormalization(momentum=momentum, name=name)
+
+
 def _reg(l1: float, l2: float):
     return regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
 
@@ -61,44 +85,50 @@ def mlp(input_shape, n_classes, downsample=4, units=(256, 64), dropout=0.3, l1=0
 
 
 @register_model("cnn", task="classification")
-def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e-4):
-    """VGG-style: ``blocks`` x (conv-BN-ReLU x2, max-pool), global average pooling, dense softmax."""
+def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e-4, pooling="avgmax",
+        bn_momentum=0.9):
+    """VGG-style: ``blocks`` x (conv-BN-ReLU x2, max-pool), global pooling, dense softmax.
+
+    ``bn_momentum`` 0.9 (Keras: 0.99) lets the running statistics follow the weights
+    within an epoch of a few dozen steps, which is what small medical datasets give.
+    """
     nd = _check(input_shape)
-    conv, _, maxpool, gap = _layers(nd)
+    conv, _, maxpool, _ = _layers(nd)
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for b in range(blocks):
         for i in (1, 2):
             x = conv(filters * 2**b, 3, padding="same", use_bias=False, kernel_regularizer=_reg(l1, l2),
                      name=f"block{b}_conv{i}")(x)
-            x = layers.BatchNormalization(name=f"block{b}_bn{i}")(x)
+            x = _bn(f"block{b}_bn{i}", bn_momentum)(x)
             x = layers.Activation("relu", name=f"block{b}_relu{i}")(x)
         x = maxpool(2, padding="same", name=f"block{b}_pool")(x)
-    x = gap(name="gap")(x)
+    x = _global_pool(x, nd, pooling)
     return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="cnn")
 
 
 @register_model("resnet", task="classification")
-def resnet(input_shape, n_classes, filters=16, stages=(2, 2, 2), dropout=0.3, l1=0.0, l2=1e-4):
-    """ResNet-style: a stem, then stages of basic residual blocks (stride 2 between stages)."""
+def resnet(input_shape, n_classes, filters=16, stages=(2, 2, 2), dropout=0.3, l1=0.0, l2=1e-4, pooling="avgmax",
+           bn_momentum=0.9):
+    """ResNet-style: a stem, then stages of basic residual blocks (stride 2 between stages), global pooling."""
     nd = _check(input_shape)
-    conv, _, maxpool, gap = _layers(nd)
+    conv = _layers(nd)[0]
     reg = _reg(l1, l2)
     inputs = keras.Input(input_shape, name="image")
     x = conv(filters, 5, strides=2, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(inputs)
-    x = layers.Activation("relu", name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    x = layers.Activation("relu", name="stem_relu")(_bn("stem_bn", bn_momentum)(x))
     for s, n_blocks in enumerate(stages):
         f = filters * 2**s
         for b in range(n_blocks):
             stride = 2 if (b == 0 and s > 0) else 1
             name = f"stage{s}_block{b}"
             y = conv(f, 3, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_conv1")(x)
-            y = layers.Activation("relu", name=f"{name}_relu1")(layers.BatchNormalization(name=f"{name}_bn1")(y))
+            y = layers.Activation("relu", name=f"{name}_relu1")(_bn(f"{name}_bn1", bn_momentum)(y))
             y = conv(f, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_conv2")(y)
-            y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+            y = _bn(f"{name}_bn2", bn_momentum)(y)
             if stride != 1 or x.shape[-1] != f:
                 x = conv(f, 1, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg,
                          name=f"{name}_proj")(x)
             x = layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, y]))
-    x = gap(name="gap")(x)
+    x = _global_pool(x, nd, pooling)
     return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="resnet")

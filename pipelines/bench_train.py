@@ -11,6 +11,7 @@ Synthetic batches are used: input cost is measured by ``medflow bench augment``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -102,6 +103,10 @@ def bench_train(model_name: str = "unet2d", pipeline: str | None = None, profile
         pipeline = project_root() / "pipelines" / "configs" / f"{name}.yaml"
         if model_name == "unet3d" and not profiles:
             profiles = ["3d"]
+    base = load_config(pipeline, list(sets), profile=list(profiles))
+    if base.model.name != model_name:  # another model: its parameters from compare.models, else its defaults
+        params = next((m.params for m in base.compare.models if m.name == model_name), {})
+        sets = [f"model.params={json.dumps(params)}", *sets]
     cfg = load_config(pipeline, [*sets, f"model.name={model_name}"], profile=list(profiles))
     task = "segmentation" if model_name.startswith("unet") else "classification"
     batch = batch or cfg.loader.batch_size

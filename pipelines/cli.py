@@ -181,8 +181,13 @@ def cmd_bench(args) -> int:
         return bench.bench_augment(size=args.size, seed=args.seed)
     if args.what == "train":
         from pipelines.bench_train import bench_train
+        from pipelines.config import ConfigError
 
-        return bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps)
+        try:
+            return bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            return EXIT_CONFIG
     return bench.bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
 
 

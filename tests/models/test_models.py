@@ -78,3 +78,24 @@ def test_classifier_regularization_from_params(name):
     assert not plain.losses and len(reg.losses) >= 1 and all(float(v) > 0 for v in reg.losses)
     assert any(isinstance(layer, keras.layers.Dropout) for layer in reg.layers)
     assert not any(isinstance(layer, keras.layers.Dropout) and layer.rate > 0 for layer in plain.layers)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_cnn_global_pooling_and_bn_momentum(name):
+    shape = (12, 16, 12, 1)
+    model = build_model(name, shape, 3, {"filters": 4, "pooling": "avgmax", "bn_momentum": 0.8})
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.8}
+    pooled = model.get_layer("gap_gmp")
+    features = keras.Model(model.inputs, [model.get_layer("gap").input, pooled.output])  # feature map, pooled
+    x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
+    fmap, vec = (np.asarray(v) for v in features(x, training=False))
+    c = fmap.shape[-1]
+    assert vec.shape == (2, 2 * c)
+    np.testing.assert_allclose(vec[:, :c], fmap.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vec[:, c:], fmap.max(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    for pooling, layer in (("avg", "gap"), ("max", "gmp")):
+        single = build_model(name, shape, 3, {"filters": 4, "pooling": pooling})
+        assert single.get_layer(layer).output.shape[-1] == c
+        assert not any(isinstance(v, keras.layers.Concatenate) for v in single.layers)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        build_model(name, shape, 3, {"pooling": "sum"})

@@ -29,3 +29,11 @@ def test_bench_train_prints_figures(capsys):
     assert rate > 0
     with pytest.raises(Exception, match="unknown model"):
         bench_train("no_such_model", batch=1, steps=1)
+
+
+def test_bench_train_other_model_takes_its_compare_params(capsys):
+    # classification.yaml's model is the CNN; resnet's parameters come from its compare.models entry
+    sets = ["loader.patch_size=[16,16,16]"]
+    assert bench_train("resnet", sets=sets, batch=1, steps=1) == 0
+    out = capsys.readouterr().out
+    assert "medflow bench train: resnet (filters=16, stages=[2, 2, 2]" in out
