@@ -101,17 +101,26 @@ def _prepare(out_dir: Path, stamp: dict, index_file: str) -> bool:
     return False
 
 
-def _run(fn, jobs, workers: int, progress) -> list[dict]:
+def run_jobs(fn, jobs, workers: int, progress, ticks=None) -> list:
+    """``fn`` over ``jobs`` in ``workers`` processes (forkserver), results in order.
+
+    ``ticks(job)`` is how far each finished job moves ``progress`` (default 1).
+    """
+    jobs = list(jobs)
     results = []
     if workers <= 1:
-        for job in jobs:
-            results.append(fn(job))
-            progress.update(1)
-        return results
-    with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
-        for res in pool.map(fn, jobs):
+        mapped = map(fn, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=_mp_context())
+        mapped = pool.map(fn, jobs)
+    try:
+        for job, res in zip(jobs, mapped):
             results.append(res)
-            progress.update(1)
+            progress.update(1 if ticks is None else ticks(job))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return results
 
 
@@ -134,7 +143,7 @@ def _build_subjects(root: Path, name: str, *, size, seed, index_file, image_rel,
         return out_dir, n, False
     todo = [job(i, out_dir) for i in range(n) if not (out_dir / image_rel.format(i)).exists()]
     progress.skip(n - len(todo))
-    _run(worker, todo, workers, progress)
+    run_jobs(worker, todo, workers, progress)
     return out_dir, n, True
 
 
