@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from skimage.transform import iradon, radon
+from skimage.transform import radon
+
+from data.ct.fbp import fbp
 
 MU_WATER_PER_MM = 0.0192  # water at about 70 keV (0.192 / cm)
-FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
 
 def midpoint_angles(n: int, span_deg: float = 180.0) -> np.ndarray:
@@ -43,14 +44,6 @@ def n_detectors(size: int) -> int:
 def forward(image: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     """(size, size) image -> (n_detectors(size), angles) sinogram (scikit-image ``radon``)."""
     return radon(np.asarray(image, dtype=np.float64), theta=np.asarray(angles_deg, dtype=np.float64), circle=False)
-
-
-def fbp(sinogram: np.ndarray, angles_deg: np.ndarray, size: int, filter_name: str = "ramp") -> np.ndarray:
-    """Filtered back-projection onto a (size, size) grid (scikit-image ``iradon``, linear interpolation)."""
-    if filter_name not in FILTERS:
-        raise ValueError(f"unknown FBP filter {filter_name!r}; choose from {', '.join(FILTERS)}")
-    return iradon(np.asarray(sinogram, dtype=np.float64), theta=np.asarray(angles_deg, dtype=np.float64),
-                  output_size=size, filter_name=filter_name, circle=False).astype(np.float32)
 
 
 def simulate_oversampled(fine: np.ndarray, size: int, angles_deg: np.ndarray) -> np.ndarray:
