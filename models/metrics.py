@@ -169,3 +169,19 @@ def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
 
     ranks = rankdata(score)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def image_quality(truth: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """PSNR (dB) and SSIM of one (H, W) reconstruction, as DIVal scores them.
+
+    Both use data_range = max(truth) - min(truth); SSIM is scikit-image's
+    (7 x 7 uniform window), which DIVal calls.
+    """
+    from skimage.metrics import structural_similarity
+
+    truth = np.asarray(truth, dtype=np.float64)
+    recon = np.asarray(recon, dtype=np.float64)
+    data_range = float(truth.max() - truth.min())
+    mse = float(np.mean((truth - recon) ** 2))
+    psnr = float("inf") if mse == 0 else 10.0 * np.log10(data_range**2 / mse)
+    return {"psnr": psnr, "ssim": float(structural_similarity(truth, recon, data_range=data_range))}

@@ -41,30 +41,31 @@ def _block(x, filters: int, nd: int, norm: str, dropout: float, residual: bool, 
     return x
 
 
-def build_unet(input_shape, n_classes: int, depth: int = 4, filters: int = 32, norm: str = "batch",
-               dropout: float = 0.0, residual: bool = False, max_filters: int = 320) -> keras.Model:
-    """U-Net with ``depth`` poolings.
+def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch", dropout: float = 0.0,
+                  residual: bool = False, max_filters: int = 320):
+    """The U-Net body: encoder, bottleneck and decoder, returning the last decoder level's features.
 
     Args:
-        input_shape: (H, W, C) or (D, H, W, C); spatial sizes must be divisible by 2**depth.
-        n_classes: output classes (background included).
+        inputs: a (B, H, W, C) or (B, D, H, W, C) Keras tensor; spatial sizes divisible by 2**depth.
         depth: number of down-sampling steps.
         filters: filters of the first level, doubled per level up to ``max_filters``.
         norm: 'batch', 'group' or 'none'.
-        dropout: spatial dropout rate inside each block.
+        dropout: spatial dropout rate inside each encoder block.
         residual: residual blocks (Res-U-Net) instead of plain double convolutions.
+
+    Returns:
+        (B, *S, filters) features at the input resolution.
     """
-    nd = len(input_shape) - 1
+    shape = tuple(inputs.shape[1:])
+    nd = len(shape) - 1
     if nd not in (2, 3):
-        raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={input_shape}")
+        raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={shape}")
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}. Received: norm={norm!r}")
-    if any(s % 2**depth for s in input_shape[:-1]):
-        raise ValueError(f"spatial sizes {input_shape[:-1]} must be divisible by 2**depth = {2**depth}")
+    if any(s % 2**depth for s in shape[:-1]):
+        raise ValueError(f"spatial sizes {shape[:-1]} must be divisible by 2**depth = {2**depth}")
     pool = layers.MaxPooling2D if nd == 2 else layers.MaxPooling3D
     up = layers.Conv2DTranspose if nd == 2 else layers.Conv3DTranspose
-    conv = layers.Conv2D if nd == 2 else layers.Conv3D
-    inputs = keras.Input(input_shape, name="image")
     x, skips = inputs, []
     for level in range(depth):
         x = _block(x, min(filters * 2**level, max_filters), nd, norm, dropout, residual, f"enc{level}")
@@ -76,6 +77,18 @@ def build_unet(input_shape, n_classes: int, depth: int = 4, filters: int = 32, n
         x = up(f, 2, strides=2, name=f"up{level}")(x)
         x = layers.Concatenate(name=f"cat{level}")([x, skips[level]])
         x = _block(x, f, nd, norm, 0.0, residual, f"dec{level}")
+    return x
+
+
+def build_unet(input_shape, n_classes: int, depth: int = 4, filters: int = 32, norm: str = "batch",
+               dropout: float = 0.0, residual: bool = False, max_filters: int = 320) -> keras.Model:
+    """Segmentation U-Net: :func:`unet_features` and a softmax over ``n_classes`` (background included)."""
+    if len(input_shape) not in (3, 4):
+        raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={input_shape}")
+    nd = len(input_shape) - 1
+    inputs = keras.Input(input_shape, name="image")
+    x = unet_features(inputs, depth, filters, norm, dropout, residual, max_filters)
+    conv = layers.Conv2D if nd == 2 else layers.Conv3D
     outputs = conv(n_classes, 1, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"unet{nd}d")
 

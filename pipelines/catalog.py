@@ -8,7 +8,7 @@ adding a stage does not change the code version (and so the keys) of the others.
 from __future__ import annotations
 
 from pipelines.engine import Stage
-from pipelines.stages import evaluate, ingest, preprocess, split, train
+from pipelines.stages import evaluate, evaluate_recon, ingest, preprocess, simulate, split, train, train_recon
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -24,5 +24,13 @@ STAGES: dict[str, Stage] = {
         Stage("evaluate", evaluate.run, inputs=("ingest", "preprocess", "split", "train"), sections=("evaluate",),
               outputs="predictions/<case>.nii.gz (native space), metrics.csv, summary.json, confusion.json/.png, "
                       "montage.png"),
+        Stage("simulate", simulate.run, inputs=(), sections=("simulate",),
+              outputs="data/{train,validation,test}/chunk_*.npz (sinogram, FBP, truth), data/dataset.json, "
+                      "geometry.json"),
+        Stage("train_recon", train_recon.run, inputs=("simulate",), sections=("loader", "model", "train"),
+              outputs="model.keras (FBP -> image), reconstructor.keras (sinogram -> image), checkpoints, "
+                      "history.csv, train.json"),
+        Stage("evaluate_recon", evaluate_recon.run, inputs=("simulate", "train_recon"), sections=("evaluate",),
+              outputs="metrics.csv (PSNR/SSIM per image and method), summary.json, comparison.png"),
     )
 }

@@ -133,6 +133,8 @@ class TrainConfig(_Strict):
     monitor: str = "val_loss"
     val_samples_per_case: int = Field(default=2, ge=1)
     class_weights: Literal["none", "balanced"] = "none"
+    loss: Literal["auto", "mse", "l1"] = Field(default="auto", description="reconstruction loss (auto: mse); "
+                                                                        "other tasks fix theirs")
     preview_cases: int = Field(default=4, ge=1)
 
 
@@ -149,6 +151,9 @@ class EvaluateConfig(_Strict):
     baseline_labels: list[int] = Field(default_factory=list, description="multi_otsu: label of each intensity "
                                                                           "class, darkest first")
     hd95: bool = Field(default=True, description="surface distances (the slowest metric)")
+    fbp_filters: list[Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]] = Field(
+        default_factory=lambda: ["ramp", "hann"], description="reconstruction: FBP baselines scored beside the network")
+    figure_cases: int = Field(default=4, ge=1, description="reconstruction: cases in the comparison figure")
 
     @model_validator(mode="after")
     def _baseline(self):
@@ -156,6 +161,30 @@ class EvaluateConfig(_Strict):
             raise ValueError("baseline multi_otsu needs baseline_labels: the label of each intensity class, "
                              "darkest first, e.g. [1, 2, 3]")
         return self
+
+
+class SimulateConfig(_Strict):
+    """CT reconstruction data: DIVal-style ellipse phantoms, noisy parallel-beam sinograms and their FBP."""
+
+    source: Literal["ellipses"] = "ellipses"
+    size: int = Field(default=128, ge=16, description="image pixels per side on [-1, 1]^2")
+    angles: int = Field(default=30, ge=1, description="projection angles at the midpoints of 180/angles steps")
+    oversample: int = Field(default=3, ge=1, description="measurements from a phantom this many times finer (odd)")
+    noise: float = Field(default=0.025, ge=0, description="Gaussian sigma as a fraction of the mean |sinogram|")
+    fbp_filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "hann"
+    frequency_scaling: float = Field(default=1.0, gt=0, le=1, description="FBP filter cut-off (fraction of Nyquist)")
+    seed: int = 0
+    train: int = Field(default=3200, ge=1)
+    validation: int = Field(default=320, ge=1)
+    test: int = Field(default=320, ge=1)
+    chunk: int = Field(default=64, ge=1, description="samples per cached file")
+
+    @field_validator("oversample")
+    @classmethod
+    def _odd(cls, v):
+        if v % 2 == 0:
+            raise ValueError(f"oversample must be odd so the fine and coarse grids share a centre, got {v}")
+        return v
 
 
 class CompareConfig(_Strict):
@@ -172,7 +201,8 @@ class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     stages: list[str] = Field(min_length=1)
-    dataset: DatasetConfig
+    dataset: DatasetConfig | None = Field(default=None, description="required by ingest")
+    simulate: SimulateConfig = SimulateConfig()
     ingest: IngestConfig = IngestConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
@@ -200,7 +230,10 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.dataset.layout == "msd" and self.dataset.classes is not None:
+        if self.dataset is None:
+            if "ingest" in self.stages:
+                raise ValueError("dataset: required, because the pipeline runs the ingest stage")
+        elif self.dataset.layout == "msd" and self.dataset.classes is not None:
             raise ValueError("dataset.classes is for the csv layout; msd datasets declare labels in dataset.json")
         from data.augment import build_transform  # the registry validates each transform's parameters
 

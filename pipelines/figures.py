@@ -82,3 +82,28 @@ def montage_figure(rows: Sequence[dict], n_classes: int, title: str = ""):
     if title:
         fig.suptitle(title)
     return fig
+
+
+def reconstruction_figure(rows: Sequence[dict], title: str = ""):
+    """One row per case: truth | FBP | network | |network - truth|, each with its PSNR/SSIM in the title.
+
+    ``rows``: dicts with ``name``, ``truth``, ``fbp``, ``net`` (H, W) arrays and ``fbp_q``/``net_q``
+    (image_quality dicts).
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        lo, hi = float(row["truth"].min()), float(row["truth"].max())
+        panels = [("truth " + row["name"], row["truth"], (lo, hi), "gray"),
+                  ("FBP {psnr:.2f} dB / {ssim:.3f}".format(**row["fbp_q"]), row["fbp"], (lo, hi), "gray"),
+                  ("network {psnr:.2f} dB / {ssim:.3f}".format(**row["net_q"]), row["net"], (lo, hi), "gray"),
+                  ("|network - truth|", np.abs(row["net"] - row["truth"]), (0.0, 0.25 * (hi - lo)), "magma")]
+        for ax, (name, image, (vmin, vmax), cmap) in zip(ax_row, panels):
+            # Array axis 0 is x: transposed so x runs left to right and y upward (origin lower).
+            ax.imshow(image.T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
+            ax.set_title(name, fontsize=8)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

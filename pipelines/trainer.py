@@ -48,6 +48,10 @@ def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int)
         kwargs["nesterov"] = True
     if task == "segmentation":
         loss, metrics = DiceCELoss(n_classes), [ForegroundDice(n_classes)]
+    elif task == "reconstruction":
+        l1 = tc.loss == "l1"
+        loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
+        metrics = [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
     else:
         loss, metrics = keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(
             name="accuracy")]

@@ -43,6 +43,7 @@ class EllipsesSpec:
     oversample: int = 3
     noise: float = 0.025
     fbp_filter: str = "hann"
+    frequency_scaling: float = 1.0
     seed: int = 0
     counts: dict = field(default_factory=lambda: {"train": 3200, "validation": 320, "test": 320})
     chunk: int = 64
@@ -52,7 +53,7 @@ class EllipsesSpec:
         return {"beam": "parallel", "image_size": self.size, "image_extent": [-1.0, 1.0],
                 "angles_deg": midpoint_angles(self.angles).tolist(), "detectors": n_detectors(self.size),
                 "detector_pitch_px": 1.0, "units": "line integrals in pixel units (scikit-image radon, circle=False)",
-                "fbp_filter": self.fbp_filter}
+                "fbp_filter": self.fbp_filter, "frequency_scaling": self.frequency_scaling}
 
 
 def make_sample(spec: EllipsesSpec, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,7 +66,7 @@ def make_sample(spec: EllipsesSpec, split: str, index: int) -> tuple[np.ndarray,
     gt, fine = phantom(draw_ellipses(rng), spec.size, spec.oversample)
     angles = midpoint_angles(spec.angles)
     sino = add_gaussian_noise(simulate_oversampled(fine, spec.size, angles), rng, spec.noise)
-    return sino.astype(np.float32), fbp(sino, angles, spec.size, spec.fbp_filter), gt
+    return sino.astype(np.float32), fbp(sino, angles, spec.size, spec.fbp_filter, spec.frequency_scaling), gt
 
 
 def _chunk_path(folder: Path, split: str, c: int) -> Path:

@@ -40,7 +40,7 @@ def test_unet_options_and_errors():
         check_model("cnn", {"depth": 3})
     with pytest.raises(ValueError, match="unknown model"):
         check_model("vit", {})
-    assert {MODELS[n].task for n in MODELS} == {"segmentation", "classification"}
+    assert {MODELS[n].task for n in MODELS} == {"segmentation", "classification", "reconstruction"}
 
 
 def test_dice_ce_against_hand_computation():

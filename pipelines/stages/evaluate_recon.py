@@ -1,0 +1,93 @@
+"""Reconstruction evaluate stage: PSNR and SSIM on the test images, for the network and FBP baselines.
+
+Reads:  simulate (test triples, geometry) and train_recon (model.keras)
+Writes: <workspace>/stages/evaluate_recon/<key>/metrics.csv (image, method, psnr, ssim),
+        summary.json (mean and sd per method), comparison.png (truth | FBP | network | error),
+        then manifest.json (last)
+
+Scores follow DIVal: data_range = max(gt) - min(gt) per image. The FBP
+baselines are recomputed from the noisy test sinograms with each filter of
+``evaluate.fbp_filters``; ``network`` is the trained model on the stored FBP input.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import numpy as np
+
+from pipelines.engine import StageDir
+
+
+def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """method -> {psnr_mean, psnr_sd, ssim_mean, ssim_sd, images} over per-image quality dicts."""
+    out = {}
+    for method, rows in scores.items():
+        psnr = np.array([r["psnr"] for r in rows])
+        ssim = np.array([r["ssim"] for r in rows])
+        out[method] = {"psnr_mean": float(psnr.mean()), "psnr_sd": float(psnr.std()),
+                       "ssim_mean": float(ssim.mean()), "ssim_sd": float(ssim.std()), "images": len(rows)}
+    return out
+
+
+def _figure_rows(order: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` images spread over the network's PSNR ranking: worst, ..., median, ..., best."""
+    picks = np.unique(np.round(np.linspace(0, len(order) - 1, min(n, len(order)))).astype(int))
+    return [int(order[p]) for p in picks]
+
+
+def run(cfg, upstream, out: StageDir, ctx):
+    """Score the network and the FBP baselines on every test image."""
+    import keras
+
+    from data.ct.ellipses import load_split
+    from data.ct.fbp import fbp
+    from models.metrics import image_quality
+    from pipelines.figures import reconstruction_figure, save_figure
+
+    sim, trained = upstream["simulate"], upstream["train_recon"]
+    geometry = sim.manifest["geometry"]
+    test = load_split(sim.file(sim.manifest["data"]), "test")
+    out.prepare()
+    net = keras.saving.load_model(trained.file(trained.manifest["model"]), compile=False, safe_mode=True)
+    start = time.perf_counter()
+    recon = np.asarray(net.predict(test["fbp"][..., None], batch_size=cfg.evaluate.batch_size, verbose=0))[..., 0]
+    predict_seconds = time.perf_counter() - start
+    size, angles = geometry["image_size"], geometry["angles_deg"]
+    images = {f"fbp_{name}": np.stack([fbp(s, angles, size, name) for s in test["sinogram"]])
+              for name in cfg.evaluate.fbp_filters}
+    images["network"] = recon
+    scores: dict[str, list[dict]] = {m: [] for m in images}
+    with ctx.progress(len(test["gt"]), "evaluate_recon") as bar:
+        for i, truth in enumerate(test["gt"]):
+            for method, stack in images.items():
+                scores[method].append(image_quality(truth, stack[i]))
+            bar.update(1)
+    summary = summarize(scores)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", "method", "psnr", "ssim"])
+    for method, rows in scores.items():
+        for index, q in zip(test["index"], rows):
+            writer.writerow([int(index), method, f"{q['psnr']:.4f}", f"{q['ssim']:.5f}"])
+    out.write_text("metrics.csv", buf.getvalue())
+    out.write_json("summary.json", {"methods": summary, "geometry": geometry, "test_images": len(test["gt"]),
+                                    "predict_seconds": predict_seconds})
+    order = np.argsort([q["psnr"] for q in scores["network"]])
+    fbp_input = test["fbp"]
+    rows = [{"name": f"#{int(test['index'][i])}", "truth": test["gt"][i], "fbp": fbp_input[i], "net": recon[i],
+             "fbp_q": image_quality(test["gt"][i], fbp_input[i]), "net_q": scores["network"][i]}
+            for i in _figure_rows(order, cfg.evaluate.figure_cases)]
+    save_figure(reconstruction_figure(rows, f"test images, worst to best network PSNR; FBP filter "
+                                            f"{geometry['fbp_filter']}"), out.path / "comparison.png")
+    metrics = {f"{m}_{k}": v for m, s in summary.items() for k, v in s.items() if k != "images"}
+    metrics["predict_images_per_s"] = len(recon) / max(predict_seconds, 1e-9)
+    return out.finish(cfg, upstream, {
+        "cases": {}, "quarantine": [],
+        "artifacts": ["metrics.csv", "summary.json", "comparison.png"],
+        "metrics": metrics,
+        "headline": {"test_psnr": summary["network"]["psnr_mean"], "test_ssim": summary["network"]["ssim_mean"],
+                     **{f"test_psnr_{m}": summary[m]["psnr_mean"] for m in images if m != "network"}},
+    })

@@ -1,0 +1,101 @@
+"""Reconstruction train stage: an image-to-image network on FBP inputs (FBPConvNet by default).
+
+Reads:  simulate (train and validation triples, geometry)
+Writes: <workspace>/stages/train_recon/<key>/ckpt-<epoch>/ + last.json (resume points), best.keras,
+        model.keras (FBP image -> image, the best epoch), reconstructor.keras (sinogram -> image: the
+        FBP layer of the training geometry, then model.keras), geometry.json, history.csv, train.json,
+        then manifest.json (last)
+
+The trainer is the one every task uses (pipelines/trainer.py); only the data differ.
+Each epoch's order is a seeded permutation of (seed, epoch), so a resumed run
+sees the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from pipelines.engine import StageDir, StageFailed
+from pipelines.stages.train import _history_csv
+
+
+def epoch_batches(n: int, batch: int, seed: int, epochs: range):
+    """Index batches for ``epochs``: each epoch a permutation of range(n) drawn from (seed, epoch)."""
+    for epoch in epochs:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        for start in range(0, n - batch + 1, batch):  # full batches only: steady batch-norm statistics
+            yield order[start:start + batch]
+
+
+def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range):
+    import tensorflow as tf
+
+    def gen():
+        for idx in epoch_batches(len(fbp), batch, seed, epochs):
+            yield fbp[idx][..., None], gt[idx][..., None]
+
+    size = fbp.shape[1]
+    spec = tf.TensorSpec((batch, size, size, 1), tf.float32)
+    train = tf.data.Dataset.from_generator(gen, output_signature=(spec, spec)).prefetch(2)
+    val_ds = tf.data.Dataset.from_tensor_slices((val["fbp"][..., None], val["gt"][..., None])).batch(batch).cache()
+    return train, val_ds
+
+
+def run(cfg, upstream, out: StageDir, ctx):
+    """Train (or resume training) the configured reconstruction model."""
+    import keras
+
+    from data.ct.ellipses import load_split
+    from models.reconstruction import sinogram_model
+    from models.registry import check_model
+    from pipelines import trainer
+
+    sim = upstream["simulate"]
+    task = check_model(cfg.model.name, cfg.model.params).task
+    if task != "reconstruction":
+        raise StageFailed(f"model {cfg.model.name!r} is a {task} model; train_recon needs a reconstruction model")
+    data = sim.file(sim.manifest["data"])
+    train = load_split(data, "train", names=("fbp", "gt"))
+    val = load_split(data, "validation", names=("fbp", "gt"))
+    batch = cfg.loader.batch_size
+    if len(train["fbp"]) < batch:
+        raise StageFailed(f"{data}: {len(train['fbp'])} training images, fewer than one batch of {batch}")
+    out.prepare()
+    keras.utils.set_random_seed(cfg.simulate.seed)
+    size = train["fbp"].shape[1]
+    steps = len(train["fbp"]) // batch
+    model, state = trainer.load_resume(out.path)
+    start = 0 if state is None else state["epoch"] + 1
+    if model is None:
+        model = trainer.compile_model(cfg, (size, size, 1), 1, task, steps * cfg.train.epochs)
+    stopped = state is not None and cfg.train.early_stopping_patience and \
+        state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience
+    if start < cfg.train.epochs and not stopped:
+        train_ds, val_ds = _datasets(train["fbp"], train["gt"], val, batch, cfg.simulate.seed,
+                                     range(start, cfg.train.epochs))
+        state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,
+                            state=state, log_metrics=ctx.log_metrics)
+    shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")
+    (out.path / ".tmp-model.keras").replace(out.path / "model.keras")
+    geometry = sim.manifest["geometry"]
+    net = keras.saving.load_model(out.path / "model.keras", compile=False, safe_mode=True)
+    tmp = out.path / ".tmp-reconstructor.keras"
+    sinogram_model(net, geometry).save(tmp)
+    tmp.replace(out.path / "reconstructor.keras")
+    out.write_json("geometry.json", geometry)
+    out.write_text("history.csv", _history_csv(state["history"]))
+    out.write_json("train.json", {
+        "task": task, "input_shape": [size, size, 1], "geometry": geometry, "model": cfg.model.model_dump(mode="json"),
+        "train_images": len(train["fbp"]), "val_images": len(val["fbp"]), "best_epoch": state["best_epoch"],
+        "monitor": cfg.train.monitor,
+    })
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    return out.finish(cfg, upstream, {
+        "cases": {}, "quarantine": [], "model": "model.keras", "reconstructor": "reconstructor.keras",
+        "artifacts": ["history.csv", "train.json", "geometry.json"],
+        "metrics": {"epochs_run": len(state["history"]), "best_epoch": state["best_epoch"],
+                    **{f"best_{k}": v for k, v in best.items() if k != "epoch"}},
+    })
