@@ -42,14 +42,25 @@ def cmd_sample_data(args) -> int:
 def _print_summary(name: str, results, parent_id, tracker) -> None:
     exp = f" (experiment {tracker.experiment_name}, parent run {parent_id})" if parent_id else ""
     print(f"\npipeline {name}{exp}")
-    print(f"  {'stage':<11} {'state':<8} {'cases':>6} {'quarantined':>11} {'seconds':>8}  output")
+    print(f"  {'stage':<14} {'state':<8} {'cases':>6} {'quarantined':>11} {'seconds':>8}  output")
     for r in results:
-        print(f"  {r.name:<11} {r.state:<8} {r.cases:>6} {r.quarantined:>11} {r.seconds:>8.1f}  {r.path}")
+        print(f"  {r.name:<14} {r.state:<8} {r.cases:>6} {r.quarantined:>11} {r.seconds:>8.1f}  {r.path}")
         if r.error:
             print(f"  error: {r.error}")
     for r in results:
         if r.name == "evaluate" and r.state != "failed":
             _print_evaluation(Path(r.path) / "summary.json")
+        if r.name == "evaluate_recon" and r.state != "failed":
+            _print_reconstruction(Path(r.path) / "summary.json")
+
+
+def _print_reconstruction(path: Path) -> None:
+    """PSNR / SSIM (mean +/- sd over the test images) per method, as DIVal reports them."""
+    s = json.loads(path.read_text())
+    print(f"\n  test set, {s['test_images']} images; PSNR (dB) and SSIM, data_range = max(gt) - min(gt):")
+    for method, m in s["methods"].items():
+        print(f"    {method:<11} PSNR {m['psnr_mean']:.2f} +/- {m['psnr_sd']:.2f}  "
+              f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}")
 
 
 def _print_evaluation(path: Path) -> None:
@@ -261,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--profile", action="append", help="named profile(s) from the YAML (repeatable)")
     p.set_defaults(func=cmd_augment_preview)
+
+    from pipelines.predict import add_parser as add_predict_parser
+
+    add_predict_parser(sub, fmt, _examples)
 
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the project's store", formatter_class=fmt,
                        epilog=_examples("""

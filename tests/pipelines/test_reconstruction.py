@@ -1,0 +1,135 @@
+"""The reconstruction pipeline end to end on tiny phantoms: simulate -> train_recon -> evaluate_recon,
+read back from MLflow, then ``medflow predict`` on sinograms with bad inputs mixed in."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from data.ct.ellipses import load_split
+from pipelines.cli import main
+from pipelines.config import ConfigError, load_config
+from pipelines.runner import run_pipeline
+from pipelines.stages.train_recon import epoch_batches
+from pipelines.tracking import MlflowTracker
+
+PIPELINE = """
+name: recon_test
+stages: [simulate, train_recon, evaluate_recon]
+simulate: {size: 32, angles: 12, train: 24, validation: 8, test: 6, chunk: 8}
+loader: {batch_size: 8}
+model: {name: fbpconvnet, params: {depth: 2, filters: 4}}
+train: {epochs: 2, learning_rate: 0.001, monitor: val_loss}
+evaluate: {fbp_filters: [ramp, hann], figure_cases: 3, batch_size: 4}
+workers: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tracked run of the tiny pipeline (shared by the tests below: training is the slow part)."""
+    tmp = tmp_path_factory.mktemp("recon")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDFLOW_WORKSPACE", str(tmp / "workspace"))
+    store = f"sqlite:///{tmp / 'store.db'}"
+    (tmp / "p.yaml").write_text(PIPELINE)
+    cfg = load_config(tmp / "p.yaml")
+    results, parent = run_pipeline(cfg, tracker=MlflowTracker(store))
+    yield {"tmp": tmp, "cfg": cfg, "results": {r.name: r for r in results}, "parent": parent, "store": store}
+    mp.undo()
+
+
+def test_stages_write_scores_figure_and_models(finished):
+    res = finished["results"]
+    assert [r.state for r in res.values()] == ["ran", "ran", "ran"]
+    summary = json.loads((Path(res["evaluate_recon"].path) / "summary.json").read_text())
+    methods = summary["methods"]
+    assert set(methods) == {"fbp_ramp", "fbp_hann", "network"}
+    assert all(m["images"] == 6 for m in methods.values())
+    # The Hann window trades resolution for noise; with 12 noisy angles it must score above the bare ramp.
+    assert methods["fbp_hann"]["psnr_mean"] > methods["fbp_ramp"]["psnr_mean"]
+    rows = list(csv.DictReader((Path(res["evaluate_recon"].path) / "metrics.csv").open()))
+    assert len(rows) == 18 and {r["method"] for r in rows} == set(methods)
+    net_psnr = np.mean([float(r["psnr"]) for r in rows if r["method"] == "network"])
+    assert net_psnr == pytest.approx(methods["network"]["psnr_mean"], abs=1e-3)
+    assert (Path(res["evaluate_recon"].path) / "comparison.png").stat().st_size > 10_000
+    train_dir = Path(res["train_recon"].path)
+    assert json.loads((train_dir / "geometry.json").read_text())["angles_deg"][0] == pytest.approx(7.5)
+
+
+def test_metrics_and_figure_are_in_mlflow(finished):
+    client = MlflowClient(finished["store"])
+    parent = client.get_run(finished["parent"])
+    assert parent.data.metrics["test_psnr"] == pytest.approx(
+        json.loads((Path(finished["results"]["evaluate_recon"].path) / "summary.json").read_text())
+        ["methods"]["network"]["psnr_mean"])
+    assert {"test_ssim", "test_psnr_fbp_ramp", "test_psnr_fbp_hann"} <= set(parent.data.metrics)
+    exp = parent.info.experiment_id
+    (evaluate,) = client.search_runs([exp], "tags.`medflow.stage` = 'evaluate_recon'")
+    assert {"stage/comparison.png", "stage/metrics.csv", "stage/summary.json"} <= {
+        a.path for a in client.list_artifacts(evaluate.info.run_id, "stage")}
+    (train,) = client.search_runs([exp], "tags.`medflow.stage` = 'train_recon'")
+    history = client.get_metric_history(train.info.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1]
+
+
+def test_rerun_skips_every_stage(finished, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_WORKSPACE", str(finished["tmp"] / "workspace"))
+    results, _ = run_pipeline(finished["cfg"])
+    assert [r.state for r in results] == ["skipped"] * 3
+
+
+def test_predict_writes_images_and_quarantines_bad_inputs(finished, tmp_path, capsys):
+    sim = Path(finished["results"]["simulate"].path)
+    test = load_split(sim / "data", "test")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        np.save(inputs / f"scan_{i}.npy", test["sinogram"][i])
+    np.save(inputs / "wrong_shape.npy", np.zeros((10, 12), np.float32))
+    (inputs / "garbage.npy").write_bytes(b"not numpy")
+    out = tmp_path / "out"
+    code = main(["predict", "--model", finished["results"]["train_recon"].path, "--input", str(inputs),
+                 "--output", str(out), "--batch", "3"])
+    assert code == 1  # some inputs were quarantined
+    err = capsys.readouterr().err
+    assert "wrong_shape.npy: sinogram shape (10, 12), the model expects (46, 12)" in err
+    assert "garbage.npy: not a readable .npy array" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "quarantine.json", "scan_0.nii.gz", "scan_0.npy", "scan_1.nii.gz", "scan_1.npy"]
+    assert len(json.loads((out / "quarantine.json").read_text())) == 2
+    net = keras.saving.load_model(Path(finished["results"]["train_recon"].path) / "model.keras", safe_mode=True)
+    expected = np.asarray(net.predict(test["fbp"][:2, ..., None], verbose=0))[..., 0]
+    for i in range(2):
+        image = np.load(out / f"scan_{i}.npy")
+        assert image.shape == (32, 32) and np.abs(image - expected[i]).max() < 1e-4
+        assert np.allclose(nib.load(out / f"scan_{i}.nii.gz").get_fdata()[..., 0], image, atol=1e-6)
+    assert main(["predict", "--model", str(tmp_path / "none.keras"), "--input", str(inputs),
+                 "--output", str(out)]) == 2
+
+
+def test_epoch_order_is_a_seeded_permutation_per_epoch():
+    a = list(epoch_batches(10, 4, seed=0, epochs=range(2)))
+    assert len(a) == 4 and all(len(b) == 4 for b in a)
+    assert len(set(np.concatenate(a[:2]))) == 8  # no repeats inside an epoch
+    assert not np.array_equal(a[0], a[2])
+    resumed = list(epoch_batches(10, 4, seed=0, epochs=range(1, 2)))
+    assert all(np.array_equal(x, y) for x, y in zip(resumed, a[2:]))
+
+
+def test_config_checks(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.replace("chunk: 8}", "chunk: 8, oversample: 2}"))
+    with pytest.raises(ConfigError, match="simulate.oversample: oversample must be odd"):
+        load_config(path)
+    path.write_text(PIPELINE.replace("stages: [simulate,", "stages: [ingest, simulate,"))
+    with pytest.raises(ConfigError, match="dataset: required"):
+        load_config(path)
