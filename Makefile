@@ -37,7 +37,8 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/medflow sample-data --size $(PROFILE)
-	$(BIN)/medflow run pipelines/configs/segmentation.yaml pipelines/configs/classification.yaml --profile $(PROFILE)
+	$(BIN)/medflow run pipelines/configs/segmentation.yaml pipelines/configs/classification.yaml \
+		pipelines/configs/reconstruction.yaml $(if $(filter demo,$(PROFILE)),--profile demo,)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile

@@ -58,9 +58,11 @@ def _print_reconstruction(path: Path) -> None:
     """PSNR / SSIM (mean +/- sd over the test images) per method, as DIVal reports them."""
     s = json.loads(path.read_text())
     print(f"\n  test set, {s['test_images']} images; PSNR (dB) and SSIM, data_range = max(gt) - min(gt):")
+    scaling = s.get("fbp_frequency_scaling", {})
     for method, m in s["methods"].items():
+        note = f"  (frequency scaling {scaling[method[4:]]})" if method[4:] in scaling else ""
         print(f"    {method:<11} PSNR {m['psnr_mean']:.2f} +/- {m['psnr_sd']:.2f}  "
-              f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}")
+              f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}{note}")
 
 
 def _print_evaluation(path: Path) -> None:

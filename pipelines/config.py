@@ -154,6 +154,8 @@ class EvaluateConfig(_Strict):
     fbp_filters: list[Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]] = Field(
         default_factory=lambda: ["ramp", "hann"], description="reconstruction: FBP baselines scored beside the network")
     figure_cases: int = Field(default=4, ge=1, description="reconstruction: cases in the comparison figure")
+    fbp_tune: bool = Field(default=True, description="reconstruction: pick each FBP filter's frequency scaling "
+                                                     "by validation PSNR, as DIVal's FBP baseline does")
 
     @model_validator(mode="after")
     def _baseline(self):

@@ -7,7 +7,9 @@ Writes: <workspace>/stages/evaluate_recon/<key>/metrics.csv (image, method, psnr
 
 Scores follow DIVal: data_range = max(gt) - min(gt) per image. The FBP
 baselines are recomputed from the noisy test sinograms with each filter of
-``evaluate.fbp_filters``; ``network`` is the trained model on the stored FBP input.
+``evaluate.fbp_filters``, at the frequency scaling that scores best on up to 64
+validation images (``evaluate.fbp_tune``, as DIVal tunes its FBP baseline);
+``network`` is the trained model on the stored FBP input.
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
         out[method] = {"psnr_mean": float(psnr.mean()), "psnr_sd": float(psnr.std()),
                        "ssim_mean": float(ssim.mean()), "ssim_sd": float(ssim.std()), "images": len(rows)}
     return out
+
+
+SCALINGS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def tune_scaling(sinograms, truths, angles, size: int, filter_name: str) -> float:
+    """The frequency scaling of ``SCALINGS`` with the best mean PSNR on (validation) images."""
+    from data.ct.fbp import fbp
+    from models.metrics import image_quality
+
+    def mean_psnr(scaling):
+        return np.mean([image_quality(t, fbp(s, angles, size, filter_name, scaling))["psnr"]
+                        for s, t in zip(sinograms, truths)])
+
+    return max(SCALINGS, key=mean_psnr)
 
 
 def _figure_rows(order: np.ndarray, n: int) -> list[int]:
@@ -56,7 +73,12 @@ def run(cfg, upstream, out: StageDir, ctx):
     recon = np.asarray(net.predict(test["fbp"][..., None], batch_size=cfg.evaluate.batch_size, verbose=0))[..., 0]
     predict_seconds = time.perf_counter() - start
     size, angles = geometry["image_size"], geometry["angles_deg"]
-    images = {f"fbp_{name}": np.stack([fbp(s, angles, size, name) for s in test["sinogram"]])
+    scaling = {name: 1.0 for name in cfg.evaluate.fbp_filters}
+    if cfg.evaluate.fbp_tune:
+        val = load_split(sim.file(sim.manifest["data"]), "validation", names=("sinogram", "gt"))
+        scaling = {name: tune_scaling(val["sinogram"][:64], val["gt"][:64], angles, size, name)
+                   for name in cfg.evaluate.fbp_filters}
+    images = {f"fbp_{name}": np.stack([fbp(s, angles, size, name, scaling[name]) for s in test["sinogram"]])
               for name in cfg.evaluate.fbp_filters}
     images["network"] = recon
     scores: dict[str, list[dict]] = {m: [] for m in images}
@@ -74,7 +96,7 @@ def run(cfg, upstream, out: StageDir, ctx):
             writer.writerow([int(index), method, f"{q['psnr']:.4f}", f"{q['ssim']:.5f}"])
     out.write_text("metrics.csv", buf.getvalue())
     out.write_json("summary.json", {"methods": summary, "geometry": geometry, "test_images": len(test["gt"]),
-                                    "predict_seconds": predict_seconds})
+                                    "fbp_frequency_scaling": scaling, "predict_seconds": predict_seconds})
     order = np.argsort([q["psnr"] for q in scores["network"]])
     fbp_input = test["fbp"]
     rows = [{"name": f"#{int(test['index'][i])}", "truth": test["gt"][i], "fbp": fbp_input[i], "net": recon[i],

@@ -133,3 +133,16 @@ def test_config_checks(tmp_path):
     path.write_text(PIPELINE.replace("stages: [simulate,", "stages: [ingest, simulate,"))
     with pytest.raises(ConfigError, match="dataset: required"):
         load_config(path)
+
+
+def test_fbp_tuning_cuts_more_of_the_band_when_the_data_are_noisier():
+    from data.ct.ellipses import EllipsesSpec, make_sample
+    from pipelines.stages.evaluate_recon import tune_scaling
+
+    picks = {}
+    for noise in (0.0, 0.1):
+        spec = EllipsesSpec(size=32, angles=24, noise=noise)
+        samples = [make_sample(spec, "validation", i) for i in range(8)]
+        picks[noise] = tune_scaling([s[0] for s in samples], [s[2] for s in samples],
+                                    spec.geometry()["angles_deg"], 32, "ramp")
+    assert picks[0.1] < picks[0.0]
