@@ -12,14 +12,21 @@ import keras
 from keras import ops
 
 from data.ct.fbp import backprojection_tables, filter_matrix, fourier_filter
+from data.ct.physics import n_detectors, rebin_matrix
 
 
 @keras.saving.register_keras_serializable(package="medflow")
 class FilteredBackprojection(keras.layers.Layer):
-    """(B, D, A) parallel-beam sinograms -> (B, S, S, 1) FBP images (scikit-image conventions)."""
+    """(B, D, A) parallel-beam sinograms -> (B, S, S, 1) FBP images (scikit-image conventions).
 
-    def __init__(self, size: int, angles_deg, filter_name: str = "hann", frequency_scaling: float = 1.0, **kwargs):
+    ``scale`` and ``offset`` map the FBP to the training images' units (1 and 0 for
+    the ellipses; HU for sinograms simulated from CT volumes).
+    """
+
+    def __init__(self, size: int, angles_deg, filter_name: str = "hann", frequency_scaling: float = 1.0,
+                 scale: float = 1.0, offset: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.scale, self.offset = float(scale), float(offset)  # output = scale * FBP + offset (e.g. to HU)
         self.size = int(size)
         self.angles_deg = [float(a) for a in angles_deg]
         self.filter_name = filter_name
@@ -30,9 +37,12 @@ class FilteredBackprojection(keras.layers.Layer):
         detectors, n_angles = int(input_shape[1]), int(input_shape[2])
         if n_angles != len(self.angles_deg):
             raise ValueError(f"sinograms have {n_angles} angles, the layer was configured for {len(self.angles_deg)}")
-        self.detectors = detectors
-        self._h = filter_matrix(detectors, self.filter_name, self.frequency_scaling).astype(np.float32)
-        self._index, self._lo, self._hi = backprojection_tables(detectors, self.size, self.angles_deg)
+        self.detectors = n_detectors(self.size)
+        h = filter_matrix(self.detectors, self.filter_name, self.frequency_scaling)
+        if detectors != self.detectors:  # another detector count: rebin to one per pixel first (linear too)
+            h = h @ rebin_matrix(detectors, self.size)
+        self._h = h.astype(np.float32)
+        self._index, self._lo, self._hi = backprojection_tables(self.detectors, self.size, self.angles_deg)
         self._scale = np.pi / (2 * n_angles)
 
     def call(self, sinogram):
@@ -42,7 +52,7 @@ class FilteredBackprojection(keras.layers.Layer):
         index = ops.convert_to_tensor(self._index)
         lo = ops.take(flat, index, axis=1) * self._lo  # (B, A, S*S)
         hi = ops.take(flat, index + 1, axis=1) * self._hi
-        image = ops.sum(lo + hi, axis=1) * self._scale
+        image = ops.sum(lo + hi, axis=1) * (self._scale * self.scale) + self.offset
         return ops.reshape(image, (-1, self.size, self.size, 1))
 
     def compute_output_shape(self, input_shape):
@@ -50,4 +60,5 @@ class FilteredBackprojection(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "angles_deg": self.angles_deg,
-                "filter_name": self.filter_name, "frequency_scaling": self.frequency_scaling}
+                "filter_name": self.filter_name, "frequency_scaling": self.frequency_scaling,
+                "scale": self.scale, "offset": self.offset}

@@ -38,5 +38,6 @@ def sinogram_model(net: keras.Model, geometry: dict) -> keras.Model:
     """
     inputs = keras.Input((geometry["detectors"], len(geometry["angles_deg"])), name="sinogram")
     fbp = FilteredBackprojection(geometry["image_size"], geometry["angles_deg"], geometry["fbp_filter"],
-                                 geometry.get("frequency_scaling", 1.0), name="fbp")(inputs)
+                                 geometry.get("frequency_scaling", 1.0), geometry.get("fbp_scale", 1.0),
+                                 geometry.get("fbp_offset", 0.0), name="fbp")(inputs)
     return keras.Model(inputs, net(fbp), name=f"{net.name}_from_sinogram")

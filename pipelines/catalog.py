@@ -24,7 +24,7 @@ STAGES: dict[str, Stage] = {
         Stage("evaluate", evaluate.run, inputs=("ingest", "preprocess", "split", "train"), sections=("evaluate",),
               outputs="predictions/<case>.nii.gz (native space), metrics.csv, summary.json, confusion.json/.png, "
                       "montage.png"),
-        Stage("simulate", simulate.run, inputs=(), sections=("simulate",),
+        Stage("simulate", simulate.run, inputs=(), sections=("simulate",), extra_key=simulate.source_state,
               outputs="data/{train,validation,test}/chunk_*.npz (sinogram, FBP, truth), data/dataset.json, "
                       "geometry.json"),
         Stage("train_recon", train_recon.run, inputs=("simulate",), sections=("loader", "model", "train"),

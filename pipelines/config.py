@@ -168,7 +168,15 @@ class EvaluateConfig(_Strict):
 class SimulateConfig(_Strict):
     """CT reconstruction data: DIVal-style ellipse phantoms, noisy parallel-beam sinograms and their FBP."""
 
-    source: Literal["ellipses"] = "ellipses"
+    source: Literal["ellipses", "ct_volumes"] = Field(
+        default="ellipses", description="ellipses: DIVal phantoms; ct_volumes: axial slices of NIfTI CT volumes in HU")
+    root: str | None = Field(default=None, description="ct_volumes: folder of NIfTI volumes (split by volume with "
+                                                       "split.seed, val_fraction, test_fraction)")
+    pixel_mm: float = Field(default=1.0, gt=0, description="ct_volumes: in-plane pixel size the slices are resampled to")
+    photons: float | None = Field(default=1e5, gt=0, description="ct_volumes: incident photons per detector bin "
+                                                                 "(Poisson noise); null = noiseless")
+    detectors: int | None = Field(default=None, ge=8, description="ct_volumes: detector count (default: one per pixel)")
+    slice_step: int = Field(default=1, ge=1, description="ct_volumes: keep every n-th axial slice")
     size: int = Field(default=128, ge=16, description="image pixels per side on [-1, 1]^2")
     angles: int = Field(default=30, ge=1, description="projection angles at the midpoints of 180/angles steps")
     oversample: int = Field(default=3, ge=1, description="measurements from a phantom this many times finer (odd)")
@@ -180,6 +188,12 @@ class SimulateConfig(_Strict):
     validation: int = Field(default=320, ge=1)
     test: int = Field(default=320, ge=1)
     chunk: int = Field(default=64, ge=1, description="samples per cached file")
+
+    @model_validator(mode="after")
+    def _root(self):
+        if self.source == "ct_volumes" and not self.root:
+            raise ValueError("source ct_volumes needs root: the folder of NIfTI CT volumes")
+        return self
 
     @field_validator("oversample")
     @classmethod
@@ -315,8 +329,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(doc, keys, value, f"--set {item}")
-    if isinstance(doc.get("dataset"), dict) and isinstance(doc["dataset"].get("root"), str):
-        doc["dataset"]["root"] = _expand(doc["dataset"]["root"], path.parent.absolute())
+    for section in ("dataset", "simulate"):
+        if isinstance(doc.get(section), dict) and isinstance(doc[section].get("root"), str):
+            doc[section]["root"] = _expand(doc[section]["root"], path.parent.absolute())
     try:
         return PipelineConfig.model_validate(doc)
     except ValidationError as err:

@@ -53,7 +53,8 @@ class EllipsesSpec:
         return {"beam": "parallel", "image_size": self.size, "image_extent": [-1.0, 1.0],
                 "angles_deg": midpoint_angles(self.angles).tolist(), "detectors": n_detectors(self.size),
                 "detector_pitch_px": 1.0, "units": "line integrals in pixel units (scikit-image radon, circle=False)",
-                "fbp_filter": self.fbp_filter, "frequency_scaling": self.frequency_scaling}
+                "fbp_filter": self.fbp_filter, "frequency_scaling": self.frequency_scaling,
+                "fbp_scale": 1.0, "fbp_offset": 0.0}
 
 
 def make_sample(spec: EllipsesSpec, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,13 +118,21 @@ def build(folder: Path, spec: EllipsesSpec, *, workers: int, progress) -> dict:
     progress.skip(done)
     run_jobs(_write_chunk, jobs, workers, progress,
              ticks=lambda job: min(job[0].chunk, job[0].counts[job[2]] - job[3] * job[0].chunk))
-    chunks = {split: [{"file": str(_chunk_path(folder, split, c).relative_to(folder)),
-                       "sha256": file_sha256(_chunk_path(folder, split, c))} for c in range(_n_chunks(spec, split))]
-              for split in SPLITS}
-    manifest = {"spec": spec_dict(spec), "geometry": spec.geometry(), "counts": {split: spec.counts.get(split, 0) for split in SPLITS}, "chunks": chunks}
-    tmp = manifest_path.with_name(f".tmp-{MANIFEST}")
+    chunks = {split: [_chunk_path(folder, split, c) for c in range(_n_chunks(spec, split))] for split in SPLITS}
+    return write_manifest(folder, spec_dict(spec), spec.geometry(),
+                          {split: spec.counts.get(split, 0) for split in SPLITS}, chunks)
+
+
+def write_manifest(folder: Path, spec: dict, geometry: dict, counts: dict, chunks: dict[str, list[Path]],
+                   extra: dict | None = None) -> dict:
+    """``dataset.json`` (atomically, last): spec, geometry, counts and each chunk's file and checksum."""
+    manifest = {"spec": spec, "geometry": geometry, "counts": counts,
+                "chunks": {split: [{"file": str(p.relative_to(folder)), "sha256": file_sha256(p)} for p in paths]
+                           for split, paths in chunks.items()}, **(extra or {})}
+    path = Path(folder) / MANIFEST
+    tmp = path.with_name(f".tmp-{MANIFEST}")
     tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
+    os.replace(tmp, path)
     return manifest
 
 

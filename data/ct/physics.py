@@ -135,11 +135,36 @@ def simulate_hu_slice(hu: np.ndarray, pixel_mm: float, angles_deg: np.ndarray, d
     return sino
 
 
-def fbp_hu(sinogram: np.ndarray, angles_deg: np.ndarray, size: int, pixel_mm: float, filter_name: str = "ramp",
-           mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
-    """Inverse of :func:`simulate_hu_slice` (up to noise and resolution): a (size, size) slice in HU."""
+def rebin_matrix(detectors: int, size: int) -> np.ndarray:
+    """(n_detectors(size), detectors) map from a centred grid of ``detectors`` bins spanning the padded
+    diagonal (:func:`simulate_hu_slice` with a detector count) to scikit-image's one-per-pixel grid."""
     n = n_detectors(size)
-    if sinogram.shape[0] != n:
-        sinogram = _rebin(sinogram, _centred_edges(sinogram.shape[0], n / sinogram.shape[0]), _skimage_edges(n))
-    mu = fbp(sinogram, angles_deg, size, filter_name) / pixel_mm
-    return (1000.0 * (mu / mu_water - 1.0)).astype(np.float32)
+    return _rebin(np.eye(detectors), _centred_edges(detectors, n / detectors), _skimage_edges(n))
+
+
+def fbp_geometry(sinogram: np.ndarray, geometry: dict, filter_name: str | None = None,
+                 frequency_scaling: float | None = None) -> np.ndarray:
+    """FBP in the training images' units for a stored geometry (data/ct/ellipses or data/ct/volumes).
+
+    Rebins a sinogram whose detector count differs from one per pixel, then applies
+    ``fbp_scale`` and ``fbp_offset`` (HU for CT volumes). Filter and scaling default to the geometry's.
+    """
+    size = geometry["image_size"]
+    if sinogram.shape[0] != n_detectors(size):
+        sinogram = rebin_matrix(sinogram.shape[0], size) @ sinogram
+    image = fbp(sinogram, geometry["angles_deg"], size, filter_name or geometry["fbp_filter"],
+                geometry.get("frequency_scaling", 1.0) if frequency_scaling is None else frequency_scaling)
+    return (image * geometry.get("fbp_scale", 1.0) + geometry.get("fbp_offset", 0.0)).astype(np.float32)
+
+
+def fbp_hu(sinogram: np.ndarray, angles_deg: np.ndarray, size: int, pixel_mm: float, filter_name: str = "ramp",
+           mu_water: float = MU_WATER_PER_MM, frequency_scaling: float = 1.0) -> np.ndarray:
+    """Inverse of :func:`simulate_hu_slice` (up to noise and resolution): a (size, size) slice in HU."""
+    scale, offset = hu_scale(pixel_mm, mu_water)
+    return fbp_geometry(sinogram, {"image_size": size, "angles_deg": list(angles_deg), "fbp_filter": filter_name,
+                                   "frequency_scaling": frequency_scaling, "fbp_scale": scale, "fbp_offset": offset})
+
+
+def hu_scale(pixel_mm: float, mu_water: float = MU_WATER_PER_MM) -> tuple[float, float]:
+    """(scale, offset) taking an FBP of :func:`simulate_hu_slice` sinograms to HU: HU = scale * fbp + offset."""
+    return 1000.0 / (pixel_mm * mu_water), -1000.0

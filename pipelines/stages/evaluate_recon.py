@@ -37,13 +37,13 @@ def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 SCALINGS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def tune_scaling(sinograms, truths, angles, size: int, filter_name: str) -> float:
+def tune_scaling(sinograms, truths, geometry: dict, filter_name: str) -> float:
     """The frequency scaling of ``SCALINGS`` with the best mean PSNR on (validation) images."""
-    from data.ct.fbp import fbp
+    from data.ct.physics import fbp_geometry
     from models.metrics import image_quality
 
     def mean_psnr(scaling):
-        return np.mean([image_quality(t, fbp(s, angles, size, filter_name, scaling))["psnr"]
+        return np.mean([image_quality(t, fbp_geometry(s, geometry, filter_name, scaling))["psnr"]
                         for s, t in zip(sinograms, truths)])
 
     return max(SCALINGS, key=mean_psnr)
@@ -60,7 +60,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     import keras
 
     from data.ct.ellipses import load_split
-    from data.ct.fbp import fbp
+    from data.ct.physics import fbp_geometry
     from models.metrics import image_quality
     from pipelines.figures import reconstruction_figure, save_figure
 
@@ -72,13 +72,12 @@ def run(cfg, upstream, out: StageDir, ctx):
     start = time.perf_counter()
     recon = np.asarray(net.predict(test["fbp"][..., None], batch_size=cfg.evaluate.batch_size, verbose=0))[..., 0]
     predict_seconds = time.perf_counter() - start
-    size, angles = geometry["image_size"], geometry["angles_deg"]
     scaling = {name: 1.0 for name in cfg.evaluate.fbp_filters}
     if cfg.evaluate.fbp_tune:
         val = load_split(sim.file(sim.manifest["data"]), "validation", names=("sinogram", "gt"))
-        scaling = {name: tune_scaling(val["sinogram"][:64], val["gt"][:64], angles, size, name)
+        scaling = {name: tune_scaling(val["sinogram"][:64], val["gt"][:64], geometry, name)
                    for name in cfg.evaluate.fbp_filters}
-    images = {f"fbp_{name}": np.stack([fbp(s, angles, size, name, scaling[name]) for s in test["sinogram"]])
+    images = {f"fbp_{name}": np.stack([fbp_geometry(s, geometry, name, scaling[name]) for s in test["sinogram"]])
               for name in cfg.evaluate.fbp_filters}
     images["network"] = recon
     scores: dict[str, list[dict]] = {m: [] for m in images}

@@ -62,3 +62,16 @@ def test_layer_matches_the_tables_and_round_trips(tmp_path, disc_sinogram):
     assert np.allclose(loaded.predict(batch, verbose=0), out, atol=1e-6)
     with pytest.raises(ValueError, match="angles"):
         FilteredBackprojection(64, ANGLES[:10])(keras.Input(batch.shape[1:]))
+
+
+def test_layer_rebins_other_detector_counts_and_maps_to_output_units():
+    from data.ct.physics import fbp_geometry
+
+    geometry = {"image_size": 32, "angles_deg": midpoint_angles(16).tolist(), "fbp_filter": "hann",
+                "frequency_scaling": 1.0, "fbp_scale": 2000.0, "fbp_offset": -1000.0}
+    sino = np.abs(np.random.default_rng(0).normal(size=(40, 16))).astype(np.float32)  # 40, not 46, detectors
+    inputs = keras.Input(sino.shape)
+    layer = FilteredBackprojection(32, geometry["angles_deg"], "hann", 1.0, 2000.0, -1000.0)
+    out = np.asarray(keras.Model(inputs, layer(inputs)).predict(sino[None], verbose=0))[0, ..., 0]
+    ref = fbp_geometry(sino, geometry)
+    assert np.abs(out - ref).max() < 1e-4 * np.abs(ref).max()
