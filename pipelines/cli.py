@@ -130,13 +130,13 @@ def cmd_status(args) -> int:
                     filter_string=f"tags.`medflow.key` = '{r['key']}'", max_results=5, order_by=["start_time DESC"])
                 run_ids[r["stage"]] = ",".join(run.info.run_id for run in found) or "-"
     print(f"pipeline {cfg.name}")
-    print(f"  {'stage':<11} {'state':<26} {'cases':>6} {'quar.':>6}  {'key':<16}  mlflow runs (newest first)")
+    print(f"  {'stage':<14} {'state':<34} {'cases':>6} {'quar.':>6}  {'key':<16}  mlflow runs (newest first)")
     for r in rows:
-        print(f"  {r['stage']:<11} {r['state']:<26} {r['cases'] if r['cases'] is not None else '-':>6} "
+        print(f"  {r['stage']:<14} {r['state']:<34} {r['cases'] if r['cases'] is not None else '-':>6} "
               f"{r['quarantined'] if r['quarantined'] is not None else '-':>6}  {(r['key'] or '-')[:16]:<16}  "
               f"{run_ids.get(r['stage'], '-')}")
         if r["path"]:
-            print(f"  {'':<11} {r['path']}")
+            print(f"  {'':<14} {r['path']}")
     return 0
 
 
