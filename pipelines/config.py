@@ -133,6 +133,8 @@ class TrainConfig(_Strict):
     monitor: str = "val_loss"
     val_samples_per_case: int = Field(default=2, ge=1)
     class_weights: Literal["none", "balanced"] = "none"
+    dihedral_augment: bool = Field(default=False, description="reconstruction: random flips and quarter turns of "
+                                                              "(FBP, truth) pairs, symmetries of the geometry")
     loss: Literal["auto", "mse", "l1"] = Field(default="auto", description="reconstruction loss (auto: mse); "
                                                                         "other tasks fix theirs")
     preview_cases: int = Field(default=4, ge=1)

@@ -30,12 +30,36 @@ def epoch_batches(n: int, batch: int, seed: int, epochs: range):
             yield order[start:start + batch]
 
 
-def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range):
+def dihedral_draw(seed: int, epoch: int, batch_index: int, batch: int) -> np.ndarray:
+    """(batch,) element of the dihedral group D4 per sample (0-3: rotations, 4-7: then a flip), seeded."""
+    return np.random.default_rng([seed, epoch, batch_index, 4]).integers(0, 8, batch)
+
+
+def dihedral(image: np.ndarray, element: int) -> np.ndarray:
+    """Apply D4 ``element`` to a (H, W, ...) array: rot90 ``element % 4`` times, then flip axis 0 if >= 4.
+
+    Flips and quarter turns are symmetries of the measurement: the angle set (k + 1/2) * 180 / A
+    maps onto itself (A even), so a turned (FBP, truth) pair is one the scanner could have made, up
+    to the half-pixel offset between the array centre and the rotation centre (S // 2), which moves
+    the FBP by about a tenth of its own error (tests/pipelines/test_reconstruction.py).
+    """
+    out = np.rot90(image, element % 4, axes=(0, 1))
+    return np.ascontiguousarray(out[::-1] if element >= 4 else out)
+
+
+def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range, augment: bool):
     import tensorflow as tf
 
+    steps = len(fbp) // batch
+
     def gen():
-        for idx in epoch_batches(len(fbp), batch, seed, epochs):
-            yield fbp[idx][..., None], gt[idx][..., None]
+        for i, idx in enumerate(epoch_batches(len(fbp), batch, seed, epochs)):
+            x, y = fbp[idx], gt[idx]
+            if augment:
+                draw = dihedral_draw(seed, epochs.start + i // steps, i % steps, batch)
+                x = np.stack([dihedral(a, e) for a, e in zip(x, draw)])
+                y = np.stack([dihedral(a, e) for a, e in zip(y, draw)])
+            yield x[..., None], y[..., None]
 
     size = fbp.shape[1]
     spec = tf.TensorSpec((batch, size, size, 1), tf.float32)
@@ -75,7 +99,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience
     if start < cfg.train.epochs and not stopped:
         train_ds, val_ds = _datasets(train["fbp"], train["gt"], val, batch, cfg.simulate.seed,
-                                     range(start, cfg.train.epochs))
+                                     range(start, cfg.train.epochs), cfg.train.dihedral_augment)
         state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,
                             state=state, log_metrics=ctx.log_metrics)
     shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")

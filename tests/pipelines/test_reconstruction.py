@@ -27,7 +27,7 @@ stages: [simulate, train_recon, evaluate_recon]
 simulate: {size: 32, angles: 12, train: 24, validation: 8, test: 6, chunk: 8}
 loader: {batch_size: 8}
 model: {name: fbpconvnet, params: {depth: 2, filters: 4}}
-train: {epochs: 2, learning_rate: 0.001, monitor: val_loss}
+train: {epochs: 2, learning_rate: 0.001, monitor: val_loss, dihedral_augment: true}
 evaluate: {fbp_filters: [ramp, hann], figure_cases: 3, batch_size: 4}
 workers: 1
 """
@@ -190,3 +190,20 @@ def test_ct_volume_source_trains_and_exports_in_hu(tmp_path, monkeypatch, capsys
     assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
     water = test["gt"][0] == 0.0
     assert abs(np.median(test["fbp"][0][water])) < 60.0  # the FBP input is in HU too
+
+
+def test_dihedral_pairs_are_measurements_of_the_turned_object():
+    from data.ct.phantoms import draw_ellipses, phantom
+    from data.ct.physics import fbp, forward, midpoint_angles
+    from pipelines.stages.train_recon import dihedral, dihedral_draw
+
+    angles = midpoint_angles(30)
+    truth, _ = phantom(draw_ellipses(np.random.default_rng(3)), 64)
+    recon = fbp(forward(truth, angles), angles, 64, "hann")
+    fbp_error = np.abs(recon - truth).mean()
+    for element in range(8):
+        turned = fbp(forward(dihedral(truth, element), angles), angles, 64, "hann")
+        assert np.abs(dihedral(recon, element) - turned).mean() < 0.2 * fbp_error
+    assert np.array_equal(dihedral(truth, 5), truth.T)  # a quarter turn then a flip is the transpose
+    draws = dihedral_draw(0, 3, 7, 64)
+    assert np.array_equal(draws, dihedral_draw(0, 3, 7, 64)) and set(draws) == set(range(8))
