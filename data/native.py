@@ -78,18 +78,27 @@ def to_native(probs: np.ndarray, meta: dict, *, background: int = 0) -> np.ndarr
     return out
 
 
-def write_like(path: str | os.PathLike, data: np.ndarray, reference: str | os.PathLike, *,
-               dtype=np.uint8) -> None:
-    """Write ``data`` as NIfTI with the affine and header of ``reference`` (atomically: temp file, rename).
+def image_like(data: np.ndarray, reference: str | os.PathLike, *, dtype=np.uint8):
+    """A nibabel image of ``data`` with the affine and header of ``reference``.
 
     The reference's sform/qform, codes, units and description are kept; data type
     and scaling are set for the new data (a label map is stored as integers, unscaled).
     """
-    path, ref = Path(path), nib.load(str(reference))
+    ref = nib.load(str(reference))
     if tuple(data.shape[:3]) != tuple(ref.shape[:3]):
-        raise ValueError(f"{path}: data shape {data.shape} does not match {reference} {ref.shape}")
+        raise ValueError(f"data shape {data.shape} does not match {reference} {ref.shape}")
     header = ref.header.copy()
     header.set_data_dtype(dtype)
     img = type(ref)(np.asarray(data, dtype=dtype), ref.affine, header=header)
     img.header.set_slope_inter(1.0, 0.0)  # the values are the data: no rescaling inherited from the input
-    save_atomic(img, path)
+    return img
+
+
+def write_like(path: str | os.PathLike, data: np.ndarray, reference: str | os.PathLike, *,
+               dtype=np.uint8) -> None:
+    """Write ``data`` as NIfTI with the affine and header of ``reference`` (atomically: temp file, rename)."""
+    try:
+        img = image_like(data, reference, dtype=dtype)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    save_atomic(img, Path(path))

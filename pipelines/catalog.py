@@ -8,7 +8,7 @@ adding a stage does not change the code version (and so the keys) of the others.
 from __future__ import annotations
 
 from pipelines.engine import Stage
-from pipelines.stages import evaluate, evaluate_recon, ingest, preprocess, simulate, split, train, train_recon
+from pipelines.stages import evaluate, evaluate_recon, export, ingest, preprocess, simulate, split, train, train_recon
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -32,5 +32,12 @@ STAGES: dict[str, Stage] = {
                       "history.csv, train.json"),
         Stage("evaluate_recon", evaluate_recon.run, inputs=("simulate", "train_recon"), sections=("evaluate",),
               outputs="metrics.csv (PSNR/SSIM per image and method), summary.json, comparison.png"),
+        Stage("export", export.run, inputs=("train", "evaluate"), sections=("export",), parent=export.exports_parent,
+              outputs="exports/<pipeline>/<version>/: model.keras, saved_model/, model.onnx, plan.json, "
+                      "MODEL_CARD.md; an MLflow model, registered"),
+        Stage("export_recon", export.run, inputs=("train_recon", "evaluate_recon"), sections=("export",),
+              parent=export.exports_parent,
+              outputs="exports/<pipeline>/<version>/: sinogram -> image in three runtimes, plan.json with the "
+                      "geometry, MODEL_CARD.md; an MLflow model, registered"),
     )
 }

@@ -70,6 +70,12 @@ def _print_evaluation(path: Path) -> None:
     if not path.exists():
         return
     s = json.loads(path.read_text())
+    if "reports" in s:  # a classifier: accuracy figures per split
+        for split, r in s["reports"].items():
+            print(f"\n  {split} set, {r['n']} cases: accuracy {r['accuracy']:.4f}  "
+                  f"balanced accuracy {r['balanced_accuracy']:.4f}  macro F1 {r['macro_f1']:.4f}  "
+                  f"AUC (macro OvR) {r['roc_auc_macro_ovr']:.4f}")
+        return
     report = ", ".join(s["report_classes"])
     print(f"\n  {s['split']} set, native space; mean Dice over {report}:")
     for method, m in s["methods"].items():

@@ -211,6 +211,35 @@ class CompareConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
 
 
+class ExportConfig(_Strict):
+    """The export stage: a self-contained inference bundle, logged to MLflow and registered."""
+
+    formats: list[Literal["keras", "saved_model", "onnx"]] = Field(
+        default_factory=lambda: ["keras", "saved_model", "onnx"], description="runtimes written (keras always)")
+    parity_tolerance: float = Field(default=1e-4, gt=0, description="largest |exported - keras| output allowed")
+    to_registry: bool = Field(default=True, description="log an MLflow pyfunc model and register it")
+    registered_model: str | None = Field(default=None, description="registry name; default: the pipeline name")
+    runtime: Literal["keras", "saved_model", "onnx"] = Field(default="keras",
+                                                             description="runtime the MLflow model predicts with")
+    intended_use: str = Field(default="Research and method development on images like the training data; "
+                                      "not a medical device and not for clinical decisions.",
+                              description="model card: intended use")
+    limitations: list[str] = Field(default_factory=list, description="model card: known limits, one per item")
+
+    @field_validator("formats")
+    @classmethod
+    def _keras_first(cls, v):
+        if "keras" not in v:
+            raise ValueError("formats must include keras (the reference the others are checked against)")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _runtime_written(self):
+        if self.runtime not in self.formats:
+            raise ValueError(f"runtime {self.runtime!r} is not among the formats written {self.formats}")
+        return self
+
+
 class TrackingConfig(_Strict):
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
 
@@ -230,6 +259,7 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compare: CompareConfig = CompareConfig()
+    export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
     workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")

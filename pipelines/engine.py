@@ -106,6 +106,8 @@ class RunContext:
     workers: int = 1
     log_metrics: Callable[[dict, int], None] = lambda metrics, step: None  # live metrics (per epoch)
     log_artifact: Callable[[Path, str], None] = lambda path, folder: None  # e.g. a figure as it is made
+    # An export bundle to log as a model and register: (folder, info) -> registry record, or None untracked.
+    register_export: Callable[[Path, dict], dict | None] = lambda folder, info: None
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)
@@ -122,6 +124,8 @@ class Stage:
         sections: config sections that enter the key.
         extra_key: more key material from outside the config (e.g. the dataset listing).
         outputs: what the folder holds, for ``--help`` and status.
+        parent: ``parent(cfg) -> Path``: the folder of its keyed folders, when it is not
+            ``<workspace>/stages/<name>`` (exports live where people look for them).
     """
 
     name: str
@@ -130,6 +134,14 @@ class Stage:
     sections: tuple[str, ...] = ()
     extra_key: Callable[[Any], Any] | None = None
     outputs: str = ""
+    parent: Callable[[Any], Path] | None = None
+
+    def output_dir(self, cfg, key: str) -> "StageDir":
+        """The folder this stage writes for ``key``."""
+        from pipelines.workspace import stages_root
+
+        return StageDir(stages_root(), self.name, key, self.fn.__module__,
+                        parent=self.parent(cfg) if self.parent else None)
 
     def key(self, cfg, upstream: dict[str, "StageOutput"]) -> str:
         return digest({
@@ -168,9 +180,9 @@ class StageOutput:
 class StageDir:
     """The output folder of one stage run, written atomically."""
 
-    def __init__(self, root: Path, name: str, key: str, module: str = "pipelines.engine"):
+    def __init__(self, root: Path, name: str, key: str, module: str = "pipelines.engine", parent: Path | None = None):
         self.name, self.key, self.module = name, key, module
-        self.path = Path(root) / name / key[:16]
+        self.path = Path(parent if parent is not None else Path(root) / name) / key[:16]
         self.cases_dir = self.path / "cases"
 
     @property

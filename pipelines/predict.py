@@ -1,12 +1,17 @@
-"""Batch inference: ``medflow predict --model PATH --input FILE_OR_DIR --output DIR``.
+"""Batch inference: ``medflow predict --model MODEL --input FILE_OR_DIR --output DIR``.
 
-Reconstruction models take sinograms saved as ``.npy`` arrays shaped (detectors,
-angles), as scikit-image's ``radon`` returns them. The model is a sinogram-input
-``.keras`` file (the train_recon stage's ``reconstructor.keras``, FBP in the
-graph, the training geometry in its config) or the stage folder holding it.
-Each input gives ``<name>.npy`` and ``<name>.nii.gz`` (the image, float32) in
-the output folder, each written atomically. A bad input is reported in one
-line, listed in ``quarantine.json``, and the other inputs carry on.
+MODEL is an export bundle folder (``workspace/exports/<pipeline>/<version>``), a
+registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, fetched
+from the tracking store once and cached), or, for reconstruction, a
+sinogram-input ``.keras`` file or its train_recon folder. The bundle runs its
+own pre- and post-processing, so the outputs are:
+
+- segmentation: ``<name>.nii.gz`` label maps with each input's affine and header;
+- classification: ``predictions.csv`` (case, class, one probability per class);
+- reconstruction: ``<name>.npy`` and ``<name>.nii.gz`` images.
+
+Every file is written atomically. A bad input is reported in one line naming
+the file, listed in ``quarantine.json``, and the other inputs carry on.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from data.nifti import CaseError, is_nifti_name, strip_nifti_suffix
+from pipelines.bundle import Bundle, BundleError, load_bundle
+from pipelines.outputs import read_sinogram, write_csv_atomic, write_labels, write_reconstruction
 
 RECONSTRUCTOR = "reconstructor.keras"
 
@@ -26,100 +34,118 @@ class PredictError(ValueError):
     """A problem with the model or the input set as a whole (one line)."""
 
 
-def resolve_model(path: Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
+def _legacy_reconstructor(path: Path, runtime: str) -> Bundle:
+    """A bundle around a bare sinogram-input .keras file (the train_recon stage's reconstructor)."""
+    import keras
+
+    from models.runtimes import load_custom_objects
+
+    if runtime != "keras":
+        raise PredictError(f"{path}: a bare .keras file runs on the keras runtime only; export it for {runtime}")
+    load_custom_objects()
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    shape = [int(d) for d in model.input_shape[1:]]
+    if len(shape) != 2:
+        raise PredictError(f"{path}: not a sinogram-input model (input shape {model.input_shape})")
+    geometry_file = path.parent / "geometry.json"
+    geometry = json.loads(geometry_file.read_text()) if geometry_file.exists() else {}
+    plan = {"family": "reconstruction", "input_shape": shape, "geometry": geometry, "channels": [], "classes": []}
+    return Bundle(path.parent, plan, "keras", lambda x: np.asarray(model.predict_on_batch(x)))
+
+
+def open_model(spec: str, runtime: str = "keras") -> Bundle:
+    """The bundle behind ``--model``."""
+    if str(spec).startswith(("models:/", "runs:/")):
+        from pipelines.tracking import fetch_bundle
+
+        try:
+            folder = fetch_bundle(str(spec))
+        except Exception as err:  # noqa: BLE001  (registry errors are many; the user needs one line)
+            raise PredictError(f"{spec}: {' '.join(str(err).split())[:300]}") from None
+        return load_bundle(folder, runtime)
+    path = Path(spec)
+    if path.is_dir() and (path / "plan.json").exists():
+        return load_bundle(path, runtime)
+    if path.is_dir() and (path / RECONSTRUCTOR).exists():
         path = path / RECONSTRUCTOR
-    if not path.exists():
-        raise PredictError(f"{path}: no such model (a .keras file or a train_recon stage folder)")
-    return path
+    if path.is_file() and path.suffix == ".keras":
+        return _legacy_reconstructor(path, runtime)
+    raise PredictError(f"{path}: no such model (an export folder, models:/NAME@ALIAS, or a sinogram .keras file)")
 
 
-def list_inputs(path: Path, suffix: str = ".npy") -> list[Path]:
+def list_inputs(path: Path, family: str) -> list[Path]:
+    """The input files: one file, or a folder's .npy (reconstruction) or NIfTI files (the others)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise PredictError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(suffix) and not p.name.startswith("."))
+    wanted = (lambda p: p.name.endswith(".npy")) if family == "reconstruction" else is_nifti_name
+    files = sorted(p for p in path.iterdir() if p.is_file() and wanted(p) and not p.name.startswith("."))
     if not files:
-        raise PredictError(f"{path}: no {suffix} files")
+        raise PredictError(f"{path}: no {'.npy' if family == 'reconstruction' else 'NIfTI'} files")
     return files
 
 
-def read_sinogram(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A (detectors, angles) float32 sinogram, or ValueError naming the problem."""
-    try:
-        sino = np.load(path, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001  (any unreadable file is the same one-line problem)
-        raise ValueError(f"not a readable .npy array ({type(err).__name__})") from None
-    if sino.shape != shape:
-        raise ValueError(f"sinogram shape {sino.shape}, the model expects {shape} (detectors, angles)")
-    if not np.issubdtype(sino.dtype, np.number) or not np.all(np.isfinite(sino)):
-        raise ValueError("sinogram holds non-numeric or non-finite values")
-    return sino.astype(np.float32)
+def _name(path: Path) -> str:
+    return path.name[: -len(".npy")] if path.name.endswith(".npy") else strip_nifti_suffix(path.name)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def predict_reconstruction(model_path: Path, files: list[Path], output: Path, *, batch_size: int = 16,
-                           progress=None) -> dict:
-    """Reconstruct every sinogram in ``files`` (see :func:`list_inputs`) into ``output``.
+def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size: int = 16, progress=None) -> dict:
+    """Run the bundle on every file into ``output``.
 
     Returns:
         {"written": [names], "quarantine": [{"path", "problem"}]}.
     """
-    import keras
-
-    from data.nifti import write_nifti
-
-    model = keras.saving.load_model(resolve_model(model_path), compile=False, safe_mode=True)
-    shape = tuple(int(d) for d in model.input_shape[1:])
-    if len(shape) != 2:
-        raise PredictError(f"{model_path}: not a sinogram-input model (input shape {model.input_shape})")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    written, quarantine = [], []
-    for start in range(0, len(files), batch_size):
-        good, arrays = [], []
-        for path in files[start:start + batch_size]:
-            try:
-                arrays.append(read_sinogram(path, shape))
-                good.append(path)
-            except ValueError as err:
-                quarantine.append({"path": str(path), "problem": str(err)})
-                print(f"{path}: {err}", file=sys.stderr, flush=True)
-        if arrays:
-            images = np.asarray(model.predict(np.stack(arrays), verbose=0))[..., 0]
-            for path, image in zip(good, images):
-                name = path.name[: -len(".npy")]
-                npy, nii = output / f"{name}.npy", output / f"{name}.nii.gz"
+    written, quarantine, rows = [], [], []
+
+    def bad(path, err):
+        problem = err.problem if isinstance(err, CaseError) else " ".join(str(err).split())
+        quarantine.append({"path": str(path), "problem": problem})
+        print(f"{path}: {problem}", file=sys.stderr, flush=True)
+
+    if bundle.family == "reconstruction":
+        shape = tuple(bundle.plan["input_shape"])
+        for start in range(0, len(files), batch_size):
+            good, arrays = [], []
+            for path in files[start:start + batch_size]:
                 try:
-                    _save_npy(npy, image.astype(np.float32))
-                    # Pixel units: the geometry has no physical size, so 1 unit per pixel, centred.
-                    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-                    affine[:2, 3] = -(np.array(image.shape) - 1) / 2.0
-                    write_nifti(nii, image[..., None].astype(np.float32), affine)
-                except BaseException:
-                    npy.unlink(missing_ok=True)  # never one output without the other
-                    raise
-                written.append(name)
-        if progress is not None:
-            progress.update(len(files[start:start + batch_size]))
-    report = {"model": str(model_path), "written": written, "quarantine": quarantine}
+                    arrays.append(read_sinogram(path, shape))
+                    good.append(path)
+                except ValueError as err:
+                    bad(path, err)
+            if arrays:
+                for path, image in zip(good, bundle.reconstruct(np.stack(arrays), batch_size)):
+                    write_reconstruction(output, _name(path), image, bundle.plan.get("geometry", {}))
+                    written.append(_name(path))
+            if progress is not None:
+                progress.update(len(files[start:start + batch_size]))
+    else:
+        for path in files:
+            try:
+                channels, affine = bundle.read_volume(path)
+                if bundle.family == "segmentation":
+                    labels, _ = bundle.segment(channels, affine)
+                    write_labels(output / f"{_name(path)}.nii.gz", labels, affine, path)
+                else:
+                    probs = bundle.classify(channels, affine)
+                    rows.append({"case": _name(path), "class": bundle.classes[int(np.argmax(probs))],
+                                 **{f"p_{c}": float(p) for c, p in zip(bundle.classes, probs)}})
+                written.append(_name(path))
+            except (CaseError, ValueError) as err:
+                bad(path, err)
+            if progress is not None:
+                progress.update(1)
+        if bundle.family == "classification" and rows:
+            import pandas as pd
+
+            write_csv_atomic(output / "predictions.csv", pd.DataFrame(rows))
     tmp = output / ".tmp-quarantine.json"
     tmp.write_text(json.dumps(quarantine, indent=1))
     os.replace(tmp, output / "quarantine.json")
-    return report
+    return {"model": str(bundle.folder), "family": bundle.family, "written": written, "quarantine": quarantine}
 
 
 def cmd_predict(args) -> int:
@@ -127,24 +153,31 @@ def cmd_predict(args) -> int:
     from pipelines.progress import Progress
 
     try:
-        files = list_inputs(args.input)
+        bundle = open_model(args.model, args.runtime)
+        files = list_inputs(args.input, bundle.family)
         with Progress(len(files), "predict", unit="file") as bar:
-            report = predict_reconstruction(args.model, files, args.output, batch_size=args.batch, progress=bar)
-    except PredictError as err:
+            report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar)
+    except (PredictError, BundleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"predict: {len(report['written'])} written to {args.output}, {len(report['quarantine'])} quarantined")
+    print(f"predict ({report['family']}, {args.runtime}): {len(report['written'])} written to {args.output}, "
+          f"{len(report['quarantine'])} quarantined")
     return EXIT_FAILED if report["quarantine"] else 0
 
 
 def add_parser(sub, fmt, examples) -> None:
-    p = sub.add_parser("predict", help="batch inference with a trained model (reconstruction: sinograms -> images)",
+    p = sub.add_parser("predict", help="batch inference with an exported or registered model",
                        formatter_class=fmt, epilog=examples("""
-                           medflow predict --model workspace/stages/train_recon/<key> --input sinograms/ --output recon/
-                           medflow predict --model reconstructor.keras --input case_01.npy --output recon/
+                           medflow predict --model models:/segmentation@champion --input scans/ --output labels/
+                           medflow predict --model workspace/exports/classification/<version> --input scans/ --output cls/
+                           medflow predict --model models:/reconstruction@champion --input sinograms/ --output recon/ \\
+                               --runtime onnx
                        """))
-    p.add_argument("--model", type=Path, required=True, help="a sinogram-input .keras model or its train_recon folder")
-    p.add_argument("--input", type=Path, required=True, help=".npy sinogram (detectors, angles) or a folder of them")
-    p.add_argument("--output", type=Path, required=True, help="folder for <name>.npy and <name>.nii.gz")
-    p.add_argument("--batch", type=int, default=16, help="sinograms per model call")
+    p.add_argument("--model", required=True,
+                   help="export folder, models:/NAME@ALIAS or models:/NAME/VERSION, or a sinogram .keras file")
+    p.add_argument("--input", type=Path, required=True, help="a file, or a folder of NIfTI volumes / .npy sinograms")
+    p.add_argument("--output", type=Path, required=True, help="output folder")
+    p.add_argument("--runtime", choices=("keras", "saved_model", "onnx"), default="keras",
+                   help="what runs the network (the bundle holds all three)")
+    p.add_argument("--batch", type=int, default=16, help="sinograms per model call (reconstruction)")
     p.set_defaults(func=cmd_predict)

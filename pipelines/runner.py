@@ -11,10 +11,9 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from pipelines.engine import RunContext, StageDir, StageFailed, StageOutput
+from pipelines.engine import RunContext, StageFailed, StageOutput
 from pipelines.progress import log
 from pipelines.catalog import STAGES
-from pipelines.workspace import stages_root
 
 
 @dataclass
@@ -60,6 +59,9 @@ class NullTracker:
 
     def log_artifact(self, path, folder):
         pass
+
+    def register_export(self, folder, info):
+        return None
 
 
 def plan_stages(cfg, target: str | None = None) -> list:
@@ -115,7 +117,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
 
 def make_context(cfg, tracker, strict: bool = False, workers: int | None = None) -> RunContext:
     return RunContext(strict=strict, workers=resolve_workers(cfg, workers), log_metrics=tracker.log_metrics,
-                      log_artifact=tracker.log_artifact)
+                      log_artifact=tracker.log_artifact, register_export=tracker.register_export)
 
 
 def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunContext, *, force=False,
@@ -128,7 +130,7 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
     for stage in stages:
         upstream = {n: outputs[n] for n in stage.inputs}
         key = stage.key(cfg, upstream)
-        out = StageDir(stages_root(), stage.name, key, stage.fn.__module__)
+        out = stage.output_dir(cfg, key)
         redo = force and (target is None or stage.name == target)
         start = time.perf_counter()
         with tracker.stage(stage.name, key, out.path) as run:
@@ -172,7 +174,7 @@ def stage_states(cfg) -> list[dict]:
             rows.append({"stage": stage.name, "state": f"unavailable ({err})", "key": None, "path": None,
                          "cases": None, "quarantined": None})
             continue
-        out = StageDir(stages_root(), stage.name, key, stage.fn.__module__)
+        out = stage.output_dir(cfg, key)
         row = {"stage": stage.name, "key": key, "path": str(out.path), "cases": None, "quarantined": None}
         if out.complete:
             outputs[stage.name] = out.load()
@@ -191,7 +193,7 @@ def finished_output(cfg, stage: str) -> StageOutput:
     """The finished output of ``stage`` for this config (its upstream must be finished too)."""
     outputs: dict[str, StageOutput] = {}
     for st in plan_stages(cfg, stage):
-        out = StageDir(stages_root(), st.name, st.key(cfg, {n: outputs[n] for n in st.inputs}), st.fn.__module__)
+        out = st.output_dir(cfg, st.key(cfg, {n: outputs[n] for n in st.inputs}))
         if not out.complete:
             raise StageFailed(f"stage {st.name!r} has not finished for this config: run "
                               f"`medflow run <pipeline> --stage {stage}` first")

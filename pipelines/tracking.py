@@ -9,7 +9,9 @@ Telemetry is off before mlflow is imported, so nothing leaves the machine.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,6 +149,58 @@ class MlflowTracker:
         if "dataset" in output.manifest and output.file("cases.csv").exists():
             self._log_dataset(output)
 
+    def register_export(self, folder, info: dict) -> dict:
+        """Log an export bundle as a pyfunc model in the active stage run, register it, and move
+        ``champion`` to it only if it beats the current champion on ``info['metric']``.
+
+        Args:
+            folder: the bundle folder (plan.json, model files).
+            info: name (registry name), runtime, metric, value, greater_is_better.
+
+        Returns:
+            {"name", "version", "model_uri", "champion" (bool), "comparison" (one line)}.
+        """
+        import json
+
+        plan = json.loads((Path(folder) / "plan.json").read_text())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logged = mlflow.pyfunc.log_model(
+                name="model", loader_module="pipelines.serving", data_path=str(folder),
+                signature=export_signature(plan), pip_requirements=_requirements(),
+                model_config={"runtime": info["runtime"]}, registered_model_name=info["name"],
+                metadata={"medflow_family": plan["family"], "medflow_version": plan["version"]})
+        name, version = info["name"], str(logged.registered_model_version)
+        metric, value, greater = info["metric"], float(info["value"]), bool(info["greater_is_better"])
+        self.client.set_model_version_tag(name, version, "medflow.selection_metric", metric)
+        self.client.set_model_version_tag(name, version, "medflow.selection_value", repr(value))
+        self.client.set_model_version_tag(name, version, "medflow.bundle", str(folder))
+        champion = self._champion(name)
+        if champion is None:
+            move, text = True, f"{metric}={value:.6g}; no champion yet"
+        else:
+            old = champion.tags.get("medflow.selection_value")
+            if champion.tags.get("medflow.selection_metric") != metric or old is None:
+                move, text = False, (f"{metric}={value:.6g}; champion v{champion.version} was selected by "
+                                     f"{champion.tags.get('medflow.selection_metric')!r}, not comparable: kept")
+            else:
+                old = float(old)
+                move = value > old if greater else value < old
+                text = (f"{metric}={value:.6g} vs champion v{champion.version} {old:.6g} "
+                        f"({'higher' if greater else 'lower'} is better): {'moved' if move else 'kept'}")
+        if move:
+            self.client.set_registered_model_alias(name, "champion", version)
+        self.client.set_model_version_tag(name, version, "medflow.champion_comparison", text)
+        mlflow.set_tag("medflow.champion_comparison", text)
+        return {"name": name, "version": version, "model_uri": logged.model_uri, "champion": move,
+                "comparison": text}
+
+    def _champion(self, name: str):
+        try:
+            return self.client.get_model_version_by_alias(name, "champion")
+        except mlflow.exceptions.MlflowException:
+            return None
+
     def _log_dataset(self, output) -> None:
         """The ingested dataset as a run input: per-case fingerprint table, digest = ingest digest."""
         info = output.manifest["dataset"]
@@ -164,3 +218,79 @@ class MlflowTracker:
 def _param(value) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _requirements() -> list[str]:
+    """The serving environment: our own pins (so mlflow does not load the model to infer them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("tensorflow-cpu", "keras", "mlflow", "nibabel", "scipy", "numpy", "pandas", "onnxruntime")
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def export_signature(plan: dict):
+    """The pyfunc signature of an export bundle (pipelines/serving.py documents the columns)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    family, classes = plan["family"], plan.get("classes", [])
+    inputs = [ColSpec("string", "case", required=False), ColSpec("string", "path", required=False)]
+    if family == "reconstruction":
+        inputs.append(ColSpec(Array(Array("double")), "sinogram", required=False))
+        outputs = [ColSpec("string", "case"), ColSpec("string", "error"), ColSpec(Array(Array("double")), "image",
+                                                                                   required=False)]
+    else:
+        voxels = "double"
+        for _ in range(3 if len(plan["channels"]) == 1 else 4):  # (X, Y, Z) or (X, Y, Z, C)
+            voxels = Array(voxels)
+        inputs += [ColSpec("string", "nifti_b64", required=False), ColSpec(voxels, "image", required=False),
+                   ColSpec(Array(Array("double")), "affine", required=False)]
+        outputs = [ColSpec("string", "case"), ColSpec("string", "error")]
+        if family == "segmentation":
+            outputs.append(ColSpec("string", "labels_nifti_b64", required=False))
+            outputs += [ColSpec("double", f"volume_ml_{c}", required=False) for c in classes[1:]]
+        else:
+            outputs.append(ColSpec("string", "class", required=False))
+            outputs += [ColSpec("double", f"p_{c}", required=False) for c in classes]
+    params = ParamSchema([ParamSpec("output_dir", "string", "")])
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs), params=params)
+
+
+def fetch_bundle(uri: str) -> Path:
+    """The local bundle folder of a registered model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)
+    or a logged one (``runs:/ID/model``), downloaded once into ``<workspace>/models/``."""
+    from mlflow.models import Model
+
+    from pipelines.workspace import workspace_root
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one predict bar is enough
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient(tracking_uri())
+    if uri.startswith("models:/"):
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        if ref:
+            mv = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, number = uri.removeprefix("models:/").rpartition("/")
+            mv = client.get_model_version(name, number)
+        cache = workspace_root() / "models" / name / str(mv.version)
+        source = f"models:/{name}/{mv.version}"
+    else:
+        cache = workspace_root() / "models" / "runs" / uri.removeprefix("runs:/").replace("/", "_")
+        source = uri
+    if not (cache / ".complete").exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp))
+        (tmp / ".complete").write_text(source)
+        if cache.exists():
+            shutil.rmtree(cache)
+        os.replace(tmp, cache)
+    conf = Model.load(str(cache)).flavors["python_function"]
+    return cache / conf["data"]

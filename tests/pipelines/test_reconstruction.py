@@ -11,6 +11,7 @@ import keras
 import mlflow
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -23,7 +24,7 @@ from pipelines.tracking import MlflowTracker
 
 PIPELINE = """
 name: recon_test
-stages: [simulate, train_recon, evaluate_recon]
+stages: [simulate, train_recon, evaluate_recon, export_recon]
 simulate: {size: 32, angles: 12, train: 24, validation: 8, test: 6, chunk: 8}
 loader: {batch_size: 8}
 model: {name: fbpconvnet, params: {depth: 2, filters: 4}}
@@ -49,7 +50,7 @@ def finished(tmp_path_factory):
 
 def test_stages_write_scores_figure_and_models(finished):
     res = finished["results"]
-    assert [r.state for r in res.values()] == ["ran", "ran", "ran"]
+    assert [r.state for r in res.values()] == ["ran"] * 4
     summary = json.loads((Path(res["evaluate_recon"].path) / "summary.json").read_text())
     methods = summary["methods"]
     assert set(methods) == {"fbp_ramp", "fbp_hann", "network"}
@@ -84,7 +85,7 @@ def test_metrics_and_figure_are_in_mlflow(finished):
 def test_rerun_skips_every_stage(finished, monkeypatch):
     monkeypatch.setenv("MEDFLOW_WORKSPACE", str(finished["tmp"] / "workspace"))
     results, _ = run_pipeline(finished["cfg"])
-    assert [r.state for r in results] == ["skipped"] * 3
+    assert [r.state for r in results] == ["skipped"] * 4
 
 
 def test_predict_writes_images_and_quarantines_bad_inputs(finished, tmp_path, capsys):
@@ -114,6 +115,32 @@ def test_predict_writes_images_and_quarantines_bad_inputs(finished, tmp_path, ca
         assert np.allclose(nib.load(out / f"scan_{i}.nii.gz").get_fdata()[..., 0], image, atol=1e-6)
     assert main(["predict", "--model", str(tmp_path / "none.keras"), "--input", str(inputs),
                  "--output", str(out)]) == 2
+
+
+def test_registered_export_reconstructs_on_every_runtime(finished, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_WORKSPACE", str(finished["tmp"] / "workspace"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished["store"])
+    bundle = Path(finished["results"]["export_recon"].path)
+    plan = json.loads((bundle / "plan.json").read_text())
+    assert plan["family"] == "reconstruction" and plan["input_shape"] == [46, 12]
+    assert plan["geometry"]["angles_deg"][0] == pytest.approx(7.5)
+    assert "| test_psnr | test |" in (bundle / "MODEL_CARD.md").read_text()
+    test = load_split(Path(finished["results"]["simulate"].path) / "data", "test")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        np.save(inputs / f"scan_{i}.npy", test["sinogram"][i])
+    full = keras.saving.load_model(Path(finished["results"]["train_recon"].path) / "reconstructor.keras")
+    expected = np.asarray(full.predict(test["sinogram"][:3], verbose=0))[..., 0]
+    for runtime in ("onnx", "saved_model"):
+        out = tmp_path / runtime
+        assert main(["predict", "--model", "models:/recon_test@champion", "--input", str(inputs),
+                     "--output", str(out), "--runtime", runtime]) == 0
+        for i in range(3):
+            assert np.abs(np.load(out / f"scan_{i}.npy") - expected[i]).max() < 1e-4
+    served = mlflow.pyfunc.load_model("models:/recon_test@champion").predict(
+        pd.DataFrame({"sinogram": [test["sinogram"][0].tolist()], "case": ["first"]}))
+    assert served["error"][0] == "" and np.abs(np.array(served["image"][0]) - expected[0]).max() < 1e-4
 
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
@@ -190,6 +217,14 @@ def test_ct_volume_source_trains_and_exports_in_hu(tmp_path, monkeypatch, capsys
     assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
     water = test["gt"][0] == 0.0
     assert abs(np.median(test["fbp"][0][water])) < 60.0  # the FBP input is in HU too
+    # Exported runtimes agree relative to the HU scale; predicted NIfTI carry the 2 mm pixels.
+    bundle = Path(results["export_recon"].path)
+    parity = json.loads((bundle / "parity.json").read_text())
+    assert parity["scale"] > 100 and max(parity["max_abs_diff"].values()) <= parity["allowed"]
+    np.save(tmp_path / "slice.npy", test["sinogram"][0])
+    assert main(["predict", "--model", str(bundle), "--input", str(tmp_path / "slice.npy"),
+                 "--output", str(tmp_path / "out"), "--runtime", "onnx"]) == 0
+    assert nib.load(tmp_path / "out" / "slice.nii.gz").header.get_zooms()[:2] == (2.0, 2.0)
 
 
 def test_dihedral_pairs_are_measurements_of_the_turned_object():

@@ -1,0 +1,138 @@
+"""One Keras model, three runtimes: ``.keras``, TensorFlow SavedModel and ONNX.
+
+:func:`export_formats` writes all three next to each other; :func:`load_runtime`
+gives back a plain ``predict(x) -> y`` callable for any of them, so inference
+code is written once and runs on whichever runtime a deployment has;
+:func:`parity` measures how far the exported runtimes drift from Keras.
+
+Layout of an export folder (the files this module owns):
+    model.keras     the Keras model (custom layers registered, loads with safe_mode=True)
+    saved_model/    ``model.export(...)``: a ``serve`` signature taking the model's input
+    model.onnx      ``model.export(..., format="onnx")`` (tf2onnx under the hood)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+KERAS, SAVED_MODEL, ONNX = "model.keras", "saved_model", "model.onnx"
+RUNTIMES = ("keras", "saved_model", "onnx")
+
+
+def load_custom_objects() -> None:
+    """Import the modules that register custom layers, so a .keras file names resolve."""
+    from models import ct_ops, losses, reconstruction, unet  # noqa: F401
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Swap a finished temporary folder in for ``dest`` (a rename, so no half-written folder is visible)."""
+    if dest.exists():
+        trash = dest.with_name(f".trash-{dest.name}-{os.getpid()}")
+        os.replace(dest, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> dict[str, str]:
+    """Write ``model`` to ``folder`` in each of ``formats``, each one atomically.
+
+    Args:
+        model: a built keras.Model with a fixed input signature except the batch axis.
+        folder: the export folder (created if needed).
+        formats: a subset of :data:`RUNTIMES`.
+
+    Returns:
+        {runtime: file or folder name inside ``folder``}.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt in formats:
+        if fmt == "keras":
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+            os.close(fd)
+            model.save(tmp)
+            os.replace(tmp, folder / KERAS)
+            written[fmt] = KERAS
+        elif fmt == "saved_model":
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+            model.export(str(tmp / "sm"), format="tf_saved_model", verbose=False)
+            _replace_dir(tmp / "sm", folder / SAVED_MODEL)
+            tmp.rmdir()
+            written[fmt] = SAVED_MODEL
+        elif fmt == "onnx":
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
+            os.close(fd)
+            try:
+                model.export(tmp, format="onnx", verbose=False)
+                os.replace(tmp, folder / ONNX)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            written[fmt] = ONNX
+        else:
+            raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(RUNTIMES)}")
+    return written
+
+
+def load_runtime(folder: Path, runtime: str = "keras", *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict(x) -> y`` over float32 batches, from the export folder's ``runtime`` file.
+
+    Args:
+        folder: an export folder written by :func:`export_formats`.
+        runtime: 'keras', 'saved_model' or 'onnx'.
+        threads: intra-op threads for ONNX Runtime (0: its default, one per core).
+
+    Raises:
+        FileNotFoundError: the folder has no file for ``runtime``.
+    """
+    folder = Path(folder)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    path = folder / {"keras": KERAS, "saved_model": SAVED_MODEL, "onnx": ONNX}[runtime]
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: no {path.name} for the {runtime} runtime")
+    if runtime == "keras":
+        import keras
+
+        load_custom_objects()
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        return lambda x: np.asarray(model.predict_on_batch(np.asarray(x, dtype=np.float32)))
+    if runtime == "saved_model":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))
+        serve = loaded.signatures["serving_default"]
+        key = next(iter(serve.structured_input_signature[1]))
+        out_key = next(iter(serve.structured_outputs))
+
+        def predict_sm(x):
+            return serve(**{key: tf.constant(np.asarray(x, dtype=np.float32))})[out_key].numpy()
+        predict_sm.keepalive = loaded  # the signature's variables die with the loaded object
+        return predict_sm
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.asarray(x, dtype=np.float32)})[0]
+
+
+def parity(folder: Path, x: np.ndarray, runtimes: tuple[str, ...] = ("saved_model", "onnx")) -> dict:
+    """How far each exported runtime is from Keras on the batch ``x``.
+
+    Returns:
+        {"max_abs_diff": {runtime: largest |runtime - keras|}, "scale": max(1, largest |keras output|)}.
+        Outputs in physical units (CT in HU) are compared relative to ``scale``: float32 keeps about
+        7 digits, so 1e-4 absolute is below rounding for values in the thousands.
+    """
+    reference = load_runtime(folder, "keras")(x)
+    return {"max_abs_diff": {rt: float(np.max(np.abs(load_runtime(folder, rt)(x) - reference))) for rt in runtimes},
+            "scale": max(1.0, float(np.max(np.abs(reference))))}
