@@ -198,6 +198,16 @@ def cmd_bench(args) -> int:
 
     if args.what == "augment":
         return bench.bench_augment(size=args.size, seed=args.seed)
+    if args.what == "infer":
+        from pipelines.bench_infer import bench_infer
+        from pipelines.bundle import BundleError
+        from pipelines.predict import PredictError
+
+        try:
+            return bench_infer(args.export, args.recon_export, repeats=args.repeats)
+        except (BundleError, PredictError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.what == "train":
         from pipelines.bench_train import bench_train
         from pipelines.config import ConfigError
@@ -284,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.predict import add_parser as add_predict_parser
 
     add_predict_parser(sub, fmt, _examples)
+    from pipelines.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub, fmt, _examples)
 
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the project's store", formatter_class=fmt,
                        epilog=_examples("""
@@ -301,10 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
                            medflow bench augment
                            medflow bench train --model unet2d
                            medflow bench train --model unet2d --set model.params.filters=32 --batch 8
+                           medflow bench infer
+                           medflow bench infer --export models:/segmentation@champion
                        """))
-    p.add_argument("what", choices=("ingest", "augment", "train"),
+    p.add_argument("what", choices=("ingest", "augment", "train", "infer"),
                    help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
-                        "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s")
+                        "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
+                        "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime")
     p.add_argument("--size", choices=("demo", "full"), default="demo")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)
@@ -314,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: config overrides")
     p.add_argument("--batch", type=int, default=None, help="train: batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=5, help="train: timed steps per repeat")
+    p.add_argument("--export", default=None, help="infer: a segmentation export folder or models:/ URI "
+                                                  "(default: the default config's network, untrained)")
+    p.add_argument("--recon-export", default=None, help="infer: a reconstruction export folder or models:/ URI")
+    p.add_argument("--repeats", type=int, default=3, help="infer: timed repeats (the median is printed)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -32,16 +32,19 @@ def test_demo_job_end_to_end(tmp_path):
     out = _medflow("run", *configs, "--profile", "demo", env=env).stdout
     assert "pipeline segmentation" in out and "pipeline classification" in out and "medflow ui" in out
     assert "test set, native space; mean Dice over gray_matter, white_matter" in out and "multi_otsu" in out
+    assert "balanced accuracy" in out  # the classifier's summary
 
     client = MlflowClient(store)
-    for name, n_cases, spacing in (("segmentation", 10, [1.0, 1.0, 1.0]), ("classification", 24, [2.0, 2.0, 2.0])):
+    for name, n_cases, spacing in (("segmentation", 10, [1.0, 1.0, 1.0]), ("classification", 24, [3.0, 3.0, 3.0])):
         exp = client.get_experiment_by_name(name)
         runs = client.search_runs([exp.experiment_id])
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         assert len(parents) == 1
         stages = {r.data.tags["medflow.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-        expected = {"ingest", "preprocess", "split", "train", "evaluate"}
+        expected = {"ingest", "preprocess", "split", "train", "evaluate", "export"}
         assert set(stages) == expected
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.run_id == stages["export"].info.run_id
         train = stages["train"]
         assert "augment/preview.png" in [a.path for a in client.list_artifacts(train.info.run_id, "augment")]
         assert len(client.get_metric_history(train.info.run_id, "val_loss")) == 2  # demo: 2 epochs

@@ -27,43 +27,48 @@ def exports_parent(cfg):
     return workspace_root() / "exports" / cfg.name
 
 
-def _segmentation_or_classification(cfg, upstream) -> tuple[dict, str]:
-    train, evaluate = upstream["train"], upstream["evaluate"]
-    info = json.loads(train.file("train.json").read_text())
-    family = info["task"]
-    plan = {
-        "family": family, "classes": info["classes"], "channels": info["channels"],
-        "input_shape": info["input_shape"],
-        "preprocess": {k: v for k, v in info["plan"].items() if k not in ("classes", "channels", "task")},
+def volume_plan(cfg, family: str, classes: list[str], channels: list[str], input_shape: list[int],
+                preprocess: dict) -> dict:
+    """The inference path of a volume model (segmentation or classification) trained with ``cfg``."""
+    return {
+        "family": family, "classes": classes, "channels": channels, "input_shape": input_shape,
+        "preprocess": {k: v for k, v in preprocess.items() if k not in ("classes", "channels", "task")},
         "window": {"mode": cfg.loader.mode, "patch_size": list(cfg.loader.patch_size),
                    "slice_axis": cfg.loader.slice_axis, "crop": cfg.loader.crop},
         "inference": {"overlap": cfg.evaluate.overlap, "batch_size": cfg.evaluate.batch_size,
                       "mirror_axes": list(cfg.evaluate.mirror_axes),
                       "samples": 1 if cfg.loader.crop == "center" else cfg.train.val_samples_per_case,
                       "seed": cfg.augment.seed},
-        "data": {"source": str(cfg.dataset.root) if cfg.dataset else "", "train_cases": len(info["train_cases"]),
-                 "val_cases": len(info["val_cases"]), "evaluated_cases": len(evaluate.cases),
-                 "fold": info["fold"]},
         "selection": ({"metric": "best_val_dice", "stage": "train", "greater_is_better": True}
                       if family == "segmentation" else
                       {"metric": "val_balanced_accuracy", "stage": "evaluate", "greater_is_better": True}),
     }
+
+
+def recon_plan(cfg, geometry: dict) -> dict:
+    """The inference path of a sinogram-input reconstruction model: the geometry it was trained for."""
+    return {"family": "reconstruction", "classes": [], "channels": [],
+            "input_shape": [geometry["detectors"], len(geometry["angles_deg"])], "geometry": geometry,
+            "selection": {"metric": "best_val_loss", "stage": "train_recon", "greater_is_better": False,
+                          "loss": cfg.train.loss}}
+
+
+def _segmentation_or_classification(cfg, upstream) -> tuple[dict, str]:
+    train, evaluate = upstream["train"], upstream["evaluate"]
+    info = json.loads(train.file("train.json").read_text())
+    plan = volume_plan(cfg, info["task"], info["classes"], info["channels"], info["input_shape"], info["plan"])
+    plan["data"] = {"source": str(cfg.dataset.root) if cfg.dataset else "", "train_cases": len(info["train_cases"]),
+                    "val_cases": len(info["val_cases"]), "evaluated_cases": len(evaluate.cases), "fold": info["fold"]}
     return plan, str(train.file("model.keras"))
 
 
 def _reconstruction(cfg, upstream) -> tuple[dict, str]:
     train = upstream["train_recon"]
     info = json.loads(train.file("train.json").read_text())
-    geometry = info["geometry"]
-    plan = {
-        "family": "reconstruction", "classes": [], "channels": [],
-        "input_shape": [geometry["detectors"], len(geometry["angles_deg"])], "geometry": geometry,
-        "data": {"source": cfg.simulate.source if cfg.simulate.source == "ellipses" else str(cfg.simulate.root),
-                 "train_images": info["train_images"], "val_images": info["val_images"],
-                 "test_images": cfg.simulate.test},
-        "selection": {"metric": "best_val_loss", "stage": "train_recon", "greater_is_better": False,
-                      "loss": cfg.train.loss},
-    }
+    plan = recon_plan(cfg, info["geometry"])
+    plan["data"] = {"source": cfg.simulate.source if cfg.simulate.source == "ellipses" else str(cfg.simulate.root),
+                    "train_images": info["train_images"], "val_images": info["val_images"],
+                    "test_images": cfg.simulate.test}
     return plan, str(train.file(train.manifest["reconstructor"]))
 
 
