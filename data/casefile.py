@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atomic import publish
+
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 META_KEY = "meta.json"
 
@@ -48,7 +50,7 @@ def write_case(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
             info.external_attr = 0o644 << 16
             zf.writestr(info, json.dumps(meta, sort_keys=True, indent=1))
         digest = file_sha256(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -21,6 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from data.atomic import publish
+
 # Deflate cannot expand data by more than ~1032:1, so a gzip file of N bytes can
 # never hold more than this many times N bytes of voxels.
 MAX_DEFLATE_RATIO = 1032
@@ -247,7 +249,7 @@ def save_atomic(img, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         nib.save(img, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

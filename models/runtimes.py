@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atomic import publish
+
 KERAS, SAVED_MODEL, ONNX = "model.keras", "saved_model", "model.onnx"
 RUNTIMES = ("keras", "saved_model", "onnx")
 
@@ -36,7 +38,7 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         trash = dest.with_name(f".trash-{dest.name}-{os.getpid()}")
         os.replace(dest, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    os.replace(tmp, dest)
+    publish(tmp, dest)
 
 
 def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> dict[str, str]:
@@ -58,7 +60,7 @@ def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> 
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
             os.close(fd)
             model.save(tmp)
-            os.replace(tmp, folder / KERAS)
+            publish(tmp, folder / KERAS)
             written[fmt] = KERAS
         elif fmt == "saved_model":
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
@@ -71,7 +73,7 @@ def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> 
             os.close(fd)
             try:
                 model.export(tmp, format="onnx", verbose=False)
-                os.replace(tmp, folder / ONNX)
+                publish(tmp, folder / ONNX)
             finally:
                 Path(tmp).unlink(missing_ok=True)
             written[fmt] = ONNX

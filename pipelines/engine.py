@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from data.atomic import publish
 from data.nifti import CaseError
 from pipelines.progress import Progress, log
 
@@ -219,7 +220,7 @@ class StageDir:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
-            os.replace(tmp, dest)
+            publish(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atomic import publish
 from pipelines.engine import StageFailed
 from pipelines.progress import log
 from pipelines.runner import NullTracker, make_context, plan_stages, run_stages
@@ -79,7 +80,7 @@ def _save(files: dict[str, str | bytes], tracker, parent_id, name: str) -> Path:
         os.close(fd)
         tmp = Path(name_tmp)
         tmp.write_bytes(content if isinstance(content, bytes) else content.encode())
-        tmp.replace(dest / fname)
+        publish(tmp, dest / fname)
     if parent_id:
         tracker.log_to(parent_id, artifacts=[dest / f for f in files], folder=name.split("/")[0])
     return dest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atomic import publish
 from data.nifti import save_atomic, write_nifti
 
 
@@ -34,7 +35,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -94,7 +95,7 @@ def write_csv_atomic(path: Path, frame) -> None:
     os.close(fd)
     try:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

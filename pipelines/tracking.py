@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag  # noqa: E402
 
+from data.atomic import publish  # noqa: E402
 from pipelines.config import dump_yaml, flatten  # noqa: E402
 from pipelines.engine import code_version  # noqa: E402
 from pipelines.workspace import mlflow_dir, project_root  # noqa: E402
@@ -291,6 +292,6 @@ def fetch_bundle(uri: str) -> Path:
         (tmp / ".complete").write_text(source)
         if cache.exists():
             shutil.rmtree(cache)
-        os.replace(tmp, cache)
+        publish(tmp, cache)
     conf = Model.load(str(cache)).flavors["python_function"]
     return cache / conf["data"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def test_bundle_is_self_contained_and_its_runtimes_agree(seg):
     assert folder.parent == seg["tmp"] / "workspace" / "exports" / "test"
     assert {"model.keras", "saved_model", "model.onnx", "plan.json", "MODEL_CARD.md", "parity.json",
             "manifest.json"} <= {p.name for p in folder.iterdir()}
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("plan.json", "model.keras", "model.onnx", "MODEL_CARD.md", "saved_model/saved_model.pb"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~mask, name  # readable as any new file
+    assert (folder / "saved_model").stat().st_mode & 0o777 == 0o777 & ~mask
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["family"] == "segmentation" and plan["classes"] == ["background", "cube", "slab"]
     assert plan["preprocess"]["spacing"] == [1.0, 1.0, 1.0] and plan["window"]["patch_size"] == [16, 16]
