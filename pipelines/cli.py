@@ -52,6 +52,17 @@ def _print_summary(name: str, results, parent_id, tracker) -> None:
             _print_evaluation(Path(r.path) / "summary.json")
         if r.name == "evaluate_recon" and r.state != "failed":
             _print_reconstruction(Path(r.path) / "summary.json")
+        if r.name in ("export", "export_recon") and r.state != "failed":
+            _print_export(Path(r.path))
+
+
+def _print_export(folder: Path) -> None:
+    """Where the bundle is, its registry version and champion decision, and how to use it."""
+    reg = json.loads((folder / "manifest.json").read_text()).get("registry")
+    print(f"\n  export: {folder}")
+    if reg:
+        print(f"    registered {reg['name']} v{reg['version']}; champion: {reg['comparison']}")
+        print(f"    medflow predict --model models:/{reg['name']}@champion --input DIR --output DIR")
 
 
 def _print_reconstruction(path: Path) -> None:

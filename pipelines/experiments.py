@@ -21,6 +21,7 @@ import numpy as np
 from data.atomic import publish
 from pipelines.engine import StageFailed
 from pipelines.progress import log
+from pipelines.catalog import STAGES
 from pipelines.runner import NullTracker, make_context, plan_stages, run_stages
 
 PER_RUN = ("train", "evaluate")
@@ -66,7 +67,15 @@ def _per_run(cfg):
 
 def _shared(cfg, tracker, ctx, force):
     outputs: dict = {}
-    stages = [s for s in plan_stages(cfg) if s.name not in PER_RUN]
+    # Only what the per-run stages read from, transitively: an export follows the one model that
+    # `medflow run` trains, not every fold or candidate.
+    needed, todo = set(), [d for s in _per_run(cfg) for d in s.inputs]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(STAGES[name].inputs)
+    stages = [s for s in plan_stages(cfg) if s.name in needed - set(PER_RUN)]
     return outputs, run_stages(cfg, stages, outputs, tracker, ctx, force=force)
 
 

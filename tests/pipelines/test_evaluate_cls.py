@@ -65,7 +65,7 @@ def test_cross_validation_and_comparison(tmp_path):
 
     root = make_cls_dataset(tmp_path / "cls", n=16)
     store = f"sqlite:///{tmp_path / 's.db'}"
-    path = write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages=EVAL_STAGES,
+    path = write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages=EVAL_STAGES.replace("]", ", export]"),
                           extra=EXTRA + COMPARE)
     cfg = load_config(path, ["dataset.classes=[normal, lesion]", "split.folds=3", "train.epochs=2"])
     client = MlflowClient(store)
@@ -92,6 +92,9 @@ def test_cross_validation_and_comparison(tmp_path):
     assert len(folds) == 3
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == folds[0].info.run_id]
     assert {r.data.tags["medflow.stage"] for r in nested} == {"train", "evaluate"}
+
+    assert not (tmp_path / "workspace/exports").exists()  # folds are scored, not exported
+    assert not client.search_registered_models()
 
     cmp = run_compare(cfg, tracker=MlflowTracker(store))
     assert [r["model"] for r in cmp["rows"]] == ["logistic", "mlp"] and cmp["best"] in ("logistic", "mlp")
