@@ -14,8 +14,8 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("ingest", ingest.run, inputs=(), sections=("dataset", "ingest"), extra_key=ingest.dataset_state,
-              outputs="case records, fingerprint.json, cases.csv, quarantine.json"),
-        Stage("preprocess", preprocess.run, inputs=("ingest",), sections=("preprocess",),
+              shardable=True, outputs="case records, fingerprint.json, cases.csv, quarantine.json"),
+        Stage("preprocess", preprocess.run, inputs=("ingest",), sections=("preprocess",), shardable=True,
               outputs="cases/<id>.npz (RAS, target spacing, normalized), plan.json"),
         Stage("split", split.run, inputs=("ingest",), sections=("split",),
               outputs="splits.json (patient-level test holdout + folds)"),

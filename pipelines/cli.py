@@ -107,13 +107,20 @@ def cmd_run(args) -> int:
         return EXIT_CONFIG
     from pipelines.tracking import MlflowTracker
 
+    from pipelines.engine import parse_shard
+
+    try:
+        shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     tracker = MlflowTracker()
     status = 0
     for path, cfg in configs:
         try:
             results, parent = run_pipeline(cfg, target=args.stage, force=args.force, strict=args.strict,
                                            workers=args.workers, tracker=tracker, config_path=path,
-                                           profile=args.profile)
+                                           profile=args.profile, shard=shard, merge=getattr(args, "merge", False))
         except StageFailed as err:
             print(f"error: {err}", file=sys.stderr)
             status = EXIT_FAILED
@@ -271,7 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo finished stages (only --stage's when given)")
     p.add_argument("--strict", action="store_true", help="fail a stage on any bad case instead of quarantining it")
     p.add_argument("--workers", type=int, help="parallel case workers (default: config, 0 = all cores)")
+    p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of --stage's cases (ingest, "
+                                                           "preprocess); then `medflow merge`")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="finish a sharded stage from its shards (all of them must have finished)",
+                       formatter_class=fmt, epilog=_examples("""
+                           medflow run pipelines/configs/segmentation.yaml --stage ingest --shard 0/2   # machine A
+                           medflow run pipelines/configs/segmentation.yaml --stage ingest --shard 1/2   # machine B
+                           medflow merge pipelines/configs/segmentation.yaml --stage ingest
+                       """))
+    p.add_argument("pipelines", nargs=1, metavar="PIPELINE.yaml")
+    p.add_argument("--stage", required=True, help="the sharded stage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--profile", action="append")
+    p.set_defaults(func=cmd_run, merge=True, force=False, strict=False, workers=None)
 
     from pipelines.cli_experiments import add_parsers
 

@@ -109,6 +109,8 @@ class RunContext:
     log_artifact: Callable[[Path, str], None] = lambda path, folder: None  # e.g. a figure as it is made
     # An export bundle to log as a model and register: (folder, info) -> registry record, or None untracked.
     register_export: Callable[[Path, dict], dict | None] = lambda folder, info: None
+    shard: tuple[int, int] | None = None  # (index, count): this process does only its share of the cases
+    require_shards: bool = False  # `medflow merge`: finish a sharded stage only if every shard has finished
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)
@@ -127,6 +129,7 @@ class Stage:
         outputs: what the folder holds, for ``--help`` and status.
         parent: ``parent(cfg) -> Path``: the folder of its keyed folders, when it is not
             ``<workspace>/stages/<name>`` (exports live where people look for them).
+        shardable: ``fn`` honours ``ctx.shard`` (see :meth:`StageDir.shard_jobs`).
     """
 
     name: str
@@ -136,6 +139,7 @@ class Stage:
     extra_key: Callable[[Any], Any] | None = None
     outputs: str = ""
     parent: Callable[[Any], Path] | None = None
+    shardable: bool = False  # per-case work that N processes can split (`--shard`, then `medflow merge`)
 
     def output_dir(self, cfg, key: str) -> "StageDir":
         """The folder this stage writes for ``key``."""
@@ -229,6 +233,46 @@ class StageDir:
     def write_json(self, relpath: str, obj: Any) -> Path:
         return self.write_text(relpath, json.dumps(obj, indent=1, sort_keys=True))
 
+    # -- sharding: N processes (machines sharing the workspace) each do 1/N of the cases ------------
+    def shard_jobs(self, jobs: list, ids: list[str], ctx: RunContext) -> tuple[list, list[dict], list[str]]:
+        """This process's share of ``jobs`` (the (case_id, source, args) still to do, out of ``ids``).
+
+        Sharded: the jobs of this shard's cases. Unsharded (a plain run or a merge): every job, except
+        cases a shard already quarantined, whose records are reused rather than retried.
+
+        Returns:
+            (jobs to run, quarantine records carried over from shards, the case ids in scope).
+        """
+        if ctx.shard is not None:
+            mine = set(shard_ids(ids, *ctx.shard))
+            return [j for j in jobs if j[0] in mine], [], [c for c in ids if c in mine]
+        reports = self.shard_reports(ctx.require_shards)
+        prior = {r["case_id"]: r for rep in reports for r in rep["quarantine"]}
+        return [j for j in jobs if j[0] not in prior], sorted(prior.values(), key=lambda r: r["case_id"]), ids
+
+    def shard_reports(self, require: bool = False) -> list[dict]:
+        """The finished shards' reports (``shards/<i>-of-<n>.json``); with ``require``, all of one count."""
+        reports = [json.loads(p.read_text()) for p in sorted((self.path / "shards").glob("*-of-*.json"))]
+        if require:
+            counts = {r["count"] for r in reports}
+            if len(counts) != 1:
+                raise StageFailed(f"{self.path}: nothing to merge" if not counts else
+                                  f"{self.path}: shards of different counts {sorted(counts)}; re-run them")
+            count = counts.pop()
+            missing = sorted(set(range(count)) - {r["index"] for r in reports})
+            if missing:
+                raise StageFailed(f"{self.path}: shard(s) {', '.join(f'{i}/{count}' for i in missing)} "
+                                  f"have not finished")
+        return reports
+
+    def finish_shard(self, shard: tuple[int, int], cases: list[str], quarantine: list[dict]) -> "ShardOutput":
+        """Record that this shard's cases are done (no manifest: the stage is complete only after a merge)."""
+        index, count = shard
+        bad = {r["case_id"] for r in quarantine}
+        report = {"index": index, "count": count, "cases": [c for c in cases if c not in bad], "quarantine": quarantine}
+        self.write_json(f"shards/{index}-of-{count}.json", report)
+        return ShardOutput(self.name, self.path, report)
+
     def finish(self, cfg, upstream: dict[str, StageOutput], body: dict) -> StageOutput:
         """Write the manifest (last). ``body`` holds cases, quarantine, artifacts, metrics."""
         manifest = {
@@ -239,6 +283,40 @@ class StageDir:
         manifest["digest"] = digest(manifest)
         self.write_json(MANIFEST, manifest)
         return StageOutput(self.name, self.path, manifest)
+
+
+@dataclass
+class ShardOutput:
+    """What one shard of a stage did: its cases and quarantine (the stage has no manifest yet)."""
+
+    name: str
+    path: Path
+    report: dict
+
+    @property
+    def cases(self) -> list[str]:
+        return self.report["cases"]
+
+    @property
+    def quarantine(self) -> list[dict]:
+        return self.report["quarantine"]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"INDEX/COUNT"`` -> (index, count), 0 <= index < count."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: INDEX must be in 0..COUNT-1")
+    return index, count
+
+
+def shard_ids(ids: list[str], index: int, count: int) -> list[str]:
+    """Shard ``index`` of ``count``: every count-th case of the sorted ids, so shards differ by one at most
+    and every process computes the same split from the same listing."""
+    return sorted(ids)[index::count]
 
 
 def quarantine_record(case_id: str, error: Exception | str, source: str = "") -> dict:

@@ -17,12 +17,12 @@ the file, listed in ``quarantine.json``, and the other inputs carry on.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from data.atomic import publish
 from data.nifti import CaseError, is_nifti_name, strip_nifti_suffix
 from pipelines.bundle import Bundle, BundleError, load_bundle
 from pipelines.outputs import read_sinogram, write_csv_atomic, write_labels, write_reconstruction
@@ -91,8 +91,13 @@ def _name(path: Path) -> str:
     return path.name[: -len(".npy")] if path.name.endswith(".npy") else strip_nifti_suffix(path.name)
 
 
-def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size: int = 16, progress=None) -> dict:
+def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size: int = 16, progress=None,
+                  shard: tuple[int, int] | None = None) -> dict:
     """Run the bundle on every file into ``output``.
+
+    With ``shard`` (index, count) only that share of the files is done, and the shard's table and
+    quarantine list get their own names (``predictions-<i>-of-<n>.csv``), so N processes can write
+    into one folder.
 
     Returns:
         {"written": [names], "quarantine": [{"path", "problem"}]}.
@@ -100,6 +105,13 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written, quarantine, rows = [], [], []
+    suffix = ""
+    if shard is not None:
+        from pipelines.engine import shard_ids
+
+        mine = set(shard_ids([str(f) for f in files], *shard))
+        files = [f for f in files if str(f) in mine]
+        suffix = f"-{shard[0]}-of-{shard[1]}"
 
     def bad(path, err):
         problem = err.problem if isinstance(err, CaseError) else " ".join(str(err).split())
@@ -141,23 +153,26 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
         if bundle.family == "classification" and rows:
             import pandas as pd
 
-            write_csv_atomic(output / "predictions.csv", pd.DataFrame(rows))
-    tmp = output / ".tmp-quarantine.json"
+            write_csv_atomic(output / f"predictions{suffix}.csv", pd.DataFrame(rows))
+    tmp = output / f".tmp-quarantine{suffix}.json"
     tmp.write_text(json.dumps(quarantine, indent=1))
-    os.replace(tmp, output / "quarantine.json")
+    publish(tmp, output / f"quarantine{suffix}.json")
     return {"model": str(bundle.folder), "family": bundle.family, "written": written, "quarantine": quarantine}
 
 
 def cmd_predict(args) -> int:
     from pipelines.cli import EXIT_CONFIG, EXIT_FAILED
+    from pipelines.engine import parse_shard
     from pipelines.progress import Progress
 
     try:
+        shard = parse_shard(args.shard) if args.shard else None
         bundle = open_model(args.model, args.runtime)
         files = list_inputs(args.input, bundle.family)
-        with Progress(len(files), "predict", unit="file") as bar:
-            report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar)
-    except (PredictError, BundleError) as err:
+        total = len(files) if shard is None else len(files[shard[0]::shard[1]])
+        with Progress(total, "predict", unit="file") as bar:
+            report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar, shard=shard)
+    except (PredictError, BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"predict ({report['family']}, {args.runtime}): {len(report['written'])} written to {args.output}, "
@@ -180,4 +195,6 @@ def add_parser(sub, fmt, examples) -> None:
     p.add_argument("--runtime", choices=("keras", "saved_model", "onnx"), default="keras",
                    help="what runs the network (the bundle holds all three)")
     p.add_argument("--batch", type=int, default=16, help="sinograms per model call (reconstruction)")
+    p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of the inputs (N machines, one "
+                                                           "output folder)")
     p.set_defaults(func=cmd_predict)

@@ -11,7 +11,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from pipelines.engine import RunContext, StageFailed, StageOutput
+from pipelines.engine import RunContext, ShardOutput, StageFailed, StageOutput
 from pipelines.progress import log
 from pipelines.catalog import STAGES
 
@@ -63,6 +63,9 @@ class NullTracker:
     def register_export(self, folder, info):
         return None
 
+    def log_shard(self, output, seconds):
+        pass
+
 
 def plan_stages(cfg, target: str | None = None) -> list:
     """The stages to run, in pipeline order; with ``target``, that stage and what it reads from."""
@@ -92,7 +95,7 @@ def resolve_workers(cfg, workers: int | None) -> int:
 
 
 def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, tracker=None,
-                 config_path=None, profile=None) -> tuple[list[StageResult], str | None]:
+                 config_path=None, profile=None, shard=None, merge=False) -> tuple[list[StageResult], str | None]:
     """Run (or skip) each planned stage.
 
     Args:
@@ -102,6 +105,8 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         strict: any quarantined case fails its stage.
         workers: parallel case workers (default: cfg.workers, 0 = all cores).
         tracker: tracking.MlflowTracker, or None for no tracking.
+        shard: (index, count): do only this share of ``target``'s cases (its upstream must be finished).
+        merge: finish ``target`` from its shards, failing if any shard has not finished.
 
     Returns:
         (one StageResult per planned stage, the parent tracking run id). A failed
@@ -109,6 +114,11 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
     """
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
+    if shard is not None or merge:
+        if target is None or not STAGES[target].shardable:
+            shardable = ", ".join(n for n in cfg.stages if STAGES[n].shardable)
+            raise StageFailed(f"--shard and merge take --stage with a shardable stage ({shardable or 'none here'})")
+        ctx.shard, ctx.require_shards = shard, merge
     with tracker.pipeline(cfg, config_path, profile) as parent:
         parent_id = parent.info.run_id if parent is not None else None
         results = run_stages(cfg, plan_stages(cfg, target), {}, tracker, ctx, force=force, target=target)
@@ -139,6 +149,9 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
                 if out.complete and not redo:
                     output, state = out.load(), "skipped"
                     log(f"[{stage.name}] up to date ({out.path})")
+                elif ctx.shard is not None and stage.name != target:
+                    raise StageFailed(f"[{stage.name}] has not finished: run it (sharded, then `medflow merge "
+                                      f"--stage {stage.name}`) before sharding {target}")
                 else:
                     if redo:
                         out.reset()
@@ -150,7 +163,11 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
                 tracker.log_failure(str(err))
                 raise
             seconds = time.perf_counter() - start
-            tracker.log_stage(output, state == "skipped", seconds)
+            if isinstance(output, ShardOutput):
+                state = f"shard {output.report['index']}/{output.report['count']}"
+                tracker.log_shard(output, seconds)
+            else:
+                tracker.log_stage(output, state == "skipped", seconds)
         outputs[stage.name] = output
         results.append(StageResult(stage.name, key, str(out.path), state, seconds,
                                    len(output.cases), len(output.quarantine), run_id))

@@ -150,6 +150,13 @@ class MlflowTracker:
         if "dataset" in output.manifest and output.file("cases.csv").exists():
             self._log_dataset(output)
 
+    def log_shard(self, output, seconds: float) -> None:
+        """One shard's share of a stage: its counts and report (the stage's manifest comes with the merge)."""
+        rep = output.report
+        mlflow.set_tag("medflow.shard", f"{rep['index']}/{rep['count']}")
+        mlflow.log_metrics({"cases": len(rep["cases"]), "quarantined": len(rep["quarantine"]), "seconds": seconds})
+        mlflow.log_artifact(str(output.path / "shards" / f"{rep['index']}-of-{rep['count']}.json"), "stage/shards")
+
     def register_export(self, folder, info: dict) -> dict:
         """Log an export bundle as a pyfunc model in the active stage run, register it, and move
         ``champion`` to it only if it beats the current champion on ``info['metric']``.

@@ -140,7 +140,12 @@ def run(cfg, upstream, out: StageDir, ctx):
             "images": c.images, "label": c.label, "classes": label_values, "seed": cfg.ingest.fingerprint_seed,
             "tolerance": cfg.ingest.affine_tolerance_mm, "out": str(out.case_path(c.case_id, ".json")),
         }))
-    _, failed = map_cases(jobs, ingest_case, ctx, "ingest", done=len(valid) - len(jobs), total=len(valid))
+    jobs, prior, scope = out.shard_jobs(jobs, [c.case_id for c in valid], ctx)
+    _, failed = map_cases(jobs, ingest_case, ctx, "ingest", done=len(scope) - len(jobs) - len(prior),
+                          total=len(scope))
+    failed = sorted(failed + prior, key=lambda r: r["case_id"])
+    if ctx.shard is not None:
+        return out.finish_shard(ctx.shard, scope, failed)
     quarantine = sorted(quarantine + failed, key=lambda r: r["case_id"])
     bad = {r["case_id"] for r in failed}
     records = [json.loads(out.case_path(c.case_id, ".json").read_text()) for c in valid if c.case_id not in bad]

@@ -71,7 +71,12 @@ def run(cfg, upstream, out: StageDir, ctx):
         record = json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text())
         jobs.append((case_id, record["images"][0], {
             "record": record, "plan": plan_args, "out": str(out.case_path(case_id, ".npz"))}))
-    hashes, quarantine = map_cases(jobs, preprocess_job, ctx, "preprocess", done=len(ids) - len(jobs), total=len(ids))
+    jobs, prior, scope = out.shard_jobs(jobs, ids, ctx)
+    hashes, quarantine = map_cases(jobs, preprocess_job, ctx, "preprocess", done=len(scope) - len(jobs) - len(prior),
+                                   total=len(scope))
+    quarantine = sorted(quarantine + prior, key=lambda r: r["case_id"])
+    if ctx.shard is not None:
+        return out.finish_shard(ctx.shard, scope, quarantine)
     bad = {r["case_id"] for r in quarantine}
     cases = {}
     for case_id in ids:
