@@ -20,7 +20,7 @@ help:
 	@echo "make run        install, build demo sample data, run the main job, print a summary"
 	@echo "make test       fast test suite"
 	@echo "make test-slow  slow end-to-end tests"
-	@echo "make bench      medflow bench ingest"
+	@echo "make bench      medflow bench suite: ingest, augment, train, infer; medians to JSON + Markdown"
 	@echo "make ui         MLflow UI on 127.0.0.1"
 
 $(BIN)/python:
@@ -50,9 +50,7 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/medflow bench ingest --size $(PROFILE)
-	$(BIN)/medflow bench augment
-	$(BIN)/medflow bench train --model unet2d
+	$(BIN)/medflow bench suite --size $(PROFILE)
 
 ui: install
 	$(BIN)/medflow ui

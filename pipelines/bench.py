@@ -35,7 +35,7 @@ def _raw_decode(files: list[str], workers: int) -> tuple[float, int]:
     return time.perf_counter() - start, nbytes
 
 
-def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> int:
+def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
     from data.sample.build import SIZES, build_tissue
     from pipelines.config import load_config
     from pipelines.progress import Progress
@@ -72,7 +72,8 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> int:
         print(f"  {name:<28} {sec:>8.2f} {n / sec:>10.2f} {disk_mb / sec:>10.1f} {raw_bytes / 1e6 / sec:>13.1f}")
     print(f"  ingest + preprocess runs at {raw_s / pipe_s:.0%} of the raw decode rate "
           f"({', '.join(f'{r.name} {r.seconds:.1f}s' for r in results)})")
-    return 0
+    return {"volumes": n, "workers": workers, "pipeline_volumes_per_s": n / pipe_s, "raw_decode_volumes_per_s": n / raw_s,
+            "pipeline_mb_per_s": raw_bytes / 1e6 / pipe_s, "raw_decode_mb_per_s": raw_bytes / 1e6 / raw_s}
 
 
 
@@ -113,7 +114,7 @@ def _rate(source, ids, n: int, batch: int) -> tuple[float, float]:
     return parallel, len(plan) / (time.perf_counter() - start)
 
 
-def bench_augment(size: str = "demo", seed: int = 0) -> int:
+def bench_augment(size: str = "demo", seed: int = 0) -> dict:
     """Samples/s of the default augmentation chains: 2D 256x256 slices and 3D 96^3 patches."""
     from pipelines.config import load_config
     from pipelines.inputs import build_source
@@ -142,7 +143,9 @@ def bench_augment(size: str = "demo", seed: int = 0) -> int:
     print(f"  training step with the default segmentation config ({wait['model']}, batch {wait['batch']}, "
           f"patch {wait['patch']}): {wait['step_s']:.3f} s/step, of which {wait['wait_s']:.4f} s waiting for "
           f"the next batch -> {wait['fraction']:.1%} of each step waits on input")
-    return 0
+    return {**{f"{label.split()[0]}_{kind}_samples_per_s": v for label, par, eager, _ in rows
+               for kind, v in (("tfdata", par), ("eager", eager))},
+            "input_wait_fraction": wait["fraction"], "train_step_s": wait["step_s"]}
 
 
 def _input_wait(cfg, size: str, seed: int, steps: int = 6) -> dict:

@@ -83,14 +83,14 @@ class _Timed:
         return y
 
 
-def _volume_rows(spec, repeats: int) -> list[str]:
+def _volume_rows(spec, repeats: int) -> tuple[list[str], dict]:
     from nilearn import datasets
 
     from pipelines.predict import open_model
 
     t1 = datasets.load_mni152_template(resolution=1)
     image, affine = [t1.get_fdata(dtype=np.float32)], np.asarray(t1.affine)
-    rows = []
+    rows, figures = [], {}
     for rt in RUNTIMES:
         bundle = open_model(spec, rt)
         timed = _Timed(bundle.net)
@@ -105,16 +105,17 @@ def _volume_rows(spec, repeats: int) -> list[str]:
             nets.append(timed.seconds)
         total, net = statistics.median(totals), statistics.median(nets)
         rows.append(f"  {rt:<12} {total:>10.2f} {net:>10.2f} {100 * net / total:>6.0f}% {timed.calls:>8}")
+        figures[f"volume_s_{rt}"] = total
     return [f"segmentation, one 1 mm brain volume {t1.shape} -> labels on its grid {labels.shape} "
             f"(median of {repeats}):",
-            f"  {'runtime':<12} {'s/volume':>10} {'network s':>10} {'share':>7} {'calls':>8}", *rows]
+            f"  {'runtime':<12} {'s/volume':>10} {'network s':>10} {'share':>7} {'calls':>8}", *rows], figures
 
 
-def _sinogram_rows(spec, repeats: int, batch: int) -> list[str]:
+def _sinogram_rows(spec, repeats: int, batch: int) -> tuple[list[str], dict]:
     from data.ct.ellipses import EllipsesSpec, make_sample
     from pipelines.predict import open_model
 
-    rows = []
+    rows, figures = [], {}
     for rt in RUNTIMES:
         bundle = open_model(spec, rt)
         if rt == RUNTIMES[0]:
@@ -128,8 +129,10 @@ def _sinogram_rows(spec, repeats: int, batch: int) -> list[str]:
         one = [_clock(lambda: bundle.reconstruct(sinos[i % batch:i % batch + 1])) for i in range(10 * repeats)]
         many = [_clock(lambda: bundle.reconstruct(sinos, batch)) for _ in range(repeats)]
         rows.append(f"  {rt:<12} {1000 * statistics.median(one):>14.1f} {batch / statistics.median(many):>16.1f}")
+        figures[f"sinogram_ms_{rt}"] = 1000 * statistics.median(one)
+        figures[f"images_per_s_batch_{rt}"] = batch / statistics.median(many)
     return [f"reconstruction, ({d}, {a}) sinograms -> {bundle.plan['geometry']['image_size']}^2 images:",
-            f"  {'runtime':<12} {'ms/sinogram':>14} {f'images/s @{batch}':>16}", *rows]
+            f"  {'runtime':<12} {'ms/sinogram':>14} {f'images/s @{batch}':>16}", *rows], figures
 
 
 def _clock(fn) -> float:
@@ -138,8 +141,8 @@ def _clock(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_infer(model: str | None = None, recon_model: str | None = None, repeats: int = 3, batch: int = 32) -> int:
-    """Print per-volume and per-sinogram latency for each runtime; returns 0."""
+def bench_infer(model: str | None = None, recon_model: str | None = None, repeats: int = 3, batch: int = 32) -> dict:
+    """Print per-volume and per-sinogram latency for each runtime; return the figures."""
     print(f"medflow bench infer ({platform.machine()}, {os.cpu_count()} cores; "
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})")
     with tempfile.TemporaryDirectory(prefix="medflow-bench-infer-") as tmp:
@@ -147,6 +150,8 @@ def bench_infer(model: str | None = None, recon_model: str | None = None, repeat
         rec = recon_model or str(_recon_bundle(Path(tmp) / "rec"))
         print(f"  segmentation model: {model or 'default segmentation config, untrained weights'}")
         print(f"  reconstruction model: {recon_model or 'default reconstruction config, untrained weights'}")
-        for line in _volume_rows(seg, repeats) + _sinogram_rows(rec, repeats, batch):
+        lines, volume = _volume_rows(seg, repeats)
+        more, sinogram = _sinogram_rows(rec, repeats, batch)
+        for line in lines + more:
             print(line, flush=True)
-    return 0
+    return {**volume, **sinogram}

@@ -92,8 +92,8 @@ def train_rate(model, batch: int, input_shape, n_classes: int, task: str, steps:
 
 
 def bench_train(model_name: str = "unet2d", pipeline: str | None = None, profiles=(), sets=(),
-                batch: int | None = None, steps: int = 5) -> int:
-    """Print train samples/s and model GFLOP/s of ``model_name`` beside the matmul GFLOP/s."""
+                batch: int | None = None, steps: int = 5) -> dict:
+    """Print train samples/s and model GFLOP/s of ``model_name`` beside the matmul GFLOP/s; return them."""
     from pipelines import trainer
     from pipelines.config import load_config
     from pipelines.workspace import project_root
@@ -129,4 +129,5 @@ def bench_train(model_name: str = "unet2d", pipeline: str | None = None, profile
           f"(before {matmul:.1f}, after {matmul_after:.1f})")
     print(f"  the training step runs at {model_gflops / reference:.0%} of the matmul rate"
           f" (TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})")
-    return 0
+    return {"model": model_name, "batch": batch, "step_s": step_s, "samples_per_s": rate,
+            "model_gflops": model_gflops, "matmul_gflops": reference}

@@ -212,30 +212,35 @@ def cmd_augment_preview(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from pipelines import bench
+    from pipelines.bundle import BundleError
+    from pipelines.config import ConfigError
+    from pipelines.predict import PredictError
 
-    if args.what == "augment":
-        return bench.bench_augment(size=args.size, seed=args.seed)
-    if args.what == "infer":
-        from pipelines.bench_infer import bench_infer
-        from pipelines.bundle import BundleError
-        from pipelines.predict import PredictError
+    try:
+        if args.what == "suite":
+            from pipelines.bench_suite import bench_suite
 
-        try:
-            return bench_infer(args.export, args.recon_export, repeats=args.repeats)
-        except (BundleError, PredictError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_CONFIG
-    if args.what == "train":
-        from pipelines.bench_train import bench_train
-        from pipelines.config import ConfigError
+            bench_suite(repeats=args.repeats, size=args.size)
+        elif args.what == "augment":
+            from pipelines.bench import bench_augment
 
-        try:
-            return bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps)
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            return EXIT_CONFIG
-    return bench.bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
+            bench_augment(size=args.size, seed=args.seed)
+        elif args.what == "infer":
+            from pipelines.bench_infer import bench_infer
+
+            bench_infer(args.export, args.recon_export, repeats=args.repeats)
+        elif args.what == "train":
+            from pipelines.bench_train import bench_train
+
+            bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps)
+        else:
+            from pipelines.bench import bench_ingest
+
+            bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
+    except (ConfigError, BundleError, PredictError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,11 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
                            medflow bench train --model unet2d --set model.params.filters=32 --batch 8
                            medflow bench infer
                            medflow bench infer --export models:/segmentation@champion
+                           medflow bench suite --repeats 3
                        """))
-    p.add_argument("what", choices=("ingest", "augment", "train", "infer"),
+    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite"),
                    help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
                         "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
-                        "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime")
+                        "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime; "
+                        "suite: all four, --repeats times each, medians to JSON and Markdown")
     p.add_argument("--size", choices=("demo", "full"), default="demo")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)
@@ -365,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default=None, help="infer: a segmentation export folder or models:/ URI "
                                                   "(default: the default config's network, untrained)")
     p.add_argument("--recon-export", default=None, help="infer: a reconstruction export folder or models:/ URI")
-    p.add_argument("--repeats", type=int, default=3, help="infer: timed repeats (the median is printed)")
+    p.add_argument("--repeats", type=int, default=3, help="infer, suite: timed repeats (the median is printed)")
     p.set_defaults(func=cmd_bench)
     return parser
 

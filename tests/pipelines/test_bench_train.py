@@ -21,9 +21,10 @@ def test_forward_flops_hand_counted():
 
 
 def test_bench_train_prints_figures(capsys):
-    assert bench_train("unet2d", sets=["loader.patch_size=[32,32]", "model.params={depth: 2, filters: 4}"],
-                       batch=2, steps=1) == 0
+    figures = bench_train("unet2d", sets=["loader.patch_size=[32,32]", "model.params={depth: 2, filters: 4}"],
+                          batch=2, steps=1)
     out = capsys.readouterr().out
+    assert figures["samples_per_s"] == pytest.approx(2 / figures["step_s"]) and figures["matmul_gflops"] > 0
     assert "medflow bench train: unet2d" in out and "samples/s -> model" in out and "float32 matmul" in out
     rate = float(out.split("GFLOP/s (before")[0].rsplit(":", 1)[1])
     assert rate > 0
@@ -34,6 +35,6 @@ def test_bench_train_prints_figures(capsys):
 def test_bench_train_other_model_takes_its_compare_params(capsys):
     # classification.yaml's model is the CNN; resnet's parameters come from its compare.models entry
     sets = ["loader.patch_size=[16,16,16]"]
-    assert bench_train("resnet", sets=sets, batch=1, steps=1) == 0
+    assert bench_train("resnet", sets=sets, batch=1, steps=1)["model"] == "resnet"
     out = capsys.readouterr().out
     assert "medflow bench train: resnet (filters=16, stages=[2, 2, 2]" in out
