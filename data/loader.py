@@ -143,7 +143,8 @@ class SampleSource:
 
 
 def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, batch_size: int,
-                 augment: bool = True, parallel: int = 0, samples_per_epoch: int | None = None):
+                 augment: bool = True, parallel: int = 0, samples_per_epoch: int | None = None,
+                 worker: tuple[int, int] | None = None):
     """A ``tf.data.Dataset`` of (image, label-or-target) batches over ``epochs``.
 
     Args:
@@ -155,11 +156,20 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
         parallel: map parallelism; 0 = AUTOTUNE bounded by the machine's cores.
         samples_per_epoch: samples per epoch (see :meth:`SampleSource.plan`); training passes
             steps x batch so every epoch is whole batches and a resumed run sees the same batches.
+        worker: (index, count) for multi-worker training: ``batch_size`` is the global batch, and
+            this worker yields rows [index * b, (index + 1) * b) of each, b = batch_size / count,
+            so the workers' batches together are exactly the single-worker batch.
     """
     import tensorflow as tf
 
     ids = sorted(case_ids)
     plan = [(ids.index(cid), e, k) for e in epochs for cid, k in source.plan(ids, e, samples_per_epoch)]
+    if worker is not None:
+        index, count = worker
+        if batch_size % count:
+            raise ValueError(f"global batch {batch_size} does not split over {count} workers")
+        batch_size //= count
+        plan = [item for pos, item in enumerate(plan) if (pos % (batch_size * count)) // batch_size == index]
     channels = source.store.arrays(ids[0])["image"].shape[0]
     patch = tuple(source.sampler.patch_size)
     seg = not source.store.targets  # classification stores carry a class index per case

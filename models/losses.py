@@ -6,13 +6,34 @@ import keras
 from keras import ops
 
 
+def _replicas():
+    """(replica context, count) under tf.distribute with more than one replica, else (None, 1)."""
+    if keras.backend.backend() != "tensorflow":
+        return None, 1
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None, 1
+    return ctx, ctx.num_replicas_in_sync
+
+
+def _global_batch_sums(ctx, *sums):
+    """Each replica's sums plus the other replicas' as constants: the value is the global batch's
+    sum, and the gradient reaches only this replica's own samples (the optimizer adds the replicas)."""
+    import tensorflow as tf
+
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(sums))
+    return tuple(s + tf.stop_gradient(t - s) for s, t in zip(sums, total))
+
+
 @keras.saving.register_keras_serializable(package="medflow")
 class DiceCELoss(keras.losses.Loss):
     """Soft Dice over the foreground classes plus cross-entropy (nnU-Net's default loss).
 
     y_true: integer labels (B, *S); y_pred: softmax probabilities (B, *S, K).
-    Dice is computed per class over the whole batch (as nnU-Net's batch Dice),
-    averaged over classes 1..K-1, and ``1 - dice`` is added to the mean CE.
+    Dice is computed per class over the whole batch (as nnU-Net's batch Dice; across replicas
+    under tf.distribute), averaged over classes 1..K-1, and ``1 - dice`` is added to the mean CE.
     """
 
     def __init__(self, n_classes: int, smooth: float = 1e-5, ce_weight: float = 1.0, name="dice_ce", **kwargs):
@@ -27,10 +48,18 @@ class DiceCELoss(keras.losses.Loss):
         axes = tuple(range(len(y_pred.shape) - 1))  # batch and space
         inter = ops.sum(onehot * y_pred, axis=axes)
         denom = ops.sum(onehot, axis=axes) + ops.sum(y_pred, axis=axes)
+        ctx, n = _replicas()
+        if ctx is not None:  # batch Dice over the global batch, as nnU-Net does across GPUs
+            inter, denom = _global_batch_sums(ctx, inter, denom)
         dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
-        dice_fg = ops.mean(dice[1:])
-        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
-        return self.ce_weight * ops.mean(ce) + (1.0 - dice_fg)
+        dice_term = 1.0 - ops.mean(dice[1:])
+        ce = self.ce_weight * ops.mean(keras.losses.sparse_categorical_crossentropy(y_true, y_pred))
+        if n == 1:
+            return ce + dice_term
+        # Keras leaves a scalar loss unscaled, and the optimizer adds the replicas' gradients. So each
+        # replica returns 1/n of the value (the replicas add up to the global batch's loss), while the
+        # global Dice term keeps its whole gradient on each replica's own samples.
+        return ce / n + dice_term - ops.stop_gradient(dice_term * (n - 1) / n)
 
     def get_config(self):
         config = super().get_config()

@@ -46,17 +46,20 @@ def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int)
     if tc.optimizer == "sgd":
         kwargs["momentum"] = 0.99 if task == "segmentation" else 0.9
         kwargs["nesterov"] = True
-    if task == "segmentation":
-        loss, metrics = DiceCELoss(n_classes), [ForegroundDice(n_classes)]
-    elif task == "reconstruction":
-        l1 = tc.loss == "l1"
-        loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
-        metrics = [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
-    else:
-        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(
-            name="accuracy")]
+    loss, metrics = loss_and_metrics(tc, task, n_classes)
     model.compile(optimizer=opt(learning_rate=lr, **kwargs), loss=loss, metrics=metrics)
     return model
+
+
+def loss_and_metrics(tc, task: str, n_classes: int) -> tuple:
+    """Fresh (loss, [metrics]) of a task; ``tc`` is the train config section."""
+    if task == "segmentation":
+        return DiceCELoss(n_classes), [ForegroundDice(n_classes)]
+    if task == "reconstruction":
+        l1 = tc.loss == "l1"
+        loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
+        return loss, [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
+    return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
 def load_resume(folder: Path):

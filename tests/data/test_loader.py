@@ -104,3 +104,17 @@ def test_classification_targets(case_files, tmp_path):
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in make_dataset(src, ["c0", "c1", "c2"], range(1), batch_size=3)])
     order = [cid for cid, _ in src.plan(["c0", "c1", "c2"], 0)]
     assert ys[0].tolist() == [store.targets[c] for c in order] and ys[0].dtype == np.int32
+
+
+def test_workers_split_every_global_batch(case_files):
+    src = SampleSource(CaseStore(case_files), SamplerConfig("2d", (24, 24)), Chain.from_config(CHAIN_2D, 2),
+                       run_seed=2, samples_per_case=4)
+    ids = sorted(case_files)
+    whole = [x.numpy() for x, _ in make_dataset(src, ids, range(2), batch_size=4, samples_per_epoch=12)]
+    parts = [[x.numpy() for x, _ in make_dataset(src, ids, range(2), batch_size=4, samples_per_epoch=12,
+                                                 worker=(w, 2))] for w in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 6 and parts[0][0].shape[0] == 2
+    for step, batch in enumerate(whole):  # worker 0 holds the first half of each global batch, worker 1 the rest
+        np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), batch)
+    with pytest.raises(ValueError, match="does not split over 3 workers"):
+        make_dataset(src, ids, range(1), batch_size=4, worker=(0, 3))
