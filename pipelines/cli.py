@@ -114,7 +114,13 @@ def cmd_run(args) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    tracker = MlflowTracker()
+    from pipelines.distributed import cluster
+
+    index, count = cluster()
+    # Under TF_CONFIG only the chief (worker 0) talks to MLflow; the others train and print.
+    tracker = MlflowTracker() if index == 0 else None
+    if tracker is None:
+        print(f"worker {index}/{count}: not the chief, MLflow tracking is the chief's", flush=True)
     status = 0
     for path, cfg in configs:
         try:
@@ -125,7 +131,12 @@ def cmd_run(args) -> int:
             print(f"error: {err}", file=sys.stderr)
             status = EXIT_FAILED
             continue
+        if tracker is None:
+            print("\n".join(f"  {r.name:<14} {r.state}" for r in results))
+            continue
         _print_summary(cfg.name, results, parent, tracker)
+    if tracker is None:
+        return status
     print(f"\ntracking store: {tracker.uri}")
     print("open the MLflow UI:  medflow ui    (then browse http://127.0.0.1:5000)")
     return status

@@ -138,6 +138,9 @@ class TrainConfig(_Strict):
     loss: Literal["auto", "mse", "l1"] = Field(default="auto", description="reconstruction loss (auto: mse); "
                                                                         "other tasks fix theirs")
     preview_cases: int = Field(default=4, ge=1)
+    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
+        default="none", description="tf.distribute: mirrored (this machine's devices, Keras fit) or "
+                                    "multi_worker (TF_CONFIG workers; a distributed step, since Keras fit fails there)")
 
 
 class EvaluateConfig(_Strict):

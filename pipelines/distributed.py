@@ -51,9 +51,26 @@ def multi_worker_strategy():
     """MultiWorkerMirroredStrategy with ring all-reduce (CPU machines have no NCCL)."""
     import tensorflow as tf
 
+    # A collective that waits longer than this fails the step instead of hanging on a dead worker.
     comm = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+        timeout_seconds=float(os.environ.get("MEDFLOW_COLLECTIVE_TIMEOUT_S", 1800)))
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=comm)
+
+
+def setup(kind: str):
+    """(strategy or None, worker index, worker count) for ``train.distribute``.
+
+    Call it before any other TensorFlow work in the process: collective ops are configured at start-up.
+    """
+    if kind == "multi_worker":
+        index, count = cluster()
+        return multi_worker_strategy(), index, count
+    if kind == "mirrored":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy(), 0, 1
+    return None, 0, 1
 
 
 def validate(model, val_ds, metrics) -> dict[str, float]:

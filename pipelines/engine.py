@@ -111,6 +111,7 @@ class RunContext:
     register_export: Callable[[Path, dict], dict | None] = lambda folder, info: None
     shard: tuple[int, int] | None = None  # (index, count): this process does only its share of the cases
     require_shards: bool = False  # `medflow merge`: finish a sharded stage only if every shard has finished
+    worker: bool = False  # a multi-worker training process that is not the chief: trains, writes nothing
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)

@@ -119,6 +119,16 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
             shardable = ", ".join(n for n in cfg.stages if STAGES[n].shardable)
             raise StageFailed(f"--shard and merge take --stage with a shardable stage ({shardable or 'none here'})")
         ctx.shard, ctx.require_shards = shard, merge
+    if cfg.train.distribute == "multi_worker" and "train" in cfg.stages:
+        from pipelines.distributed import cluster
+
+        index, count = cluster()
+        if index > 0:  # a worker that is not the chief trains, and only that
+            if target != "train":
+                raise StageFailed(f"worker {index}/{count} of TF_CONFIG runs `--stage train` only; the chief "
+                                  f"(worker 0) runs the rest")
+            ctx.shard = None
+            ctx.worker = True
     with tracker.pipeline(cfg, config_path, profile) as parent:
         parent_id = parent.info.run_id if parent is not None else None
         results = run_stages(cfg, plan_stages(cfg, target), {}, tracker, ctx, force=force, target=target)
@@ -149,6 +159,9 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
                 if out.complete and not redo:
                     output, state = out.load(), "skipped"
                     log(f"[{stage.name}] up to date ({out.path})")
+                elif ctx.worker and stage.name != target:
+                    raise StageFailed(f"[{stage.name}] has not finished: the chief (or one run) finishes the "
+                                      f"stages before train, then the workers join")
                 elif ctx.shard is not None and stage.name != target:
                     raise StageFailed(f"[{stage.name}] has not finished: run it (sharded, then `medflow merge "
                                       f"--stage {stage.name}`) before sharding {target}")
@@ -164,7 +177,8 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
                 raise
             seconds = time.perf_counter() - start
             if isinstance(output, ShardOutput):
-                state = f"shard {output.report['index']}/{output.report['count']}"
+                role = output.report.get("role", "shard")
+                state = f"{role} {output.report['index']}/{output.report['count']}"
                 tracker.log_shard(output, seconds)
             else:
                 tracker.log_stage(output, state == "skipped", seconds)

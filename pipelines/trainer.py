@@ -136,14 +136,32 @@ def class_weights(targets: list[int], n_classes: int) -> dict[int, float]:
     return {c: (float(n / (n_classes * counts[c])) if counts[c] else 1.0) for c in range(n_classes)}
 
 
-def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state, log_metrics,
-        class_weight=None):
-    """Run Keras fit from ``start_epoch`` to ``cfg.train.epochs`` with the stage's checkpointing."""
+def _callbacks(cfg, folder: Path, state, log_metrics, steps: int) -> list:
     tc = cfg.train
     callbacks = [StageCheckpoint(folder, tc.monitor, tc.early_stopping_patience, state, log_metrics,
                                  samples_per_epoch=steps * cfg.loader.batch_size)]
     if tc.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=tc.monitor, factor=0.5, patience=3))
+    return callbacks
+
+
+def fit_multi_worker(cfg, strategy, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state,
+                     log_metrics, task: str, n_classes: int, class_weight=None):
+    """:func:`fit` for MultiWorkerMirroredStrategy: the same callbacks around pipelines/distributed.py's step."""
+    from pipelines.distributed import fit_distributed
+
+    callbacks = _callbacks(cfg, folder, state, log_metrics, steps)
+    _, metrics = loss_and_metrics(cfg.train, task, n_classes)
+    fit_distributed(strategy, model, train_ds, val_ds, epochs=range(start_epoch, cfg.train.epochs), steps=steps,
+                    callbacks=callbacks, val_metrics=metrics, class_weight=class_weight)
+    return callbacks[0].state
+
+
+def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state, log_metrics,
+        class_weight=None):
+    """Run Keras fit from ``start_epoch`` to ``cfg.train.epochs`` with the stage's checkpointing."""
+    tc = cfg.train
+    callbacks = _callbacks(cfg, folder, state, log_metrics, steps)
     with warnings.catch_warnings():
         # The dataset holds exactly steps x epochs batches (one plan per epoch, so seeds line up with
         # epochs); Keras warns when it probes past the last one.

@@ -7,16 +7,24 @@ Writes: <workspace>/stages/train/<key>/preview.png (augmentation preview, logged
 
 The folder is self-contained for export and inference: model.keras plus the
 preprocessing plan, class names and splits it was trained with.
+
+With ``train.distribute: multi_worker`` every worker named in ``TF_CONFIG`` runs
+this stage; each reads its slice of every global batch, and only the chief
+(worker 0) writes the folder, the model and the manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import shutil
+import tempfile
+from pathlib import Path
 
-from pipelines.engine import StageDir, StageFailed
+from pipelines import distributed
+from pipelines.engine import ShardOutput, StageDir, StageFailed
 
 
 def _fold_cases(split, pre, fold: int) -> tuple[list[str], list[str]]:
@@ -60,9 +68,14 @@ def run(cfg, upstream, out: StageDir, ctx):
     if builder_task != task:
         raise StageFailed(f"model {cfg.model.name!r} is a {builder_task} model but the dataset is for {task}")
     train_ids, val_ids = _fold_cases(split, pre, cfg.train.fold)
-    out.prepare()
+    strategy, worker, workers = distributed.setup(cfg.train.distribute)
+    chief = worker == 0
+    # Only the chief writes the stage folder; another worker keeps its (identical) checkpoints apart.
+    folder = out.path if chief else Path(tempfile.mkdtemp(prefix=f"medflow-worker{worker}-"))
+    if chief:
+        out.prepare()
     keras.utils.set_random_seed(cfg.augment.seed)
-    source = build_source(cfg, pre, train_ids + val_ids, cache_dir=out.path / "cache")
+    source = build_source(cfg, pre, train_ids + val_ids, cache_dir=folder / "cache")
     val_source = SampleSource(source.store, source.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
                               samples_per_case=cfg.train.val_samples_per_case)
     n_classes = len(classes)
@@ -71,25 +84,42 @@ def run(cfg, upstream, out: StageDir, ctx):
     batch = cfg.loader.batch_size
     steps = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, batch)
 
-    model, state = trainer.load_resume(out.path)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model, state = trainer.load_resume(out.path)  # every worker resumes from the chief's checkpoint
+        if model is None:
+            model = trainer.compile_model(cfg, input_shape, n_classes, task, steps * cfg.train.epochs)
     start = 0 if state is None else state["epoch"] + 1
-    if model is None:
-        model = trainer.compile_model(cfg, input_shape, n_classes, task, steps * cfg.train.epochs)
-    fig = preview_figure(source, [(c, start, 0) for c in train_ids[: cfg.train.preview_cases]],
-                         classes if task == "classification" else None)
-    save_figure(fig, out.path / "preview.png")
-    ctx.log_artifact(out.path / "preview.png", "augment")
+    if chief:
+        fig = preview_figure(source, [(c, start, 0) for c in train_ids[: cfg.train.preview_cases]],
+                             classes if task == "classification" else None)
+        save_figure(fig, out.path / "preview.png")
+        ctx.log_artifact(out.path / "preview.png", "augment")
     stopped = state is not None and cfg.train.early_stopping_patience and \
         state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience
     if start < cfg.train.epochs and not stopped:
-        train_ds = make_dataset(source, train_ids, range(start, cfg.train.epochs), batch_size=batch,
-                                parallel=cfg.loader.parallel_calls, samples_per_epoch=steps * batch)
+        multi = cfg.train.distribute == "multi_worker"
+        try:
+            train_ds = make_dataset(source, train_ids, range(start, cfg.train.epochs), batch_size=batch,
+                                    parallel=cfg.loader.parallel_calls, samples_per_epoch=steps * batch,
+                                    worker=(worker, workers) if multi else None)
+        except ValueError as err:
+            raise StageFailed(f"loader.batch_size: {err}") from None
         val_ds = make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False).cache()
         weights = None
         if task == "classification" and cfg.train.class_weights == "balanced":
             weights = trainer.class_weights([source.store.targets[c] for c in train_ids], n_classes)
-        state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,
-                            state=state, log_metrics=ctx.log_metrics, class_weight=weights)
+        log = ctx.log_metrics if chief else (lambda metrics, step: None)
+        if multi:
+            state = trainer.fit_multi_worker(cfg, strategy, model, train_ds, val_ds, steps=steps, start_epoch=start,
+                                             folder=folder, state=state, log_metrics=log, task=task,
+                                             n_classes=n_classes, class_weight=weights)
+        else:
+            state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=folder,
+                                state=state, log_metrics=log, class_weight=weights)
+    if not chief:  # the chief writes the model and the manifest; this worker's part is done
+        shutil.rmtree(folder, ignore_errors=True)
+        return ShardOutput(out.name, out.path, {"index": worker, "count": workers, "cases": [], "quarantine": [],
+                                                "role": "worker", "epochs": len(state["history"])})
     shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")
     (out.path / ".tmp-model.keras").replace(out.path / "model.keras")
     out.write_text("history.csv", _history_csv(state["history"]))

@@ -74,3 +74,54 @@ def test_two_workers_match_one_worker(tmp_path):
     for a, b in zip(h0, h_one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-4)
     assert (tmp_path / "w0" / "best.keras").exists()  # the stage checkpoint callback ran under the strategy
+
+
+def _medflow(args: list[str], env_extra: dict) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(env_extra)
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(stage_dir: Path) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(stage_dir / "model.keras", compile=False, safe_mode=True)
+    return np.concatenate([np.asarray(v).ravel() for v in model.trainable_variables])
+
+
+@pytest.mark.slow
+def test_medflow_run_trains_on_two_workers_and_only_the_chief_logs(tmp_path):
+    from mlflow import MlflowClient
+
+    root = make_msd(tmp_path / "msd", n=4)
+    config = write_pipeline(tmp_path / "p.yaml", root, stages="[ingest, preprocess, split, train]",
+                            extra=EXTRA.replace("val_samples_per_case: 1}",
+                                                "val_samples_per_case: 1, distribute: multi_worker}"))
+    stores = {name: f"sqlite:///{tmp_path / f'{name}.db'}" for name in ("pair", "one")}
+    spaces = {name: str(tmp_path / f"ws_{name}") for name in stores}
+    # One worker alone (no TF_CONFIG) is the reference: the same global batch and seed.
+    one = _medflow(["run", str(config)], {"MEDFLOW_WORKSPACE": spaces["one"], "MLFLOW_TRACKING_URI": stores["one"]})
+    assert one.wait(timeout=600) == 0, one.stdout.read()[-3000:]
+    # The pair: the upstream stages first (a worker joins only for train), then both workers.
+    env = {"MEDFLOW_WORKSPACE": spaces["pair"], "MLFLOW_TRACKING_URI": stores["pair"]}
+    for stage in ("preprocess", "split"):
+        prep = _medflow(["run", str(config), "--stage", stage], env)
+        assert prep.wait(timeout=600) == 0, prep.stdout.read()[-3000:]
+    hosts = [f"127.0.0.1:{p}" for p in _ports(2)]
+    procs = [_medflow(["run", str(config), "--stage", "train"],
+                      {**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
+                                                       "task": {"type": "worker", "index": i}})}) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[1][-3000:] + outs[0][-3000:]
+    assert "worker 1/2: not the chief" in outs[1] and "train          worker 1/2" in outs[1]
+    train_dirs = {name: next((Path(spaces[name]) / "stages" / "train").glob("*/manifest.json")).parent
+                  for name in spaces}
+    assert train_dirs["one"].name == train_dirs["pair"].name  # the same key: the same training
+    a, b = _weights(train_dirs["one"]), _weights(train_dirs["pair"])
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+    client = MlflowClient(stores["pair"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    train_runs = [r for r in runs if r.data.tags.get("medflow.stage") == "train"]
+    assert len(train_runs) == 1  # only the chief logged
+    assert len(client.get_metric_history(train_runs[0].info.run_id, "val_loss")) == 2
