@@ -125,3 +125,12 @@ def test_medflow_run_trains_on_two_workers_and_only_the_chief_logs(tmp_path):
     train_runs = [r for r in runs if r.data.tags.get("medflow.stage") == "train"]
     assert len(train_runs) == 1  # only the chief logged
     assert len(client.get_metric_history(train_runs[0].info.run_id, "val_loss")) == 2
+
+
+def test_mirrored_strategy_trains_with_keras_fit(tmp_path):
+    config = write_pipeline(tmp_path / "p.yaml", make_msd(tmp_path / "msd", n=4),
+                            stages="[ingest, preprocess, split, train]", extra=EXTRA)
+    results, _ = run_pipeline(load_config(config, ["train.distribute=mirrored", "train.epochs=1"]), workers=1)
+    train = Path(results[-1].path)
+    assert results[-1].state == "ran" and (train / "model.keras").exists()
+    assert "val_dice" in (train / "history.csv").read_text()  # fit's own metrics, under the strategy
