@@ -243,7 +243,8 @@ def cmd_bench(args) -> int:
         elif args.what == "train":
             from pipelines.bench_train import bench_train
 
-            bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps)
+            bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps,
+                        trace=args.trace, versus=args.versus, repeats=args.repeats)
         else:
             from pipelines.bench import bench_ingest
 
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                            medflow bench augment
                            medflow bench train --model unet2d
                            medflow bench train --model unet2d --set model.params.filters=32 --batch 8
+                           medflow bench train --model cnn --trace
+                           medflow bench train --model unet2d --versus loader.batch_size=32 --repeats 5
                            medflow bench infer
                            medflow bench infer --export models:/segmentation@champion
                            medflow bench suite --repeats 3
@@ -380,10 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: config overrides")
     p.add_argument("--batch", type=int, default=None, help="train: batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=5, help="train: timed steps per repeat")
+    p.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
+                   help="train: also time a model with these overrides, taking turns with the first, and print "
+                        "the paired samples/s ratio")
+    p.add_argument("--trace", action="store_true", help="train: also trace 3 steps with the TensorFlow profiler "
+                                                        "and print kernel time by phase, layer type and op")
     p.add_argument("--export", default=None, help="infer: a segmentation export folder or models:/ URI "
                                                   "(default: the default config's network, untrained)")
     p.add_argument("--recon-export", default=None, help="infer: a reconstruction export folder or models:/ URI")
-    p.add_argument("--repeats", type=int, default=3, help="infer, suite: timed repeats (the median is printed)")
+    p.add_argument("--repeats", type=int, default=3, help="train, infer, suite: timed repeats (the median is printed)")
     p.set_defaults(func=cmd_bench)
     return parser
 
