@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers, regularizers
 
+from models.layers import batch_norm
 from models.registry import register_model
 
 
@@ -38,8 +39,8 @@ def _global_pool(x, nd: int, pooling: str):
     return layers.Concatenate(name="gap_gmp")([avg(name="gap")(x), mx(name="gmp")(x)])
 
 
-def _bn(name: str, momentum: float):
-    return layers.BatchNormalization(momentum=momentum, name=name)
+def _bn(name: str, momentum: float, norm: str = "batch"):
+    return batch_norm(norm, name, momentum=momentum)
 
 
 def _reg(l1: float, l2: float):
@@ -86,11 +87,12 @@ def mlp(input_shape, n_classes, downsample=4, units=(256, 64), dropout=0.3, l1=0
 
 @register_model("cnn", task="classification")
 def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e-4, pooling="avgmax",
-        bn_momentum=0.9):
+        bn_momentum=0.9, norm="batch"):
     """VGG-style: ``blocks`` x (conv-BN-ReLU x2, max-pool), global pooling, dense softmax.
 
     ``bn_momentum`` 0.9 (Keras: 0.99) lets the running statistics follow the weights
     within an epoch of a few dozen steps, which is what small medical datasets give.
+    ``norm``: 'batch' (fused kernel) or 'keras_batch' (Keras's own layer), see models/layers.py.
     """
     nd = _check(input_shape)
     conv, _, maxpool, _ = _layers(nd)
@@ -100,7 +102,7 @@ def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e
         for i in (1, 2):
             x = conv(filters * 2**b, 3, padding="same", use_bias=False, kernel_regularizer=_reg(l1, l2),
                      name=f"block{b}_conv{i}")(x)
-            x = _bn(f"block{b}_bn{i}", bn_momentum)(x)
+            x = _bn(f"block{b}_bn{i}", bn_momentum, norm)(x)
             x = layers.Activation("relu", name=f"block{b}_relu{i}")(x)
         x = maxpool(2, padding="same", name=f"block{b}_pool")(x)
     x = _global_pool(x, nd, pooling)
@@ -109,23 +111,23 @@ def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e
 
 @register_model("resnet", task="classification")
 def resnet(input_shape, n_classes, filters=16, stages=(2, 2, 2), dropout=0.3, l1=0.0, l2=1e-4, pooling="avgmax",
-           bn_momentum=0.9):
+           bn_momentum=0.9, norm="batch"):
     """ResNet-style: a stem, then stages of basic residual blocks (stride 2 between stages), global pooling."""
     nd = _check(input_shape)
     conv = _layers(nd)[0]
     reg = _reg(l1, l2)
     inputs = keras.Input(input_shape, name="image")
     x = conv(filters, 5, strides=2, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(inputs)
-    x = layers.Activation("relu", name="stem_relu")(_bn("stem_bn", bn_momentum)(x))
+    x = layers.Activation("relu", name="stem_relu")(_bn("stem_bn", bn_momentum, norm)(x))
     for s, n_blocks in enumerate(stages):
         f = filters * 2**s
         for b in range(n_blocks):
             stride = 2 if (b == 0 and s > 0) else 1
             name = f"stage{s}_block{b}"
             y = conv(f, 3, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_conv1")(x)
-            y = layers.Activation("relu", name=f"{name}_relu1")(_bn(f"{name}_bn1", bn_momentum)(y))
+            y = layers.Activation("relu", name=f"{name}_relu1")(_bn(f"{name}_bn1", bn_momentum, norm)(y))
             y = conv(f, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_conv2")(y)
-            y = _bn(f"{name}_bn2", bn_momentum)(y)
+            y = _bn(f"{name}_bn2", bn_momentum, norm)(y)
             if stride != 1 or x.shape[-1] != f:
                 x = conv(f, 1, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg,
                          name=f"{name}_proj")(x)

@@ -29,7 +29,15 @@ RUNTIMES = ("keras", "saved_model", "onnx")
 
 def load_custom_objects() -> None:
     """Import the modules that register custom layers, so a .keras file names resolve."""
-    from models import ct_ops, losses, reconstruction, unet  # noqa: F401
+    from models import ct_ops, layers, losses, reconstruction, unet  # noqa: F401
+
+
+def load_keras(path, compile: bool = False):
+    """A ``.keras`` file with medflow's custom objects registered, loaded with ``safe_mode=True``."""
+    import keras
+
+    load_custom_objects()
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
@@ -100,10 +108,7 @@ def load_runtime(folder: Path, runtime: str = "keras", *, threads: int = 0) -> C
     if not path.exists():
         raise FileNotFoundError(f"{folder}: no {path.name} for the {runtime} runtime")
     if runtime == "keras":
-        import keras
-
-        load_custom_objects()
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = load_keras(path)
         return lambda x: np.asarray(model.predict_on_batch(np.asarray(x, dtype=np.float32)))
     if runtime == "saved_model":
         import tensorflow as tf

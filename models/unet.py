@@ -1,7 +1,9 @@
 """U-Net for 2D and 3D segmentation (Ronneberger et al. 2015; Cicek et al. 2016).
 
 Configurable depth, base filters, normalization, dropout and residual blocks;
-standard Keras layers only, so the saved model loads with ``safe_mode=True``.
+standard Keras layers plus medflow's registered ones (models/layers.py), so the
+saved model loads with ``safe_mode=True``. ``norm: batch`` is batch normalization
+with TensorFlow's fused training kernel; ``keras_batch`` is Keras's own layer.
 Output: per-voxel class probabilities (softmax), shape (*S, n_classes).
 """
 
@@ -10,14 +12,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models.layers import BATCH_NORMS, batch_norm
 from models.registry import register_model
 
-_NORMS = ("batch", "group", "none")
+_NORMS = (*BATCH_NORMS, "group", "none")
 
 
 def _norm(x, kind: str, name: str):
-    if kind == "batch":
-        return layers.BatchNormalization(name=name)(x)
+    if kind in BATCH_NORMS:
+        return batch_norm(kind, name)(x)
     if kind == "group":
         return layers.GroupNormalization(groups=min(8, x.shape[-1]), name=name)(x)
     return x
@@ -49,7 +52,7 @@ def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch"
         inputs: a (B, H, W, C) or (B, D, H, W, C) Keras tensor; spatial sizes divisible by 2**depth.
         depth: number of down-sampling steps.
         filters: filters of the first level, doubled per level up to ``max_filters``.
-        norm: 'batch', 'group' or 'none'.
+        norm: 'batch' (fused kernel), 'keras_batch' (Keras's own layer), 'group' or 'none'.
         dropout: spatial dropout rate inside each encoder block.
         residual: residual blocks (Res-U-Net) instead of plain double convolutions.
 

@@ -36,14 +36,11 @@ class PredictError(ValueError):
 
 def _legacy_reconstructor(path: Path, runtime: str) -> Bundle:
     """A bundle around a bare sinogram-input .keras file (the train_recon stage's reconstructor)."""
-    import keras
-
-    from models.runtimes import load_custom_objects
+    from models.runtimes import load_keras
 
     if runtime != "keras":
         raise PredictError(f"{path}: a bare .keras file runs on the keras runtime only; export it for {runtime}")
-    load_custom_objects()
-    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    model = load_keras(path)
     shape = [int(d) for d in model.input_shape[1:]]
     if len(shape) != 2:
         raise PredictError(f"{path}: not a sinogram-input model (input shape {model.input_shape})")

@@ -24,6 +24,7 @@ import numpy as np
 
 from models.losses import DiceCELoss, ForegroundDice
 from models.registry import build_model
+from models.runtimes import load_keras
 
 POINTER = "last.json"
 
@@ -69,7 +70,7 @@ def load_resume(folder: Path):
         return None, None
     ckpt = folder / json.loads(pointer.read_text())["dir"]
     state = json.loads((ckpt / "state.json").read_text())
-    model = keras.saving.load_model(ckpt / "model.keras", compile=True, safe_mode=True)
+    model = load_keras(ckpt / "model.keras", compile=True)
     return model, state
 
 

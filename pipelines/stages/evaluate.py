@@ -24,6 +24,7 @@ import numpy as np
 
 from data.nifti import CaseError, read_nifti
 from models.metrics import case_metrics, row_normalize
+from models.runtimes import load_keras
 from pipelines.engine import StageDir, StageFailed, map_cases
 
 FIELDS = ("dice", "iou", "hd95_mm", "volume_true_ml", "volume_pred_ml", "volume_diff_ml", "volume_diff_pct")
@@ -140,9 +141,6 @@ def _montage(results, records, report, n_classes, path) -> list[str]:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Evaluate the trained model on the configured split (classification: see evaluate_cls)."""
-    import keras
-
-    import models.losses  # noqa: F401  (registers the custom loss classes a compiled file may name)
     from models.inference import keras_predictor
     from pipelines.figures import confusion_figure, save_figure
 
@@ -161,7 +159,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     ids = _case_ids(cfg, split, info, ingest)
     out.prepare()
     records = {c: json.loads(ingest.file(ingest.cases[c]["file"]).read_text()) for c in ids}
-    model = keras.saving.load_model(train.file("model.keras"), compile=False, safe_mode=True)
+    model = load_keras(train.file("model.keras"))
     predict = keras_predictor(model)
     todo = [c for c in ids if not out.has(c, ".json")]
     jobs = [(c, records[c]["images"][0], records[c]) for c in todo]

@@ -17,6 +17,7 @@ import json
 import numpy as np
 
 from models.metrics import classification_report, row_normalize
+from models.runtimes import load_keras
 from pipelines.engine import StageDir, StageFailed
 
 
@@ -98,8 +99,6 @@ FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "
 
 def run(cfg, upstream, out: StageDir, ctx, info: dict):
     """Evaluate a classifier on the validation cases of its fold and on the test holdout."""
-    import keras
-
     from data.augment import Chain
     from data.loader import SampleSource
     from models.inference import keras_predictor
@@ -117,7 +116,7 @@ def run(cfg, upstream, out: StageDir, ctx, info: dict):
     base = build_source(cfg, pre, ids_all, cache="none")
     source = SampleSource(base.store, base.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
                           samples_per_case=cfg.train.val_samples_per_case)
-    model = keras.saving.load_model(upstream["train"].file("model.keras"), compile=False, safe_mode=True)
+    model = load_keras(upstream["train"].file("model.keras"))
     predict = keras_predictor(model)
     samples = 1 if cfg.loader.crop == "center" and cfg.loader.mode == "3d" else cfg.train.val_samples_per_case
     metrics, artifacts, summary = {}, [], {}

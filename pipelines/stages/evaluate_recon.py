@@ -19,6 +19,7 @@ import io
 import time
 
 import numpy as np
+from models.runtimes import load_keras
 
 from pipelines.engine import StageDir
 
@@ -57,8 +58,6 @@ def _figure_rows(order: np.ndarray, n: int) -> list[int]:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Score the network and the FBP baselines on every test image."""
-    import keras
-
     from data.ct.ellipses import load_split
     from data.ct.physics import fbp_geometry
     from models.metrics import image_quality
@@ -68,7 +67,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     geometry = sim.manifest["geometry"]
     test = load_split(sim.file(sim.manifest["data"]), "test")
     out.prepare()
-    net = keras.saving.load_model(trained.file(trained.manifest["model"]), compile=False, safe_mode=True)
+    net = load_keras(trained.file(trained.manifest["model"]))
     start = time.perf_counter()
     recon = np.asarray(net.predict(test["fbp"][..., None], batch_size=cfg.evaluate.batch_size, verbose=0))[..., 0]
     predict_seconds = time.perf_counter() - start

@@ -89,9 +89,7 @@ def parity_inputs(input_shape, n: int = 2, seed: int = 0) -> np.ndarray:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Write, check, log and register the bundle of the trained model."""
-    import keras
-
-    from models.runtimes import load_custom_objects, export_formats, parity
+    from models.runtimes import export_formats, load_keras, parity
     from pipelines.model_card import model_card
 
     if "train_recon" in upstream:
@@ -110,8 +108,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         raise StageFailed(f"{selection['stage']}: no {selection['metric']} metric to select the champion by")
     selection["value"] = float(plan["metrics"][selection["metric"]]["value"])
     out.prepare()
-    load_custom_objects()
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    model = load_keras(model_path)
     export_formats(model, out.path, tuple(cfg.export.formats))
     check = parity(out.path, parity_inputs(plan["input_shape"]), tuple(f for f in cfg.export.formats if f != "keras"))
     drift, allowed = check["max_abs_diff"], cfg.export.parity_tolerance * check["scale"]

@@ -17,6 +17,7 @@ import json
 import shutil
 
 import numpy as np
+from models.runtimes import load_keras
 
 from pipelines.engine import StageDir, StageFailed
 from pipelines.stages.train import _history_csv
@@ -105,7 +106,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")
     (out.path / ".tmp-model.keras").replace(out.path / "model.keras")
     geometry = sim.manifest["geometry"]
-    net = keras.saving.load_model(out.path / "model.keras", compile=False, safe_mode=True)
+    net = load_keras(out.path / "model.keras")
     tmp = out.path / ".tmp-reconstructor.keras"
     sinogram_model(net, geometry).save(tmp)
     tmp.replace(out.path / "reconstructor.keras")
