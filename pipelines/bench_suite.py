@@ -26,7 +26,9 @@ ROWS = [
     ("augment", "3D_tfdata_samples_per_s", "3D patches/s", "3D_eager_samples_per_s", "eager, 1 thread"),
     ("augment", "input_wait_fraction", "of a U-Net step", None, ""),
     ("train", "samples_per_s", "unet2d samples/s", None, ""),
-    ("train", "model_gflops", "GFLOP/s", "matmul_gflops", "float32 matmul GFLOP/s"),
+    ("train", "model_gflops", "unet2d GFLOP/s", "matmul_gflops", "float32 matmul GFLOP/s"),
+    ("train", "cnn_samples_per_s", "3D CNN samples/s", None, ""),
+    ("train", "cnn_model_gflops", "3D CNN GFLOP/s", "cnn_matmul_gflops", "float32 matmul GFLOP/s"),
     ("infer", "volume_s_keras", "s/volume, Keras", None, ""),
     ("infer", "volume_s_saved_model", "s/volume, SavedModel", None, ""),
     ("infer", "volume_s_onnx", "s/volume, ONNX Runtime", None, ""),
@@ -51,13 +53,20 @@ def machine() -> dict:
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")}
 
 
+def _train() -> dict:
+    """The default U-Net's and the default classifier's (3D CNN) training figures, the CNN's keys prefixed."""
+    from pipelines.bench_train import bench_train
+
+    cnn = bench_train("cnn")
+    return {**bench_train("unet2d"), **{f"cnn_{k}": v for k, v in cnn.items()}}
+
+
 def _runs(repeats: int, size: str) -> dict[str, list[dict]]:
     from pipelines.bench import bench_augment, bench_ingest
     from pipelines.bench_infer import bench_infer
-    from pipelines.bench_train import bench_train
 
     jobs = {"ingest": lambda: bench_ingest(size=size), "augment": lambda: bench_augment(size=size),
-            "train": lambda: bench_train("unet2d"), "infer": lambda: bench_infer(repeats=1)}
+            "train": _train, "infer": lambda: bench_infer(repeats=1)}
     return {name: [job() for _ in range(repeats)] for name, job in jobs.items()}
 
 
@@ -71,7 +80,8 @@ def summarize(runs: dict[str, list[dict]]) -> list[dict]:
         row = {"benchmark": bench, "figure": key, "unit": unit, "median": statistics.median(values),
                "min": min(values), "max": max(values), "repeats": len(values)}
         if ref:
-            row.update(reference=ref_name, reference_median=statistics.median(r[ref] for r in runs[bench]))
+            refs = [r[ref] for r in runs[bench] if key in r]
+            row.update(reference=ref_name, reference_median=statistics.median(refs))
         rows.append(row)
     return rows
 
