@@ -222,39 +222,6 @@ def cmd_augment_preview(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from pipelines.bundle import BundleError
-    from pipelines.config import ConfigError
-    from pipelines.predict import PredictError
-
-    try:
-        if args.what == "suite":
-            from pipelines.bench_suite import bench_suite
-
-            bench_suite(repeats=args.repeats, size=args.size)
-        elif args.what == "augment":
-            from pipelines.bench import bench_augment
-
-            bench_augment(size=args.size, seed=args.seed)
-        elif args.what == "infer":
-            from pipelines.bench_infer import bench_infer
-
-            bench_infer(args.export, args.recon_export, repeats=args.repeats)
-        elif args.what == "train":
-            from pipelines.bench_train import bench_train
-
-            bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps,
-                        trace=args.trace, versus=args.versus, repeats=args.repeats)
-        else:
-            from pipelines.bench import bench_ingest
-
-            bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
-    except (ConfigError, BundleError, PredictError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -356,43 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures", formatter_class=fmt,
-                       epilog=_examples("""
-                           medflow bench ingest
-                           medflow bench ingest --size full --workers 2
-                           medflow bench augment
-                           medflow bench train --model unet2d
-                           medflow bench train --model unet2d --set model.params.filters=32 --batch 8
-                           medflow bench train --model cnn --trace
-                           medflow bench train --model unet2d --versus loader.batch_size=32 --repeats 5
-                           medflow bench infer
-                           medflow bench infer --export models:/segmentation@champion
-                           medflow bench suite --repeats 3
-                       """))
-    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite"),
-                   help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
-                        "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
-                        "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime; "
-                        "suite: all four, --repeats times each, medians to JSON and Markdown")
-    p.add_argument("--size", choices=("demo", "full"), default="demo")
-    p.add_argument("--workers", type=int, default=0, help="default: all cores")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="unet2d", help="train: a registered model name")
-    p.add_argument("--pipeline", default=None, help="train: pipeline YAML (default: the one for the model's task)")
-    p.add_argument("--profile", action="append", default=[], help="train: config profile(s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: config overrides")
-    p.add_argument("--batch", type=int, default=None, help="train: batch size (default: the config's)")
-    p.add_argument("--steps", type=int, default=5, help="train: timed steps per repeat")
-    p.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
-                   help="train: also time a model with these overrides, taking turns with the first, and print "
-                        "the paired samples/s ratio")
-    p.add_argument("--trace", action="store_true", help="train: also trace 3 steps with the TensorFlow profiler "
-                                                        "and print kernel time by phase, layer type and op")
-    p.add_argument("--export", default=None, help="infer: a segmentation export folder or models:/ URI "
-                                                  "(default: the default config's network, untrained)")
-    p.add_argument("--recon-export", default=None, help="infer: a reconstruction export folder or models:/ URI")
-    p.add_argument("--repeats", type=int, default=3, help="train, infer, suite: timed repeats (the median is printed)")
-    p.set_defaults(func=cmd_bench)
+    from pipelines.cli_bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub, fmt, _examples)
     return parser
 
 
