@@ -16,19 +16,14 @@ import re
 import tempfile
 from pathlib import Path
 
-PHASES = ("forward", "backward", "loss", "metrics", "optimizer", "other")
+from pipelines.bench_train import leaf_layers
+
 _SUFFIX = re.compile(r"_\d+$")  # Keras adds _1, _2 to a layer's name scope when it is called again
 
 
 def layer_kinds(model) -> dict[str, str]:
     """{layer name: layer class name} over the model's leaf layers (nested models unpacked)."""
-    kinds = {}
-    for layer in model.layers:
-        if getattr(layer, "layers", None):
-            kinds.update(layer_kinds(layer))
-        else:
-            kinds[layer.name] = type(layer).__name__
-    return kinds
+    return {layer.name: type(layer).__name__ for layer in leaf_layers(model)}
 
 
 def _phase(parts: list[str], optimizer: str) -> str:

@@ -40,7 +40,7 @@ def forward_flops(model) -> float:
     from keras import layers
 
     total = 0.0
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)):
             kernel = np.prod(layer.kernel.shape)  # (*k, out, in)
             total += 2.0 * np.prod(layer.input.shape[1:-1]) * kernel
@@ -52,10 +52,11 @@ def forward_flops(model) -> float:
     return float(total)
 
 
-def _leaf_layers(model):
+def leaf_layers(model):
+    """The model's layers with nested models unpacked, in order."""
     for layer in model.layers:
         if hasattr(layer, "layers") and layer.layers:
-            yield from _leaf_layers(layer)
+            yield from leaf_layers(layer)
         else:
             yield layer
 
