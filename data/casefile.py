@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import publish
+from medflow.data.atomic import publish
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 META_KEY = "meta.json"

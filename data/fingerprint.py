@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.geometry import axcodes, canonical_spacing, voxel_spacing
+from medflow.data.geometry import axcodes, canonical_spacing, voxel_spacing
 
 # Foreground intensities kept per case for the dataset percentiles (nnU-Net keeps 10k too).
 SAMPLES_PER_CASE = 10_000

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.nifti import strip_nifti_suffix
+from medflow.data.nifti import strip_nifti_suffix
 
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SPLITS = ("train", "val", "test")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.augment import Chain, sample_seed
-from data.casefile import read_case
-from data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
+from medflow.data.augment import Chain, sample_seed
+from medflow.data.casefile import read_case
+from medflow.data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
 
 
 class CaseStore:

@@ -17,9 +17,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from data.geometry import same_grid, to_canonical
-from data.nifti import save_atomic
-from data.preprocess import PreprocessPlan, preprocess_case
+from medflow.data.geometry import same_grid, to_canonical
+from medflow.data.nifti import save_atomic
+from medflow.data.preprocess import PreprocessPlan, preprocess_case
 
 
 def plan_from_json(plan: dict) -> PreprocessPlan:

@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from data.atomic import publish
+from medflow.data.atomic import publish
 
 # Deflate cannot expand data by more than ~1032:1, so a gzip file of N bytes can
 # never hold more than this many times N bytes of voxels.

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.geometry import axcodes, crop, foreground_bbox, resample_to_spacing, to_canonical, voxel_spacing
-from data.intensity import foreground_mask, normalize
+from medflow.data.geometry import axcodes, crop, foreground_bbox, resample_to_spacing, to_canonical, voxel_spacing
+from medflow.data.intensity import foreground_mask, normalize
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers, regularizers
 
-from models.layers import batch_norm
-from models.registry import register_model
+from medflow.models.layers import batch_norm
+from medflow.models.registry import register_model
 
 
 def _layers(nd: int):

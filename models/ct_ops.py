@@ -11,8 +11,8 @@ import numpy as np
 import keras
 from keras import ops
 
-from data.ct.fbp import backprojection_tables, filter_matrix, fourier_filter
-from data.ct.physics import n_detectors, rebin_matrix
+from medflow.data.ct.fbp import backprojection_tables, filter_matrix, fourier_filter
+from medflow.data.ct.physics import n_detectors, rebin_matrix
 
 
 @keras.saving.register_keras_serializable(package="medflow")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from models.ct_ops import FilteredBackprojection
-from models.registry import register_model
-from models.unet import unet_features
+from medflow.models.ct_ops import FilteredBackprojection
+from medflow.models.registry import register_model
+from medflow.models.unet import unet_features
 
 
 @register_model("fbpconvnet", task="reconstruction")

@@ -26,7 +26,7 @@ def register_model(name: str, task: str):
 
 
 def _load_all() -> None:
-    from models import classifiers, reconstruction, unet  # noqa: F401  (registration)
+    from medflow.models import classifiers, reconstruction, unet  # noqa: F401  (registration)
 
 
 def check_model(name: str, params: dict) -> Callable:

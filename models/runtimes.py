@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import publish
+from medflow.data.atomic import publish
 
 KERAS, SAVED_MODEL, ONNX = "model.keras", "saved_model", "model.onnx"
 RUNTIMES = ("keras", "saved_model", "onnx")
@@ -29,7 +29,7 @@ RUNTIMES = ("keras", "saved_model", "onnx")
 
 def load_custom_objects() -> None:
     """Import the modules that register custom layers, so a .keras file names resolve."""
-    from models import ct_ops, layers, losses, reconstruction, unet  # noqa: F401
+    from medflow.models import ct_ops, layers, losses, reconstruction, unet  # noqa: F401
 
 
 def load_keras(path, compile: bool = False):

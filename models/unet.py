@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from models.layers import BATCH_NORMS, batch_norm
-from models.registry import register_model
+from medflow.models.layers import BATCH_NORMS, batch_norm
+from medflow.models.registry import register_model
 
 _NORMS = (*BATCH_NORMS, "group", "none")
 

@@ -118,9 +118,9 @@ def run_evaluation(tmp_path, root, extra, overrides=(), layout="msd"):
     Returns:
         (store URI, resolved config, the evaluate stage's result).
     """
-    from pipelines.config import load_config
-    from pipelines.runner import run_pipeline
-    from pipelines.tracking import MlflowTracker
+    from medflow.core.config import load_config
+    from medflow.core.runner import run_pipeline
+    from medflow.tracking.runs import MlflowTracker
 
     store = f"sqlite:///{Path(tmp_path) / 's.db'}"
     path = write_pipeline(Path(tmp_path) / "p.yaml", root, layout=layout, stages=EVAL_STAGES, extra=extra)

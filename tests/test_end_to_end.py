@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from data.casefile import read_meta
+from medflow.data.casefile import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _medflow(*args, env):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=ROOT, check=True,
+    return subprocess.run([sys.executable, "-m", "medflow.cli.main", *args], env=env, cwd=ROOT, check=True,
                           capture_output=True, text=True)
 
 

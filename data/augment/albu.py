@@ -19,7 +19,7 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 from pydantic import ConfigDict  # noqa: E402
 
-from data.augment.base import Params, Transform, register  # noqa: E402
+from medflow.data.augment.base import Params, Transform, register  # noqa: E402
 
 
 class _AnyParams(Params):

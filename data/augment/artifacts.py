@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from data.augment.base import Params, Transform, register
-from data.augment.spatial import Affine
+from medflow.data.augment.base import Params, Transform, register
+from medflow.data.augment.spatial import Affine
 
 
 def _kspace_apply(image, fn):

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from data.augment.base import Params, Transform, register
+from medflow.data.augment.base import Params, Transform, register
 
 
 def _per_channel(image, fn):

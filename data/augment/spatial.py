@@ -12,7 +12,7 @@ from pydantic import Field
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from data.augment.base import Params, Transform, register
+from medflow.data.augment.base import Params, Transform, register
 
 
 def _resample(image, label, coords_or_matrix, offset=None):

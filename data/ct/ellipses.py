@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.casefile import file_sha256, read_case, write_case
-from data.ct.phantoms import draw_ellipses, phantom, phantom_seed
-from data.ct.physics import add_gaussian_noise, fbp, midpoint_angles, n_detectors, simulate_oversampled
-from data.sample.build import run_jobs
+from medflow.data.casefile import file_sha256, read_case, write_case
+from medflow.data.ct.phantoms import draw_ellipses, phantom, phantom_seed
+from medflow.data.ct.physics import add_gaussian_noise, fbp, midpoint_angles, n_detectors, simulate_oversampled
+from medflow.data.sample.build import run_jobs
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "dataset.json"

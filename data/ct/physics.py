@@ -24,7 +24,7 @@ import math
 import numpy as np
 from skimage.transform import radon
 
-from data.ct.fbp import fbp
+from medflow.data.ct.fbp import fbp
 
 MU_WATER_PER_MM = 0.0192  # water at about 70 keV (0.192 / cm)
 

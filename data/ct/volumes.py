@@ -3,7 +3,7 @@
 Each volume is reoriented to RAS (so axial slices are [:, :, k], x to the right),
 resampled in-plane to square ``pixel_mm`` pixels, and cut or padded (with air,
 -1000 HU) to ``size`` x ``size`` about the volume's centre. Each slice then goes
-through :func:`data.ct.physics.simulate_hu_slice`: HU -> attenuation, line
+through :func:`medflow.data.ct.physics.simulate_hu_slice`: HU -> attenuation, line
 integrals, an optional detector count and Poisson photon noise.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.casefile import read_case, write_case
-from data.ct.physics import midpoint_angles, n_detectors, simulate_hu_slice
-from data.geometry import resample_to_spacing, to_canonical
-from data.nifti import read_nifti
+from medflow.data.casefile import read_case, write_case
+from medflow.data.ct.physics import midpoint_angles, n_detectors, simulate_hu_slice
+from medflow.data.geometry import resample_to_spacing, to_canonical
+from medflow.data.nifti import read_nifti
 
 AIR_HU = -1000.0
 
@@ -44,7 +44,7 @@ def axial_slices(path, size: int, pixel_mm: float) -> tuple[np.ndarray, np.ndarr
     """(Z, size, size) float32 HU slices of a CT NIfTI, and the (4, 4) affine of the cut grid.
 
     Raises:
-        data.nifti.CaseError (one line naming the file) for unreadable or invalid volumes.
+        medflow.data.nifti.CaseError (one line naming the file) for unreadable or invalid volumes.
     """
     vol = read_nifti(path)
     data, affine = to_canonical(np.asarray(vol.data, dtype=np.float32), vol.affine)
@@ -94,8 +94,8 @@ def assign_splits(files: list[Path], seed: int, val_fraction: float, test_fracti
 
 def _volume_chunk(job) -> dict:
     """Simulate one volume's slices and write its chunk; returns a summary or the one-line problem."""
-    from data.ct.physics import fbp_geometry
-    from data.nifti import CaseError
+    from medflow.data.ct.physics import fbp_geometry
+    from medflow.data.nifti import CaseError
 
     path, dest, geometry, geo, seed, slice_step, index0 = job
     try:
@@ -118,9 +118,9 @@ def build_ct(folder: Path, files: dict[str, list[Path]], geometry: CtGeometry, *
     A volume that cannot be read is left out with a one-line problem in the manifest's
     ``quarantine``; the others carry on.
     """
-    from data.ct.ellipses import MANIFEST, SPLITS, write_manifest
-    from data.ct.physics import hu_scale
-    from data.sample.build import run_jobs
+    from medflow.data.ct.ellipses import MANIFEST, SPLITS, write_manifest
+    from medflow.data.ct.physics import hu_scale
+    from medflow.data.sample.build import run_jobs
 
     folder = Path(folder)
     spec = {"source": "ct_volumes", "geometry": asdict(geometry), "fbp_filter": fbp_filter,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.nifti import write_nifti
-from data.sample.synth import LESION_KINDS, Template, draw_subject, synthesize, tissue_labels
+from medflow.data.nifti import write_nifti
+from medflow.data.sample.synth import LESION_KINDS, Template, draw_subject, synthesize, tissue_labels
 
 SIZES = {"demo": {"brain_tissue": 10, "brain_lesion": 24}, "full": {"brain_tissue": 60, "brain_lesion": 150}}
 TISSUE_CLASSES = {0: "background", 1: "csf_other", 2: "gray_matter", 3: "white_matter"}

@@ -1,4 +1,4 @@
 """Pipeline stages: one module per stage, each a function of (config, upstream outputs).
 
-The catalog that names them is :mod:`pipelines.catalog`.
+The catalog that names them is :mod:`medflow.core.catalog`.
 """

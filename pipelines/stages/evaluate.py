@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from data.nifti import CaseError, read_nifti
-from models.metrics import case_metrics, row_normalize
-from models.runtimes import load_keras
-from pipelines.engine import StageDir, StageFailed, map_cases
+from medflow.data.nifti import CaseError, read_nifti
+from medflow.models.metrics import case_metrics, row_normalize
+from medflow.models.runtimes import load_keras
+from medflow.core.engine import StageDir, StageFailed, map_cases
 
 FIELDS = ("dice", "iou", "hd95_mm", "volume_true_ml", "volume_pred_ml", "volume_diff_ml", "volume_diff_pct")
 
@@ -42,10 +42,10 @@ def _case_ids(cfg, split, train_info, ingest) -> list[str]:
 
 def evaluate_case(record: dict, predict, info: dict, ev, dest: StageDir) -> dict:
     """Segment one case in native space, write its prediction and metrics; return its metrics."""
-    from data.geometry import voxel_spacing
-    from data.native import plan_from_json, prepare, to_native, write_like
-    from models.baselines import multi_otsu
-    from models.inference import sliding_window
+    from medflow.data.geometry import voxel_spacing
+    from medflow.data.native import plan_from_json, prepare, to_native, write_like
+    from medflow.models.baselines import multi_otsu
+    from medflow.models.inference import sliding_window
 
     start = time.perf_counter()
     case_id = record["case_id"]
@@ -119,8 +119,8 @@ def _metrics_csv(results: dict[str, dict]) -> str:
 
 def _montage(results, records, report, n_classes, path) -> list[str]:
     """Best, median and worst case (network mean Dice over the report classes), axial slice through the truth."""
-    from data.geometry import to_canonical
-    from pipelines.figures import montage_figure, save_figure
+    from medflow.data.geometry import to_canonical
+    from medflow.tasks.figures import montage_figure, save_figure
 
     ranked = sorted(results, key=lambda c: _mean_dice(results[c]["methods"]["network"]["rows"], report))
     picks = [("worst", ranked[0]), ("median", ranked[len(ranked) // 2]), ("best", ranked[-1])]
@@ -141,13 +141,13 @@ def _montage(results, records, report, n_classes, path) -> list[str]:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Evaluate the trained model on the configured split (classification: see evaluate_cls)."""
-    from models.inference import keras_predictor
-    from pipelines.figures import confusion_figure, save_figure
+    from medflow.models.inference import keras_predictor
+    from medflow.tasks.figures import confusion_figure, save_figure
 
     ingest, split, train = upstream["ingest"], upstream["split"], upstream["train"]
     info = json.loads(train.file("train.json").read_text())
     if info["task"] == "classification":
-        from pipelines.stages import evaluate_cls
+        from medflow.stages import evaluate_cls
 
         return evaluate_cls.run(cfg, upstream, out, ctx, info)
     classes, ev = info["classes"], cfg.evaluate

@@ -16,9 +16,9 @@ import json
 
 import numpy as np
 
-from models.metrics import classification_report, row_normalize
-from models.runtimes import load_keras
-from pipelines.engine import StageDir, StageFailed
+from medflow.models.metrics import classification_report, row_normalize
+from medflow.models.runtimes import load_keras
+from medflow.core.engine import StageDir, StageFailed
 
 
 def predict_cases(predict, source, ids: list[str], samples: int, batch: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def _confusion_csv(cm, classes) -> str:
 
 def _misclassified_figure(source, ids, y, probs, classes, limit: int = 12):
     """Central slice (axial for volumes) of each misclassified case, titled with classes and probabilities."""
-    from pipelines.figures import pyplot
+    from medflow.tasks.figures import pyplot
 
     plt = pyplot()
     wrong = [i for i in range(len(ids)) if int(np.argmax(probs[i])) != y[i]][:limit]
@@ -77,7 +77,7 @@ def _misclassified_figure(source, ids, y, probs, classes, limit: int = 12):
 
 def evaluate_split(split: str, ids, y, probs, classes, source, out: StageDir) -> dict:
     """Write one split's predictions, metrics, confusion matrix and misclassified montage; return its report."""
-    from pipelines.figures import confusion_figure, save_figure
+    from medflow.tasks.figures import confusion_figure, save_figure
 
     report = classification_report(y, probs, classes)
     cm = np.array(report["confusion"])
@@ -99,10 +99,10 @@ FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "
 
 def run(cfg, upstream, out: StageDir, ctx, info: dict):
     """Evaluate a classifier on the validation cases of its fold and on the test holdout."""
-    from data.augment import Chain
-    from data.loader import SampleSource
-    from models.inference import keras_predictor
-    from pipelines.inputs import build_source
+    from medflow.data.augment import Chain
+    from medflow.data.loader import SampleSource
+    from medflow.models.inference import keras_predictor
+    from medflow.training.inputs import build_source
 
     pre, split = upstream["preprocess"], upstream["split"]
     classes = info["classes"]

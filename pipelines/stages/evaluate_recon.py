@@ -19,9 +19,9 @@ import io
 import time
 
 import numpy as np
-from models.runtimes import load_keras
+from medflow.models.runtimes import load_keras
 
-from pipelines.engine import StageDir
+from medflow.core.engine import StageDir
 
 
 def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
@@ -40,8 +40,8 @@ SCALINGS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def tune_scaling(sinograms, truths, geometry: dict, filter_name: str) -> float:
     """The frequency scaling of ``SCALINGS`` with the best mean PSNR on (validation) images."""
-    from data.ct.physics import fbp_geometry
-    from models.metrics import image_quality
+    from medflow.data.ct.physics import fbp_geometry
+    from medflow.models.metrics import image_quality
 
     def mean_psnr(scaling):
         return np.mean([image_quality(t, fbp_geometry(s, geometry, filter_name, scaling))["psnr"]
@@ -58,10 +58,10 @@ def _figure_rows(order: np.ndarray, n: int) -> list[int]:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Score the network and the FBP baselines on every test image."""
-    from data.ct.ellipses import load_split
-    from data.ct.physics import fbp_geometry
-    from models.metrics import image_quality
-    from pipelines.figures import reconstruction_figure, save_figure
+    from medflow.data.ct.ellipses import load_split
+    from medflow.data.ct.physics import fbp_geometry
+    from medflow.models.metrics import image_quality
+    from medflow.tasks.figures import reconstruction_figure, save_figure
 
     sim, trained = upstream["simulate"], upstream["train_recon"]
     geometry = sim.manifest["geometry"]

@@ -19,8 +19,8 @@ import json
 
 import numpy as np
 
-from pipelines.engine import StageDir, StageFailed
-from pipelines.workspace import workspace_root
+from medflow.core.engine import StageDir, StageFailed
+from medflow.core.workspace import workspace_root
 
 
 def exports_parent(cfg):
@@ -89,8 +89,8 @@ def parity_inputs(input_shape, n: int = 2, seed: int = 0) -> np.ndarray:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Write, check, log and register the bundle of the trained model."""
-    from models.runtimes import export_formats, load_keras, parity
-    from pipelines.model_card import model_card
+    from medflow.models.runtimes import export_formats, load_keras, parity
+    from medflow.inference.model_card import model_card
 
     if "train_recon" in upstream:
         plan, model_path = _reconstruction(cfg, upstream)

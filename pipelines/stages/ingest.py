@@ -19,11 +19,11 @@ import zlib
 
 import numpy as np
 
-from data.fingerprint import aggregate, case_fingerprint
-from data.geometry import same_grid
-from data.layouts import DatasetError, DatasetListing, list_csv, list_msd
-from data.nifti import CaseError, Volume, read_nifti
-from pipelines.engine import StageDir, StageFailed, map_cases, quarantine_record, report_quarantine
+from medflow.data.fingerprint import aggregate, case_fingerprint
+from medflow.data.geometry import same_grid
+from medflow.data.layouts import DatasetError, DatasetListing, list_csv, list_msd
+from medflow.data.nifti import CaseError, Volume, read_nifti
+from medflow.core.engine import StageDir, StageFailed, map_cases, quarantine_record, report_quarantine
 
 
 def list_dataset(cfg) -> DatasetListing:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.engine import StageDir, StageFailed
-from pipelines.progress import log
+from medflow.core.engine import StageDir, StageFailed
+from medflow.core.progress import log
 
 
 def spec_from_config(sc):
-    from data.ct.ellipses import EllipsesSpec
+    from medflow.data.ct.ellipses import EllipsesSpec
 
     return EllipsesSpec(size=sc.size, angles=sc.angles, oversample=sc.oversample, noise=sc.noise,
                         fbp_filter=sc.fbp_filter, frequency_scaling=sc.frequency_scaling, seed=sc.seed,
@@ -36,8 +36,8 @@ def source_state(cfg):
 
 
 def _ct_volumes(cfg, out: StageDir, ctx) -> dict:
-    from data.ct.volumes import CtGeometry, assign_splits, build_ct
-    from data.nifti import is_nifti_name
+    from medflow.data.ct.volumes import CtGeometry, assign_splits, build_ct
+    from medflow.data.nifti import is_nifti_name
 
     sc, root = cfg.simulate, Path(cfg.simulate.root)
     if not root.is_dir():
@@ -62,7 +62,7 @@ def _ct_volumes(cfg, out: StageDir, ctx) -> dict:
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Build (or finish) the (sinogram, FBP, ground truth) triples of every split."""
-    from data.ct.ellipses import build
+    from medflow.data.ct.ellipses import build
 
     out.prepare()
     if cfg.simulate.source == "ct_volumes":

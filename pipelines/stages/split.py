@@ -9,8 +9,8 @@ never draw their own.
 
 from __future__ import annotations
 
-from data.splits import SplitCase, SplitError, make_splits
-from pipelines.engine import StageDir, StageFailed
+from medflow.data.splits import SplitCase, SplitError, make_splits
+from medflow.core.engine import StageDir, StageFailed
 
 
 def run(cfg, upstream, out: StageDir, ctx):

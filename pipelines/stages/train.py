@@ -23,8 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipelines import distributed
-from pipelines.engine import ShardOutput, StageDir, StageFailed
+from medflow.training import distributed
+from medflow.core.engine import ShardOutput, StageDir, StageFailed
 
 
 def _fold_cases(split, pre, fold: int) -> tuple[list[str], list[str]]:
@@ -52,13 +52,13 @@ def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) on ``cfg.train.fold``."""
     import keras
 
-    from data.augment import Chain
-    from data.loader import SampleSource, make_dataset
-    from data.preview import preview_figure
-    from models.registry import check_model
-    from pipelines import trainer
-    from pipelines.figures import save_figure
-    from pipelines.inputs import build_source
+    from medflow.data.augment import Chain
+    from medflow.data.loader import SampleSource, make_dataset
+    from medflow.data.preview import preview_figure
+    from medflow.models.registry import check_model
+    from medflow.training import trainer
+    from medflow.tasks.figures import save_figure
+    from medflow.training.inputs import build_source
 
     pre, split = upstream["preprocess"], upstream["split"]
     plan = json.loads(pre.file("plan.json").read_text())

@@ -17,10 +17,10 @@ import json
 import shutil
 
 import numpy as np
-from models.runtimes import load_keras
+from medflow.models.runtimes import load_keras
 
-from pipelines.engine import StageDir, StageFailed
-from pipelines.stages.train import _history_csv
+from medflow.core.engine import StageDir, StageFailed
+from medflow.stages.train import _history_csv
 
 
 def epoch_batches(n: int, batch: int, seed: int, epochs: range):
@@ -73,10 +73,10 @@ def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) the configured reconstruction model."""
     import keras
 
-    from data.ct.ellipses import load_split
-    from models.reconstruction import sinogram_model
-    from models.registry import check_model
-    from pipelines import trainer
+    from medflow.data.ct.ellipses import load_split
+    from medflow.models.reconstruction import sinogram_model
+    from medflow.models.registry import check_model
+    from medflow.training import trainer
 
     sim = upstream["simulate"]
     task = check_model(cfg.model.name, cfg.model.params).task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.augment import REGISTRY, Chain, build_transform
+from medflow.data.augment import REGISTRY, Chain, build_transform
 
 # Parameters that make each transform do nothing (None: only p=0 can, e.g. a flip).
 ZERO = {

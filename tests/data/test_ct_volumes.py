@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.ct.physics import fbp_hu
-from data.ct.volumes import CtGeometry, axial_slices, volume_sinograms
-from data.nifti import CaseError, write_nifti
+from medflow.data.ct.physics import fbp_hu
+from medflow.data.ct.volumes import CtGeometry, axial_slices, volume_sinograms
+from medflow.data.nifti import CaseError, write_nifti
 
 
 def _phantom_volume(path, flip_x: bool):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.geometry import (axcodes, canonical_spacing, crop, foreground_bbox, resample_to_spacing, to_canonical,
+from medflow.data.geometry import (axcodes, canonical_spacing, crop, foreground_bbox, resample_to_spacing, to_canonical,
                            voxel_spacing, voxel_to_world, world_to_voxel)
 from tests.helpers import make_affine
 
@@ -95,7 +95,7 @@ def test_crop_moves_affine():
 def test_separable_resampling_matches_scipy(order, spacing):
     from scipy import ndimage
 
-    from data.geometry import resampled_grid
+    from medflow.data.geometry import resampled_grid
 
     aff = AFFINES["anisotropic"]
     data = np.random.default_rng(1).normal(size=(17, 13, 9)).astype(np.float32)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.geometry import voxel_to_world
-from data.intensity import clip_hu, zscore_foreground
-from data.preprocess import PreprocessPlan, preprocess_case, scheme_for_channel
+from medflow.data.geometry import voxel_to_world
+from medflow.data.intensity import clip_hu, zscore_foreground
+from medflow.data.preprocess import PreprocessPlan, preprocess_case, scheme_for_channel
 from tests.helpers import cube_case, make_affine
 
 

@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data.layouts import DatasetError, list_csv, list_msd
-from data.splits import SplitCase, SplitError, make_splits
+from medflow.data.layouts import DatasetError, list_csv, list_msd
+from medflow.data.splits import SplitCase, SplitError, make_splits
 from tests.helpers import add_msd_case, make_affine, make_msd, save
 
 

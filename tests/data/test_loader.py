@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.augment import Chain
-from data.casefile import write_case
-from data.loader import CaseStore, SampleSource, make_dataset
-from data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
+from medflow.data.augment import Chain
+from medflow.data.casefile import write_case
+from medflow.data.loader import CaseStore, SampleSource, make_dataset
+from medflow.data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
 
 CHAIN_2D = [{"name": "flip", "p": 0.5}, {"name": "affine2d", "p": 0.7, "rotate": (-20, 20)},
             {"name": "gamma", "p": 0.5}, {"name": "rician_noise", "p": 0.5}]
@@ -92,7 +92,7 @@ def test_dataset_matches_eager_replay(case_files, mode, patch, chain):
 
 
 def test_classification_targets(case_files, tmp_path):
-    from data.casefile import read_case
+    from medflow.data.casefile import read_case
 
     unlabelled = {}
     for cid, path in case_files.items():

@@ -6,10 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.native import plan_from_json, prepare, to_native, write_like
-from data.preprocess import PreprocessPlan
-from models.inference import sliding_window
-from models.metrics import confusion_matrix, overlap_from_confusion
+from medflow.data.native import plan_from_json, prepare, to_native, write_like
+from medflow.data.preprocess import PreprocessPlan
+from medflow.models.inference import sliding_window
+from medflow.models.metrics import confusion_matrix, overlap_from_confusion
 from tests.helpers import make_affine, save
 
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from data.nifti import CaseError, read_nifti, write_nifti
+from medflow.data.nifti import CaseError, read_nifti, write_nifti
 from tests.helpers import make_affine, save
 
 

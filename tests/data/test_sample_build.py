@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.geometry import axcodes, voxel_spacing
-from data.nifti import read_nifti
-from data.sample.build import _lesion_subject, _tissue_subject, load_template
+from medflow.data.geometry import axcodes, voxel_spacing
+from medflow.data.nifti import read_nifti
+from medflow.data.sample.build import _lesion_subject, _tissue_subject, load_template
 
 
 def test_template_labels():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.geometry import axcodes, voxel_spacing
-from data.sample.build import SPACINGS, lesion_kinds, subject_seed
-from data.sample.synth import Template, draw_subject, output_grid, synthesize, tissue_labels
+from medflow.data.geometry import axcodes, voxel_spacing
+from medflow.data.sample.build import SPACINGS, lesion_kinds, subject_seed
+from medflow.data.sample.synth import Template, draw_subject, output_grid, synthesize, tissue_labels
 
 
 @pytest.fixture(scope="module")

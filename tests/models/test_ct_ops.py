@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from skimage.transform import iradon
 
-from data.ct.fbp import fbp, fourier_filter
-from data.ct.phantoms import render_ellipses
-from data.ct.physics import forward, midpoint_angles
-from models.ct_ops import FilteredBackprojection
+from medflow.data.ct.fbp import fbp, fourier_filter
+from medflow.data.ct.phantoms import render_ellipses
+from medflow.data.ct.physics import forward, midpoint_angles
+from medflow.models.ct_ops import FilteredBackprojection
 
 ANGLES = midpoint_angles(30)
 
@@ -65,7 +65,7 @@ def test_layer_matches_the_tables_and_round_trips(tmp_path, disc_sinogram):
 
 
 def test_layer_rebins_other_detector_counts_and_maps_to_output_units():
-    from data.ct.physics import fbp_geometry
+    from medflow.data.ct.physics import fbp_geometry
 
     geometry = {"image_size": 32, "angles_deg": midpoint_angles(16).tolist(), "fbp_filter": "hann",
                 "frequency_scaling": 1.0, "fbp_scale": 2000.0, "fbp_offset": -1000.0}

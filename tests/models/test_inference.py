@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.inference import gaussian_importance, sliding_window, window_starts
+from medflow.models.inference import gaussian_importance, sliding_window, window_starts
 
 
 def _threshold_model(x):

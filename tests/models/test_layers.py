@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.layers import FusedBatchNormalization
+from medflow.models.layers import FusedBatchNormalization
 
 
 def _pair(shape, **kwargs):
@@ -72,7 +72,7 @@ def test_keras_round_trip(tmp_path):
     ("resnet", (16, 16, 1), {"filters": 4, "stages": [1, 1], "dropout": 0.0}),
 ])
 def test_models_train_alike_with_fused_and_keras_batch_norm(name, shape, params):
-    from models.registry import build_model
+    from medflow.models.registry import build_model
 
     fused = build_model(name, shape, 3, params)
     plain = build_model(name, shape, 3, {**params, "norm": "keras_batch"})

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from models.baselines import multi_otsu
-from models.metrics import case_metrics, confusion_matrix, hd95, overlap_from_confusion, row_normalize
+from medflow.models.baselines import multi_otsu
+from medflow.models.metrics import case_metrics, confusion_matrix, hd95, overlap_from_confusion, row_normalize
 
 
 def _brute_hd95(a, b, spacing):
@@ -84,7 +84,7 @@ def test_multi_otsu_orders_classes_by_intensity():
 def test_classification_report_matches_scikit_learn():
     from sklearn import metrics as skm
 
-    from models.metrics import classification_report
+    from medflow.models.metrics import classification_report
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 60)

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from models.losses import DiceCELoss, ForegroundDice
-from models.registry import MODELS, build_model, check_model
+from medflow.models.losses import DiceCELoss, ForegroundDice
+from medflow.models.registry import MODELS, build_model, check_model
 
 SHAPES = {"unet2d": (32, 32, 2), "unet3d": (16, 16, 16, 1)}
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from data.ct.ellipses import EllipsesSpec, make_sample
-from data.ct.fbp import fbp
-from models.metrics import image_quality
-from models.reconstruction import sinogram_model
-from models.registry import build_model
+from medflow.data.ct.ellipses import EllipsesSpec, make_sample
+from medflow.data.ct.fbp import fbp
+from medflow.models.metrics import image_quality
+from medflow.models.reconstruction import sinogram_model
+from medflow.models.registry import build_model
 
 
 def test_fbpconvnet_starts_as_the_identity_on_its_fbp_input():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.ct.ellipses import EllipsesSpec
-from models.registry import build_model
-from models.reconstruction import sinogram_model
-from models.runtimes import KERAS, ONNX, SAVED_MODEL, export_formats, load_runtime, parity
+from medflow.data.ct.ellipses import EllipsesSpec
+from medflow.models.registry import build_model
+from medflow.models.reconstruction import sinogram_model
+from medflow.models.runtimes import KERAS, ONNX, SAVED_MODEL, export_formats, load_runtime, parity
 
 BUILDERS = [
     ("unet2d", (24, 24, 2), 3, {"depth": 2, "filters": 4}),

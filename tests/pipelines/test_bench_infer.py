@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipelines.cli import main
+from medflow.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines import bench_suite
+from medflow.bench import suite as bench_suite
 
 
 def test_suite_reports_medians_with_references(tmp_path, monkeypatch, capsys):

@@ -6,8 +6,8 @@ import keras
 import pytest
 from keras import layers
 
-from pipelines.bench_trace import layer_kinds, summarize_events, trace_fit
-from pipelines.bench_train import bench_train, synthetic_batches
+from medflow.bench.trace import layer_kinds, summarize_events, trace_fit
+from medflow.bench.train import bench_train, synthetic_batches
 
 
 def test_summarize_events_attributes_scopes():

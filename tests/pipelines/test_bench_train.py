@@ -6,7 +6,7 @@ import keras
 import pytest
 from keras import layers
 
-from pipelines.bench_train import bench_train, forward_flops
+from medflow.bench.train import bench_train, forward_flops
 
 
 def test_forward_flops_hand_counted():

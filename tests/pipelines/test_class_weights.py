@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import trainer
+from medflow.training import trainer
 
 
 def test_balanced_weights_match_scikit_learn():
@@ -19,8 +19,8 @@ def test_balanced_weights_match_scikit_learn():
 
 
 def test_train_stage_passes_weights_to_fit(tmp_path, monkeypatch):
-    from pipelines.config import load_config
-    from pipelines.runner import run_pipeline
+    from medflow.core.config import load_config
+    from medflow.core.runner import run_pipeline
     from tests.helpers import make_cls_dataset, write_pipeline
 
     seen = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.cli import EXIT_CONFIG, main
+from medflow.cli.main import EXIT_CONFIG, main
 from tests.helpers import write_pipeline
 
 COMMANDS = ("sample-data", "run", "status", "augment-preview", "ui", "bench")
@@ -55,10 +55,10 @@ def test_augment_preview_replays_the_training_sample(tmp_path, capsys, msd_root)
 
     import numpy as np
 
-    from data.loader import make_dataset
-    from pipelines.config import load_config
-    from pipelines.inputs import build_source
-    from pipelines.runner import finished_output
+    from medflow.data.loader import make_dataset
+    from medflow.core.config import load_config
+    from medflow.training.inputs import build_source
+    from medflow.core.runner import finished_output
 
     extra = ("loader: {mode: 2d, patch_size: [16, 16], samples_per_case: 2, batch_size: 1}\n"
              "augment: {seed: 4, transforms: [{name: affine2d, p: 1.0, rotate: [-30, 30]}, {name: gamma}]}\n")

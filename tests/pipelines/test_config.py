@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import ConfigError, flatten, load_config, parse_override
+from medflow.core.config import ConfigError, flatten, load_config, parse_override
 from tests.helpers import write_pipeline
 
 
@@ -65,7 +65,7 @@ def test_bad_files_and_overrides(tmp_path):
 
 
 def test_shipped_configs_validate():
-    from pipelines.workspace import project_root
+    from medflow.core.workspace import project_root
 
     for name in ("segmentation", "classification"):
         path = project_root() / "pipelines" / "configs" / f"{name}.yaml"

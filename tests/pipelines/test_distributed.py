@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import load_config
-from pipelines.distributed import cluster
-from pipelines.runner import run_pipeline
+from medflow.core.config import load_config
+from medflow.training.distributed import cluster
+from medflow.core.runner import run_pipeline
 from tests.helpers import make_msd, write_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_two_workers_match_one_worker(tmp_path):
 def _medflow(args: list[str], env_extra: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(env_extra)
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "medflow.cli.main", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 from mlflow import MlflowClient
 
-from pipelines.runner import run_pipeline
-from pipelines.tracking import MlflowTracker
+from medflow.core.runner import run_pipeline
+from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_msd, read_splits, run_evaluation
 
 EXTRA = """

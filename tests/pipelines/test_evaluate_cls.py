@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from pipelines.config import load_config
-from pipelines.tracking import MlflowTracker
+from medflow.core.config import load_config
+from medflow.tracking.runs import MlflowTracker
 from tests.helpers import EVAL_STAGES, make_cls_dataset, read_splits, run_evaluation, write_pipeline
 
 EXTRA = """
@@ -61,7 +61,7 @@ compare:
 
 
 def test_cross_validation_and_comparison(tmp_path):
-    from pipelines.experiments import run_compare, run_cv
+    from medflow.core.experiments import run_compare, run_cv
 
     root = make_cls_dataset(tmp_path / "cls", n=16)
     store = f"sqlite:///{tmp_path / 's.db'}"

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.bundle import BundleError, load_bundle
-from pipelines.cli import main
-from pipelines.config import load_config
-from pipelines.runner import run_pipeline
-from pipelines.serving import PipelineModel, gunzip_b64
-from pipelines.tracking import MlflowTracker
+from medflow.inference.bundle import BundleError, load_bundle
+from medflow.cli.main import main
+from medflow.core.config import load_config
+from medflow.core.runner import run_pipeline
+from medflow.inference.serving import PipelineModel, gunzip_b64
+from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_cls_dataset, make_msd, write_pipeline
 
 STAGES = "[ingest, preprocess, split, train, evaluate, export]"

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from data.ct.ellipses import load_split
-from pipelines.cli import main
-from pipelines.config import ConfigError, load_config
-from pipelines.runner import run_pipeline
-from pipelines.stages.train_recon import epoch_batches
-from pipelines.tracking import MlflowTracker
+from medflow.data.ct.ellipses import load_split
+from medflow.cli.main import main
+from medflow.core.config import ConfigError, load_config
+from medflow.core.runner import run_pipeline
+from medflow.stages.train_recon import epoch_batches
+from medflow.tracking.runs import MlflowTracker
 
 PIPELINE = """
 name: recon_test
@@ -163,8 +163,8 @@ def test_config_checks(tmp_path):
 
 
 def test_fbp_tuning_cuts_more_of_the_band_when_the_data_are_noisier():
-    from data.ct.ellipses import EllipsesSpec, make_sample
-    from pipelines.stages.evaluate_recon import tune_scaling
+    from medflow.data.ct.ellipses import EllipsesSpec, make_sample
+    from medflow.stages.evaluate_recon import tune_scaling
 
     picks = {}
     for noise in (0.0, 0.1):
@@ -176,7 +176,7 @@ def test_fbp_tuning_cuts_more_of_the_band_when_the_data_are_noisier():
 
 def _ct_folder(root: Path, n: int = 4) -> Path:
     """``n`` small CT volumes in HU (water cylinders with a bone rod at varying places) and one broken file."""
-    from data.nifti import write_nifti
+    from medflow.data.nifti import write_nifti
 
     root.mkdir()
     x = (np.arange(40) - 19.5) * 1.5
@@ -228,9 +228,9 @@ def test_ct_volume_source_trains_and_exports_in_hu(tmp_path, monkeypatch, capsys
 
 
 def test_dihedral_pairs_are_measurements_of_the_turned_object():
-    from data.ct.phantoms import draw_ellipses, phantom
-    from data.ct.physics import fbp, forward, midpoint_angles
-    from pipelines.stages.train_recon import dihedral, dihedral_draw
+    from medflow.data.ct.phantoms import draw_ellipses, phantom
+    from medflow.data.ct.physics import fbp, forward, midpoint_angles
+    from medflow.stages.train_recon import dihedral, dihedral_draw
 
     angles = midpoint_angles(30)
     truth, _ = phantom(draw_ellipses(np.random.default_rng(3)), 64)

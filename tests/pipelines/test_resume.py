@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from data.casefile import file_sha256
+from medflow.data.casefile import file_sha256
 from tests.helpers import make_msd, write_pipeline
 
 DRIVER = """
 import os, sys, time
-import pipelines.stages.preprocess as pp
-from pipelines.config import load_config
-from pipelines.runner import run_pipeline
+import medflow.stages.preprocess as pp
+from medflow.core.config import load_config
+from medflow.core.runner import run_pipeline
 
 slow = float(os.environ.get("SLOW", "0"))
 original = pp.preprocess_job

@@ -17,11 +17,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.ct.ellipses import load_split
-from pipelines.config import load_config
-from pipelines.runner import run_pipeline
-from pipelines.serving import gunzip_b64
-from pipelines.tracking import MlflowTracker
+from medflow.data.ct.ellipses import load_split
+from medflow.core.config import load_config
+from medflow.core.runner import run_pipeline
+from medflow.inference.serving import gunzip_b64
+from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_cls_dataset, make_msd, write_pipeline
 from tests.pipelines.test_export import CLS, SEG, STAGES
 from tests.pipelines.test_reconstruction import PIPELINE as RECON
@@ -115,7 +115,7 @@ def test_every_family_is_served_over_loopback(tmp_path, monkeypatch):
     # reconstruction, through `medflow serve`: a sinogram in the request body, an image back
     rec = _pipeline(tmp_path / "r", RECON.replace("evaluate_recon]", "evaluate_recon, export_recon]"))
     test = load_split(Path(rec["simulate"].path) / "data", "test")
-    from pipelines.serve import serve_command
+    from medflow.cli.serve import serve_command
 
     port = _free_port()
     cmd, env = serve_command("models:/recon_test@champion", port)

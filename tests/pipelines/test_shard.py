@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.ct.ellipses import EllipsesSpec
-from models.reconstruction import sinogram_model
-from models.registry import build_model
-from pipelines.cli import main
-from pipelines.config import load_config
-from pipelines.engine import StageFailed, parse_shard, shard_ids
-from pipelines.runner import run_pipeline
+from medflow.data.ct.ellipses import EllipsesSpec
+from medflow.models.reconstruction import sinogram_model
+from medflow.models.registry import build_model
+from medflow.cli.main import main
+from medflow.core.config import load_config
+from medflow.core.engine import StageFailed, parse_shard, shard_ids
+from medflow.core.runner import run_pipeline
 from tests.helpers import make_msd, write_pipeline
 
 

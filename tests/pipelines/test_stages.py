@@ -10,11 +10,11 @@ import struct
 import numpy as np
 import pytest
 
-from data.casefile import read_case
-from data.geometry import voxel_to_world
-from pipelines.config import load_config
-from pipelines.engine import StageFailed
-from pipelines.runner import run_pipeline, stage_states
+from medflow.data.casefile import read_case
+from medflow.data.geometry import voxel_to_world
+from medflow.core.config import load_config
+from medflow.core.engine import StageFailed
+from medflow.core.runner import run_pipeline, stage_states
 from tests.helpers import add_msd_case, cube_case, make_affine, make_msd, save, write_pipeline
 
 
@@ -178,10 +178,10 @@ def test_csv_classification_dataset(tmp_path):
 
 
 def test_code_version_follows_the_stage_imports():
-    from pipelines.engine import _module_file, _project_imports, code_version
+    from medflow.core.engine import _module_file, _project_imports, code_version
 
-    ingest_deps = _project_imports(_module_file("pipelines.stages.ingest"))
-    assert {"data.nifti", "data.fingerprint", "data.layouts", "pipelines.engine"} <= ingest_deps
-    assert not any(d.startswith("data.augment") for d in ingest_deps)
-    versions = {m: code_version(f"pipelines.stages.{m}") for m in ("ingest", "preprocess", "split")}
+    ingest_deps = _project_imports(_module_file("medflow.stages.ingest"))
+    assert {"medflow.data.nifti", "medflow.data.fingerprint", "medflow.data.layouts", "medflow.core.engine"} <= ingest_deps
+    assert not any(d.startswith("medflow.data.augment") for d in ingest_deps)
+    versions = {m: code_version(f"medflow.stages.{m}") for m in ("ingest", "preprocess", "split")}
     assert len(set(versions.values())) == 3  # each stage is keyed by its own code

@@ -9,10 +9,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.config import load_config
-from pipelines.engine import StageFailed
-from pipelines.runner import run_pipeline
-from pipelines.tracking import MlflowTracker
+from medflow.core.config import load_config
+from medflow.core.engine import StageFailed
+from medflow.core.runner import run_pipeline
+from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_msd, write_pipeline
 
 

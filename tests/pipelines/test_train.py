@@ -13,9 +13,9 @@ import keras
 import numpy as np
 from mlflow import MlflowClient
 
-from pipelines.config import load_config
-from pipelines.runner import run_pipeline
-from pipelines.tracking import MlflowTracker
+from medflow.core.config import load_config
+from medflow.core.runner import run_pipeline
+from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_msd, write_pipeline
 
 TRAIN = """
@@ -59,9 +59,9 @@ def test_train_stage_logs_and_saves(tmp_path):
 
 DRIVER = """
 import os, sys
-import pipelines.trainer as tr
-from pipelines.config import load_config
-from pipelines.runner import run_pipeline
+import medflow.training.trainer as tr
+from medflow.core.config import load_config
+from medflow.core.runner import run_pipeline
 
 stop_after = int(os.environ.get("STOP_AFTER", "-1"))
 original = tr.StageCheckpoint.on_epoch_end

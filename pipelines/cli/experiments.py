@@ -14,10 +14,10 @@ def _common(p) -> None:
 
 
 def _run(args, fn, **kwargs) -> int:
-    from pipelines.cli import EXIT_CONFIG, EXIT_FAILED
-    from pipelines.config import ConfigError, load_config
-    from pipelines.engine import StageFailed
-    from pipelines.tracking import MlflowTracker
+    from medflow.cli.main import EXIT_CONFIG, EXIT_FAILED
+    from medflow.core.config import ConfigError, load_config
+    from medflow.core.engine import StageFailed
+    from medflow.tracking.runs import MlflowTracker
 
     try:
         cfg = load_config(args.pipeline, args.set, args.profile)
@@ -41,13 +41,13 @@ def _run(args, fn, **kwargs) -> int:
 
 
 def cmd_cv(args) -> int:
-    from pipelines.experiments import run_cv
+    from medflow.core.experiments import run_cv
 
     return _run(args, run_cv)
 
 
 def cmd_compare(args) -> int:
-    from pipelines.experiments import run_compare
+    from medflow.core.experiments import run_compare
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     return _run(args, run_compare, models=models)

@@ -6,31 +6,31 @@ import sys
 
 
 def cmd_bench(args) -> int:
-    from pipelines.cli import EXIT_CONFIG
-    from pipelines.bundle import BundleError
-    from pipelines.config import ConfigError
-    from pipelines.predict import PredictError
+    from medflow.cli.main import EXIT_CONFIG
+    from medflow.inference.bundle import BundleError
+    from medflow.core.config import ConfigError
+    from medflow.inference.predict import PredictError
 
     try:
         if args.what == "suite":
-            from pipelines.bench_suite import bench_suite
+            from medflow.bench.suite import bench_suite
 
             bench_suite(repeats=args.repeats, size=args.size)
         elif args.what == "augment":
-            from pipelines.bench import bench_augment
+            from medflow.bench.data import bench_augment
 
             bench_augment(size=args.size, seed=args.seed)
         elif args.what == "infer":
-            from pipelines.bench_infer import bench_infer
+            from medflow.bench.infer import bench_infer
 
             bench_infer(args.export, args.recon_export, repeats=args.repeats)
         elif args.what == "train":
-            from pipelines.bench_train import bench_train
+            from medflow.bench.train import bench_train
 
             bench_train(args.model, args.pipeline, args.profile, args.set, batch=args.batch, steps=args.steps,
                         trace=args.trace, versus=args.versus, repeats=args.repeats)
         else:
-            from pipelines.bench import bench_ingest
+            from medflow.bench.data import bench_ingest
 
             bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
     except (ConfigError, BundleError, PredictError) as err:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def project_root() -> Path:
     """The checkout holding pyproject.toml (editable install), else ``~/.medflow``."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # <checkout>/pipelines/core/workspace.py
     if (here / "pyproject.toml").exists():
         return here
     return Path.home() / ".medflow"

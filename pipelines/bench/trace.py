@@ -16,7 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from pipelines.bench_train import leaf_layers
+from medflow.bench.train import leaf_layers
 
 _SUFFIX = re.compile(r"_\d+$")  # Keras adds _1, _2 to a layer's name scope when it is called again
 

@@ -26,19 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.workspace import project_root
+from medflow.core.workspace import project_root
 
 RUNTIMES = ("keras", "saved_model", "onnx")
 
 
 def _seg_bundle(folder: Path) -> Path:
     """A bundle with the default segmentation config's network (untrained) and inference settings."""
-    from data.preprocess import PreprocessPlan
-    from data.sample.build import TISSUE_CLASSES
-    from models.registry import build_model
-    from models.runtimes import export_formats
-    from pipelines.config import load_config
-    from pipelines.stages.export import volume_plan
+    from medflow.data.preprocess import PreprocessPlan
+    from medflow.data.sample.build import TISSUE_CLASSES
+    from medflow.models.registry import build_model
+    from medflow.models.runtimes import export_formats
+    from medflow.core.config import load_config
+    from medflow.stages.export import volume_plan
 
     cfg = load_config(project_root() / "pipelines/configs/segmentation.yaml")
     classes = [TISSUE_CLASSES[k] for k in sorted(TISSUE_CLASSES)]
@@ -53,12 +53,12 @@ def _seg_bundle(folder: Path) -> Path:
 
 
 def _recon_bundle(folder: Path) -> Path:
-    from data.ct.ellipses import EllipsesSpec
-    from models.reconstruction import sinogram_model
-    from models.registry import build_model
-    from models.runtimes import export_formats
-    from pipelines.config import load_config
-    from pipelines.stages.export import recon_plan
+    from medflow.data.ct.ellipses import EllipsesSpec
+    from medflow.models.reconstruction import sinogram_model
+    from medflow.models.registry import build_model
+    from medflow.models.runtimes import export_formats
+    from medflow.core.config import load_config
+    from medflow.stages.export import recon_plan
 
     cfg = load_config(project_root() / "pipelines/configs/reconstruction.yaml")
     sc = cfg.simulate
@@ -86,7 +86,7 @@ class _Timed:
 def _volume_rows(spec, repeats: int) -> tuple[list[str], dict]:
     from nilearn import datasets
 
-    from pipelines.predict import open_model
+    from medflow.inference.predict import open_model
 
     t1 = datasets.load_mni152_template(resolution=1)
     image, affine = [t1.get_fdata(dtype=np.float32)], np.asarray(t1.affine)
@@ -112,8 +112,8 @@ def _volume_rows(spec, repeats: int) -> tuple[list[str], dict]:
 
 
 def _sinogram_rows(spec, repeats: int, batch: int) -> tuple[list[str], dict]:
-    from data.ct.ellipses import EllipsesSpec, make_sample
-    from pipelines.predict import open_model
+    from medflow.data.ct.ellipses import EllipsesSpec, make_sample
+    from medflow.inference.predict import open_model
 
     rows, figures = [], {}
     for rt in RUNTIMES:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.nifti import CaseError, read_nifti
+from medflow.data.nifti import CaseError, read_nifti
 
 PLAN = "plan.json"
 CARD = "MODEL_CARD.md"
@@ -68,8 +68,8 @@ class Bundle:
         Returns:
             (labels (X, Y, Z) uint8, probabilities (X, Y, Z, K) float32), both on the input grid.
         """
-        from data.native import plan_from_json, prepare, to_native
-        from models.inference import sliding_window
+        from medflow.data.native import plan_from_json, prepare, to_native
+        from medflow.models.inference import sliding_window
 
         self._expect("segmentation")
         win, inf = self.plan["window"], self.plan["inference"]
@@ -83,8 +83,8 @@ class Bundle:
     # -- classification -----------------------------------------------------------------------
     def classify(self, channels: list[np.ndarray], affine: np.ndarray) -> np.ndarray:
         """(K,) class probabilities of one volume: the mean over the plan's unaugmented crops."""
-        from data.native import plan_from_json, prepare
-        from data.sampling import SamplerConfig, cut_sample
+        from medflow.data.native import plan_from_json, prepare
+        from medflow.data.sampling import SamplerConfig, cut_sample
 
         self._expect("classification")
         win = self.plan["window"]
@@ -155,7 +155,7 @@ def read_plan(folder: Path) -> dict:
 
 def load_bundle(folder: Path, runtime: str = "keras", *, threads: int = 0) -> Bundle:
     """Load the bundle in ``folder`` with the network on ``runtime``."""
-    from models.runtimes import load_runtime
+    from medflow.models.runtimes import load_runtime
 
     folder = Path(folder)
     plan = read_plan(folder)

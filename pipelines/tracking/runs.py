@@ -25,10 +25,10 @@ import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag  # noqa: E402
 
-from data.atomic import publish  # noqa: E402
-from pipelines.config import dump_yaml, flatten  # noqa: E402
-from pipelines.engine import code_version  # noqa: E402
-from pipelines.workspace import mlflow_dir, project_root  # noqa: E402
+from medflow.data.atomic import publish  # noqa: E402
+from medflow.core.config import dump_yaml, flatten  # noqa: E402
+from medflow.core.engine import code_version  # noqa: E402
+from medflow.core.workspace import mlflow_dir, project_root  # noqa: E402
 
 
 def default_uri() -> str:
@@ -82,7 +82,7 @@ class MlflowTracker:
     def pipeline(self, cfg, config_path=None, profile=None, run_name=None, kind="pipeline"):
         self.experiment_name = cfg.tracking.experiment or cfg.name
         commit, dirty = git_commit()
-        tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version("pipelines.catalog"),
+        tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version("medflow.core.catalog"),
                 "medflow.profile": ",".join([profile] if isinstance(profile, str) else profile or []),
                 "medflow.kind": kind, "mlflow.source.type": "LOCAL"}
         if commit:
@@ -174,7 +174,7 @@ class MlflowTracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logged = mlflow.pyfunc.log_model(
-                name="model", loader_module="pipelines.serving", data_path=str(folder),
+                name="model", loader_module="medflow.inference.serving", data_path=str(folder),
                 signature=export_signature(plan), pip_requirements=_requirements(),
                 model_config={"runtime": info["runtime"]}, registered_model_name=info["name"],
                 metadata={"medflow_family": plan["family"], "medflow_version": plan["version"]})
@@ -275,7 +275,7 @@ def fetch_bundle(uri: str) -> Path:
     or a logged one (``runs:/ID/model``), downloaded once into ``<workspace>/models/``."""
     from mlflow.models import Model
 
-    from pipelines.workspace import workspace_root
+    from medflow.core.workspace import workspace_root
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one predict bar is enough
     mlflow.set_tracking_uri(tracking_uri())

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.metrics import row_normalize
+from medflow.models.metrics import row_normalize
 
 
 def pyplot():

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import publish
-from pipelines.engine import StageFailed
-from pipelines.progress import log
-from pipelines.catalog import STAGES
-from pipelines.runner import NullTracker, make_context, plan_stages, run_stages
+from medflow.data.atomic import publish
+from medflow.core.engine import StageFailed
+from medflow.core.progress import log
+from medflow.core.catalog import STAGES
+from medflow.core.runner import NullTracker, make_context, plan_stages, run_stages
 
 PER_RUN = ("train", "evaluate")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr")
@@ -80,7 +80,7 @@ def _shared(cfg, tracker, ctx, force):
 
 
 def _save(files: dict[str, str | bytes], tracker, parent_id, name: str) -> Path:
-    from pipelines.workspace import workspace_root
+    from medflow.core.workspace import workspace_root
 
     dest = workspace_root() / "reports" / name
     dest.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def run_cv(cfg, *, tracker=None, strict=False, workers=None, force=False, config
         {'folds': [per-fold report], 'mean': {metric: mean}, 'sd': {...}, 'confusion': summed (K, K),
          'parent_run_id', 'report_dir'}.
     """
-    from pipelines.figures import confusion_figure, save_figure
+    from medflow.tasks.figures import confusion_figure, save_figure
 
     _check(cfg)
     if cfg.split.folds < 2:
@@ -146,7 +146,7 @@ def run_cv(cfg, *, tracker=None, strict=False, workers=None, force=False, config
 def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, force=False, config_path=None,
                 profile=None) -> dict:
     """Train and evaluate each model of ``cfg.compare.models`` (or ``models``, by name) on the same split."""
-    from models.registry import build_model
+    from medflow.models.registry import build_model
 
     _check(cfg)
     variants = [m for m in cfg.compare.models if not models or m.name in models]

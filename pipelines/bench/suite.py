@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from pipelines.workspace import workspace_root
+from medflow.core.workspace import workspace_root
 
 # (benchmark, figure, unit, reference figure or None, what the reference is)
 ROWS = [
@@ -55,15 +55,15 @@ def machine() -> dict:
 
 def _train() -> dict:
     """The default U-Net's and the default classifier's (3D CNN) training figures, the CNN's keys prefixed."""
-    from pipelines.bench_train import bench_train
+    from medflow.bench.train import bench_train
 
     cnn = bench_train("cnn")
     return {**bench_train("unet2d"), **{f"cnn_{k}": v for k, v in cnn.items()}}
 
 
 def _runs(repeats: int, size: str) -> dict[str, list[dict]]:
-    from pipelines.bench import bench_augment, bench_ingest
-    from pipelines.bench_infer import bench_infer
+    from medflow.bench.data import bench_augment, bench_ingest
+    from medflow.bench.infer import bench_infer
 
     jobs = {"ingest": lambda: bench_ingest(size=size), "augment": lambda: bench_augment(size=size),
             "train": _train, "infer": lambda: bench_infer(repeats=1)}

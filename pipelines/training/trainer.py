@@ -22,9 +22,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models.losses import DiceCELoss, ForegroundDice
-from models.registry import build_model
-from models.runtimes import load_keras
+from medflow.models.losses import DiceCELoss, ForegroundDice
+from medflow.models.registry import build_model
+from medflow.models.runtimes import load_keras
 
 POINTER = "last.json"
 
@@ -149,7 +149,7 @@ def _callbacks(cfg, folder: Path, state, log_metrics, steps: int) -> list:
 def fit_multi_worker(cfg, strategy, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state,
                      log_metrics, task: str, n_classes: int, class_weight=None):
     """:func:`fit` for MultiWorkerMirroredStrategy: the same callbacks around pipelines/distributed.py's step."""
-    from pipelines.distributed import fit_distributed
+    from medflow.training.distributed import fit_distributed
 
     callbacks = _callbacks(cfg, folder, state, log_metrics, steps)
     _, metrics = loss_and_metrics(cfg.train, task, n_classes)

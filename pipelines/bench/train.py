@@ -112,9 +112,9 @@ def step_rounds(entries, steps: int = 5, repeats: int = 3) -> list[list[float]]:
 
 def _setup(model_name: str, pipeline, profiles, sets, batch: int | None):
     """(cfg, task, batch, n_classes, input_shape, compiled model) for ``model_name`` under the overrides."""
-    from pipelines import trainer
-    from pipelines.config import load_config
-    from pipelines.workspace import project_root
+    from medflow.training import trainer
+    from medflow.core.config import load_config
+    from medflow.core.workspace import project_root
 
     profiles, sets = list(profiles), list(sets)
     if pipeline is None:
@@ -178,7 +178,7 @@ def bench_train(model_name: str = "unet2d", pipeline: str | None = None, profile
         print(f"  this config / versus: {np.median(ratios):.2f}x the samples/s (median of {len(ratios)} paired "
               f"rounds, range {min(ratios):.2f}-{max(ratios):.2f}x)")
     if trace:
-        from pipelines.bench_trace import print_trace, trace_fit
+        from medflow.bench.trace import print_trace, trace_fit
 
         result["trace"] = trace_fit(model, entries[0][1])
         print_trace(result["trace"])

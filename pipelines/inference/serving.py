@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.nifti import strip_nifti_suffix
-from pipelines.bundle import Bundle, load_bundle
+from medflow.data.nifti import strip_nifti_suffix
+from medflow.inference.bundle import Bundle, load_bundle
 
 
 def _load_pyfunc(data_path, model_config=None):
@@ -73,7 +73,7 @@ class PipelineModel:
                 rows.append({"case": case, "error": " ".join(f"{type(err).__name__}: {err}".split())})
         out = pd.DataFrame(rows)
         if output_dir and self.bundle.family == "classification":
-            from pipelines.outputs import write_csv_atomic
+            from medflow.inference.outputs import write_csv_atomic
 
             write_csv_atomic(Path(output_dir) / "predictions.csv", out.drop(columns=["error"]))
         return out
@@ -86,12 +86,12 @@ class PipelineModel:
                 path = _cell(row, "path")
                 if path is None:
                     raise ValueError("no input: give path or sinogram")
-                from pipelines.outputs import read_sinogram
+                from medflow.inference.outputs import read_sinogram
 
                 sino = read_sinogram(path, tuple(b.plan["input_shape"]))
             image = b.reconstruct(np.asarray(sino, dtype=np.float32))[0]
             if output_dir:
-                from pipelines.outputs import write_reconstruction
+                from medflow.inference.outputs import write_reconstruction
 
                 write_reconstruction(Path(output_dir), case, image, b.plan["geometry"])
             return {"image": image.tolist()}
@@ -100,7 +100,7 @@ class PipelineModel:
             probs = b.classify(channels, affine)
             return {"class": b.classes[int(np.argmax(probs))], **{f"p_{c}": float(p) for c, p in zip(b.classes, probs)}}
         labels, _ = b.segment(channels, affine)
-        from pipelines.outputs import label_nifti_bytes, write_labels
+        from medflow.inference.outputs import label_nifti_bytes, write_labels
 
         if output_dir:
             write_labels(Path(output_dir) / f"{case}.nii.gz", labels, affine, reference)

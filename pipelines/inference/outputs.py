@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import publish
-from data.nifti import save_atomic, write_nifti
+from medflow.data.atomic import publish
+from medflow.data.nifti import save_atomic, write_nifti
 
 
 def read_sinogram(path, shape: tuple[int, int]) -> np.ndarray:
@@ -67,7 +67,7 @@ def _label_image(labels: np.ndarray, affine: np.ndarray, reference):
     """A nibabel image of ``labels``: the reference file's header and affine when there is one."""
     import nibabel as nib
 
-    from data.native import image_like
+    from medflow.data.native import image_like
 
     if reference is not None:
         return image_like(labels, reference, dtype=np.uint8)

@@ -21,13 +21,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from data.atomic import publish
-from data.nifti import CaseError
-from pipelines.progress import Progress, log
+from medflow.data.atomic import publish
+from medflow.data.nifti import CaseError
+from medflow.core.progress import Progress, log
 
 MANIFEST = "manifest.json"
-_PROJECT_PACKAGES = ("data", "models", "pipelines")
-_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT = "medflow"  # the one import name; medflow.models and medflow.data live in other folders
 
 
 class StageFailed(RuntimeError):
@@ -42,14 +41,20 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
+@lru_cache(maxsize=None)
 def _module_file(name: str) -> Path | None:
-    parts = name.split(".")
-    if parts[0] not in _PROJECT_PACKAGES:
+    """The source file of project module ``name``, wherever the package-dir mapping puts it."""
+    import importlib.util
+
+    if name.split(".")[0] != _PROJECT:
         return None
-    for candidate in (_ROOT.joinpath(*parts).with_suffix(".py"), _ROOT.joinpath(*parts, "__init__.py")):
-        if candidate.exists():
-            return candidate
-    return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # `from pkg import attribute`: pkg.attribute is no module
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
 
 
 def _project_imports(path: Path) -> set[str]:
@@ -63,7 +68,7 @@ def _project_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
-    return {n for n in names if n.split(".")[0] in _PROJECT_PACKAGES}
+    return {n for n in names if n.split(".")[0] == _PROJECT}
 
 
 @lru_cache(maxsize=None)
@@ -91,11 +96,11 @@ def code_version(module: str) -> str:
     # Parent packages' __init__ files run on import too; their own imports (often a registry of
     # sibling modules) are not followed, or every stage would depend on every other.
     parents = {p for n in seen for p in (n.rsplit(".", i)[0] for i in range(1, n.count(".") + 1))}
-    files = set(seen.values()) | {f for f in map(_module_file, parents) if f is not None}
+    modules = dict(seen) | {p: f for p in parents if (f := _module_file(p)) is not None}
     h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(str(path.relative_to(_ROOT)).encode())
-        h.update(path.read_bytes())
+    for name in sorted(modules):  # module names, not paths: a checkout and a wheel key alike
+        h.update(name.encode())
+        h.update(modules[name].read_bytes())
     return f"{ver}+{h.hexdigest()[:12]}"
 
 
@@ -144,7 +149,7 @@ class Stage:
 
     def output_dir(self, cfg, key: str) -> "StageDir":
         """The folder this stage writes for ``key``."""
-        from pipelines.workspace import stages_root
+        from medflow.core.workspace import stages_root
 
         return StageDir(stages_root(), self.name, key, self.fn.__module__,
                         parent=self.parent(cfg) if self.parent else None)
@@ -186,7 +191,7 @@ class StageOutput:
 class StageDir:
     """The output folder of one stage run, written atomically."""
 
-    def __init__(self, root: Path, name: str, key: str, module: str = "pipelines.engine", parent: Path | None = None):
+    def __init__(self, root: Path, name: str, key: str, module: str = "medflow.core.engine", parent: Path | None = None):
         self.name, self.key, self.module = name, key, module
         self.path = Path(parent if parent is not None else Path(root) / name) / key[:16]
         self.cases_dir = self.path / "cases"

@@ -11,9 +11,9 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from pipelines.engine import RunContext, ShardOutput, StageFailed, StageOutput
-from pipelines.progress import log
-from pipelines.catalog import STAGES
+from medflow.core.engine import RunContext, ShardOutput, StageFailed, StageOutput
+from medflow.core.progress import log
+from medflow.core.catalog import STAGES
 
 
 @dataclass
@@ -120,7 +120,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
             raise StageFailed(f"--shard and merge take --stage with a shardable stage ({shardable or 'none here'})")
         ctx.shard, ctx.require_shards = shard, merge
     if cfg.train.distribute == "multi_worker" and "train" in cfg.stages:
-        from pipelines.distributed import cluster
+        from medflow.training.distributed import cluster
 
         index, count = cluster()
         if index > 0:  # a worker that is not the chief trains, and only that

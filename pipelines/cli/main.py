@@ -25,9 +25,9 @@ def _examples(text: str) -> str:
 
 
 def cmd_sample_data(args) -> int:
-    from data.sample.build import SIZES, build_lesion, build_tissue
-    from pipelines.progress import Progress
-    from pipelines.workspace import sample_root
+    from medflow.data.sample.build import SIZES, build_lesion, build_tissue
+    from medflow.core.progress import Progress
+    from medflow.core.workspace import sample_root
 
     root = sample_root(args.size)
     workers = args.workers or os.cpu_count() or 1
@@ -96,25 +96,25 @@ def _print_evaluation(path: Path) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipelines.config import ConfigError, load_config
-    from pipelines.engine import StageFailed
-    from pipelines.runner import run_pipeline
+    from medflow.core.config import ConfigError, load_config
+    from medflow.core.engine import StageFailed
+    from medflow.core.runner import run_pipeline
 
     try:  # validate every pipeline before any work starts
         configs = [(p, load_config(p, args.set, args.profile)) for p in args.pipelines]
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
-    from pipelines.tracking import MlflowTracker
+    from medflow.tracking.runs import MlflowTracker
 
-    from pipelines.engine import parse_shard
+    from medflow.core.engine import parse_shard
 
     try:
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    from pipelines.distributed import cluster
+    from medflow.training.distributed import cluster
 
     index, count = cluster()
     # Under TF_CONFIG only the chief (worker 0) talks to MLflow; the others train and print.
@@ -143,9 +143,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipelines.config import ConfigError, load_config
-    from pipelines.engine import StageFailed
-    from pipelines.runner import stage_states
+    from medflow.core.config import ConfigError, load_config
+    from medflow.core.engine import StageFailed
+    from medflow.core.runner import stage_states
 
     try:
         cfg = load_config(args.pipeline, args.set, args.profile)
@@ -155,7 +155,7 @@ def cmd_status(args) -> int:
         return EXIT_CONFIG
     run_ids = {}
     if any(r["key"] for r in rows):
-        from pipelines.tracking import MlflowTracker
+        from medflow.tracking.runs import MlflowTracker
 
         tracker = MlflowTracker()
         for r in rows:
@@ -176,7 +176,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from pipelines.tracking import default_artifact_root, tracking_uri
+    from medflow.tracking.runs import default_artifact_root, tracking_uri
 
     uri = tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
@@ -191,11 +191,11 @@ def cmd_ui(args) -> int:
 def cmd_augment_preview(args) -> int:
     import hashlib
 
-    from pipelines.config import ConfigError, load_config
-    from pipelines.engine import StageFailed
-    from pipelines.inputs import build_source
-    from pipelines.runner import finished_output
-    from pipelines.workspace import workspace_root
+    from medflow.core.config import ConfigError, load_config
+    from medflow.core.engine import StageFailed
+    from medflow.training.inputs import build_source
+    from medflow.core.runner import finished_output
+    from medflow.core.workspace import workspace_root
 
     try:
         cfg = load_config(args.pipeline, args.set, args.profile)
@@ -204,8 +204,8 @@ def cmd_augment_preview(args) -> int:
     except (ConfigError, StageFailed) as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
-    from data.preview import preview_figure
-    from pipelines.figures import save_figure
+    from medflow.data.preview import preview_figure
+    from medflow.tasks.figures import save_figure
 
     sample = source.sample(args.case, args.epoch, args.index)
     out = args.out or workspace_root() / "previews" / f"{cfg.name}_{args.case}_e{args.epoch}_{args.index}.png"
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append")
     p.set_defaults(func=cmd_run, merge=True, force=False, strict=False, workers=None)
 
-    from pipelines.cli_experiments import add_parsers
+    from medflow.cli.experiments import add_parsers
 
     add_parsers(sub, fmt, _examples)
 
@@ -307,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", help="named profile(s) from the YAML (repeatable)")
     p.set_defaults(func=cmd_augment_preview)
 
-    from pipelines.predict import add_parser as add_predict_parser
+    from medflow.inference.predict import add_parser as add_predict_parser
 
     add_predict_parser(sub, fmt, _examples)
-    from pipelines.serve import add_parser as add_serve_parser
+    from medflow.cli.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub, fmt, _examples)
 
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
 
-    from pipelines.cli_bench import add_parser as add_bench_parser
+    from medflow.cli.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub, fmt, _examples)
     return parser

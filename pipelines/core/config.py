@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.workspace import workspace_root
+from medflow.core.workspace import workspace_root
 
 
 class ConfigError(ValueError):
@@ -116,7 +116,7 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _known(self):
-        from models.registry import check_model
+        from medflow.models.registry import check_model
 
         check_model(self.name, self.params)
         return self
@@ -270,7 +270,7 @@ class PipelineConfig(_Strict):
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, v):
-        from pipelines.catalog import STAGES  # registry; imported late to avoid a cycle
+        from medflow.core.catalog import STAGES  # registry; imported late to avoid a cycle
 
         unknown = [s for s in v if s not in STAGES]
         if unknown:
@@ -286,7 +286,7 @@ class PipelineConfig(_Strict):
                 raise ValueError("dataset: required, because the pipeline runs the ingest stage")
         elif self.dataset.layout == "msd" and self.dataset.classes is not None:
             raise ValueError("dataset.classes is for the csv layout; msd datasets declare labels in dataset.json")
-        from data.augment import build_transform  # the registry validates each transform's parameters
+        from medflow.data.augment import build_transform  # the registry validates each transform's parameters
 
         ndim = 2 if self.loader.mode == "2d" else 3
         for i, spec in enumerate(self.augment.transforms):

@@ -7,8 +7,8 @@ adding a stage does not change the code version (and so the keys) of the others.
 
 from __future__ import annotations
 
-from pipelines.engine import Stage
-from pipelines.stages import evaluate, evaluate_recon, export, ingest, preprocess, simulate, split, train, train_recon
+from medflow.core.engine import Stage
+from medflow.stages import evaluate, evaluate_recon, export, ingest, preprocess, simulate, split, train, train_recon
 
 STAGES: dict[str, Stage] = {
     s.name: s

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import publish
-from data.nifti import CaseError, is_nifti_name, strip_nifti_suffix
-from pipelines.bundle import Bundle, BundleError, load_bundle
-from pipelines.outputs import read_sinogram, write_csv_atomic, write_labels, write_reconstruction
+from medflow.data.atomic import publish
+from medflow.data.nifti import CaseError, is_nifti_name, strip_nifti_suffix
+from medflow.inference.bundle import Bundle, BundleError, load_bundle
+from medflow.inference.outputs import read_sinogram, write_csv_atomic, write_labels, write_reconstruction
 
 RECONSTRUCTOR = "reconstructor.keras"
 
@@ -36,7 +36,7 @@ class PredictError(ValueError):
 
 def _legacy_reconstructor(path: Path, runtime: str) -> Bundle:
     """A bundle around a bare sinogram-input .keras file (the train_recon stage's reconstructor)."""
-    from models.runtimes import load_keras
+    from medflow.models.runtimes import load_keras
 
     if runtime != "keras":
         raise PredictError(f"{path}: a bare .keras file runs on the keras runtime only; export it for {runtime}")
@@ -53,7 +53,7 @@ def _legacy_reconstructor(path: Path, runtime: str) -> Bundle:
 def open_model(spec: str, runtime: str = "keras") -> Bundle:
     """The bundle behind ``--model``."""
     if str(spec).startswith(("models:/", "runs:/")):
-        from pipelines.tracking import fetch_bundle
+        from medflow.tracking.runs import fetch_bundle
 
         try:
             folder = fetch_bundle(str(spec))
@@ -104,7 +104,7 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
     written, quarantine, rows = [], [], []
     suffix = ""
     if shard is not None:
-        from pipelines.engine import shard_ids
+        from medflow.core.engine import shard_ids
 
         mine = set(shard_ids([str(f) for f in files], *shard))
         files = [f for f in files if str(f) in mine]
@@ -158,9 +158,9 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
 
 
 def cmd_predict(args) -> int:
-    from pipelines.cli import EXIT_CONFIG, EXIT_FAILED
-    from pipelines.engine import parse_shard
-    from pipelines.progress import Progress
+    from medflow.cli.main import EXIT_CONFIG, EXIT_FAILED
+    from medflow.core.engine import parse_shard
+    from medflow.core.progress import Progress
 
     try:
         shard = parse_shard(args.shard) if args.shard else None

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from pipelines.workspace import project_root, sample_root
+from medflow.core.workspace import project_root, sample_root
 
 
 def _decode(path: str) -> int:
@@ -36,10 +36,10 @@ def _raw_decode(files: list[str], workers: int) -> tuple[float, int]:
 
 
 def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
-    from data.sample.build import SIZES, build_tissue
-    from pipelines.config import load_config
-    from pipelines.progress import Progress
-    from pipelines.runner import run_pipeline
+    from medflow.data.sample.build import SIZES, build_tissue
+    from medflow.core.config import load_config
+    from medflow.core.progress import Progress
+    from medflow.core.runner import run_pipeline
 
     workers = workers or os.cpu_count() or 1
     root = sample_root(size)
@@ -81,21 +81,21 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
 
 def _ensure_preprocessed(cfg, size: str, seed: int):
     """Sample data + ingest/preprocess of ``cfg`` (reused when already done); returns the preprocess output."""
-    from data.sample.build import SIZES, build_tissue
-    from pipelines.progress import Progress
-    from pipelines.runner import run_pipeline
+    from medflow.data.sample.build import SIZES, build_tissue
+    from medflow.core.progress import Progress
+    from medflow.core.runner import run_pipeline
 
     with Progress(SIZES[size]["brain_tissue"], "bench: sample data", unit="subject") as bar:
         build_tissue(sample_root(size), size=size, seed=seed, workers=os.cpu_count() or 1, progress=bar)
     run_pipeline(cfg, target="preprocess")
-    from pipelines.runner import finished_output
+    from medflow.core.runner import finished_output
 
     return finished_output(cfg, "preprocess")
 
 
 def _rate(source, ids, n: int, batch: int) -> tuple[float, float]:
     """(tf.data samples/s, eager single-thread samples/s) over about ``n`` samples."""
-    from data.loader import make_dataset
+    from medflow.data.loader import make_dataset
 
     epochs = range(max(1, -(-n // (len(ids) * source.samples_per_case))))
     ds = make_dataset(source, ids, epochs, batch_size=batch)
@@ -116,8 +116,8 @@ def _rate(source, ids, n: int, batch: int) -> tuple[float, float]:
 
 def bench_augment(size: str = "demo", seed: int = 0) -> dict:
     """Samples/s of the default augmentation chains: 2D 256x256 slices and 3D 96^3 patches."""
-    from pipelines.config import load_config
-    from pipelines.inputs import build_source
+    from medflow.core.config import load_config
+    from medflow.training.inputs import build_source
 
     path = project_root() / "pipelines/configs/segmentation.yaml"
     root = f"dataset.root={sample_root(size) / 'brain_tissue'}"
@@ -157,9 +157,9 @@ def _input_wait(cfg, size: str, seed: int, steps: int = 6) -> dict:
     """
     import json
 
-    from data.loader import make_dataset
-    from pipelines import trainer
-    from pipelines.inputs import build_source
+    from medflow.data.loader import make_dataset
+    from medflow.training import trainer
+    from medflow.training.inputs import build_source
 
     pre = _ensure_preprocessed(cfg, size, seed)
     ids = sorted(pre.cases)

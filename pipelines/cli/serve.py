@@ -16,7 +16,7 @@ from pathlib import Path
 
 def serve_command(model: str, port: int, host: str = "127.0.0.1") -> tuple[list[str], dict]:
     """The command line and environment that serve ``model``."""
-    from pipelines.tracking import tracking_uri
+    from medflow.tracking.runs import tracking_uri
 
     bindir = str(Path(sys.executable).parent)
     # The scoring server starts `uvicorn` by name: this environment's bin folder must come first.
