@@ -37,7 +37,7 @@ def _raw_decode(files: list[str], workers: int) -> tuple[float, int]:
 
 def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
     from medflow.data.sample.build import SIZES, build_tissue
-    from medflow.core.config import load_config
+    from medflow.core.config import load_config, packaged_config
     from medflow.core.progress import Progress
     from medflow.core.runner import run_pipeline
 
@@ -50,7 +50,7 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
     disk_mb = sum(os.path.getsize(f) for f in files) / 1e6
 
     raw_s, raw_bytes = _raw_decode(files, workers)
-    cfg = load_config(project_root() / "pipelines/configs/segmentation.yaml", [f"dataset.root={data_dir}"])
+    cfg = load_config(packaged_config("segmentation"), [f"dataset.root={data_dir}"])
     old = os.environ.get("MEDFLOW_WORKSPACE")
     with tempfile.TemporaryDirectory(prefix="medflow-bench-") as tmp:
         os.environ["MEDFLOW_WORKSPACE"] = tmp  # fresh stage folders: nothing is skipped
@@ -116,10 +116,10 @@ def _rate(source, ids, n: int, batch: int) -> tuple[float, float]:
 
 def bench_augment(size: str = "demo", seed: int = 0) -> dict:
     """Samples/s of the default augmentation chains: 2D 256x256 slices and 3D 96^3 patches."""
-    from medflow.core.config import load_config
+    from medflow.core.config import load_config, packaged_config
     from medflow.training.inputs import build_source
 
-    path = project_root() / "pipelines/configs/segmentation.yaml"
+    path = packaged_config("segmentation")
     root = f"dataset.root={sample_root(size) / 'brain_tissue'}"
     # First, while no other input pipeline's threads are alive in this process.
     wait = _input_wait(load_config(path, [root]), size, seed)

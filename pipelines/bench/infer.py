@@ -16,7 +16,6 @@ bundle is timed instead.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medflow.core.workspace import project_root
 
 RUNTIMES = ("keras", "saved_model", "onnx")
 
@@ -37,18 +35,19 @@ def _seg_bundle(folder: Path) -> Path:
     from medflow.data.sample.build import TISSUE_CLASSES
     from medflow.models.registry import build_model
     from medflow.models.runtimes import export_formats
-    from medflow.core.config import load_config
-    from medflow.stages.export import volume_plan
+    from medflow.core.config import load_config, packaged_config
+    from medflow.tasks import TASKS
 
-    cfg = load_config(project_root() / "pipelines/configs/segmentation.yaml")
+    cfg = load_config(packaged_config("segmentation"))
     classes = [TISSUE_CLASSES[k] for k in sorted(TISSUE_CLASSES)]
     shape = [*cfg.loader.patch_size, 1]
-    pre = PreprocessPlan(spacing=tuple(cfg.preprocess.spacing), normalization=("mr",),
-                         mr_percentiles=tuple(cfg.preprocess.mr_percentiles),
-                         crop_to_foreground=cfg.preprocess.crop_to_foreground, crop_margin=cfg.preprocess.crop_margin)
+    pc = cfg.preprocess
+    pre = PreprocessPlan(spacing=tuple(pc.spacing), normalization=("mr",), ct_window=tuple(pc.ct_window),
+                         mr_percentiles=tuple(pc.mr_percentiles), crop_to_foreground=pc.crop_to_foreground,
+                         crop_margin=pc.crop_margin, image_order=pc.image_order)
     export_formats(build_model(cfg.model.name, shape, len(classes), cfg.model.params), folder)
-    plan = volume_plan(cfg, "segmentation", classes, ["MR"], shape, pre.to_json())
-    (folder / "plan.json").write_text(json.dumps({**plan, "model": cfg.model.model_dump(mode="json")}))
+    facts = {"classes": classes, "channels": ["MR"], "input_shape": shape, "preprocess": pre.to_json()}
+    TASKS[cfg.model.family].inference_plan(cfg, facts).with_info(model=cfg.model.model_dump(mode="json")).save(folder)
     return folder
 
 
@@ -57,15 +56,16 @@ def _recon_bundle(folder: Path) -> Path:
     from medflow.models.reconstruction import sinogram_model
     from medflow.models.registry import build_model
     from medflow.models.runtimes import export_formats
-    from medflow.core.config import load_config
-    from medflow.stages.export import recon_plan
+    from medflow.core.config import load_config, packaged_config
+    from medflow.tasks import TASKS
 
-    cfg = load_config(project_root() / "pipelines/configs/reconstruction.yaml")
+    cfg = load_config(packaged_config("reconstruction"))
     sc = cfg.simulate
     geometry = EllipsesSpec(size=sc.size, angles=sc.angles, fbp_filter=sc.fbp_filter).geometry()
     net = build_model(cfg.model.name, (sc.size, sc.size, 1), 1, cfg.model.params)
     export_formats(sinogram_model(net, geometry), folder)
-    (folder / "plan.json").write_text(json.dumps({**recon_plan(cfg, geometry), "model": cfg.model.model_dump()}))
+    plan = TASKS[cfg.model.family].inference_plan(cfg, {"geometry": geometry})
+    plan.with_info(model=cfg.model.model_dump(mode="json")).save(folder)
     return folder
 
 
@@ -88,19 +88,21 @@ def _volume_rows(spec, repeats: int) -> tuple[list[str], dict]:
 
     from medflow.inference.predict import open_model
 
+    from medflow.tasks.base import VolumeCase
+
     t1 = datasets.load_mni152_template(resolution=1)
-    image, affine = [t1.get_fdata(dtype=np.float32)], np.asarray(t1.affine)
+    case = VolumeCase([t1.get_fdata(dtype=np.float32)], np.asarray(t1.affine))
     rows, figures = [], {}
     for rt in RUNTIMES:
         bundle = open_model(spec, rt)
         timed = _Timed(bundle.net)
         bundle.net = timed
-        bundle.segment(image, affine)  # warm-up: tracing and session start
+        bundle.infer(case)  # warm-up: tracing and session start
         totals, nets = [], []
         for _ in range(repeats):
             timed.seconds, timed.calls = 0.0, 0
             start = time.perf_counter()
-            labels, _ = bundle.segment(image, affine)
+            labels = bundle.infer(case).labels
             totals.append(time.perf_counter() - start)
             nets.append(timed.seconds)
         total, net = statistics.median(totals), statistics.median(nets)
@@ -119,19 +121,20 @@ def _sinogram_rows(spec, repeats: int, batch: int) -> tuple[list[str], dict]:
     for rt in RUNTIMES:
         bundle = open_model(spec, rt)
         if rt == RUNTIMES[0]:
-            d, a = bundle.plan["input_shape"]
-            spec_e = EllipsesSpec(size=bundle.plan["geometry"]["image_size"], angles=a)
+            d, a = bundle.plan.input_shape
+            spec_e = EllipsesSpec(size=bundle.plan.geometry["image_size"], angles=a)
             sinos = np.stack([make_sample(spec_e, "test", i % 8)[0] for i in range(batch)])
             if sinos.shape[1:] != (d, a):  # a user's bundle of another geometry: timing needs only the shape
                 sinos = np.abs(np.random.default_rng(0).normal(size=(batch, d, a))).astype(np.float32)
-        bundle.reconstruct(sinos[:1])
-        bundle.reconstruct(sinos, batch)
-        one = [_clock(lambda: bundle.reconstruct(sinos[i % batch:i % batch + 1])) for i in range(10 * repeats)]
-        many = [_clock(lambda: bundle.reconstruct(sinos, batch)) for _ in range(repeats)]
+        run = lambda x: bundle.task.infer(bundle.plan, bundle.net, x, batch_size=batch)  # noqa: E731
+        run(sinos[:1])
+        run(sinos)
+        one = [_clock(lambda: run(sinos[i % batch:i % batch + 1])) for i in range(10 * repeats)]
+        many = [_clock(lambda: run(sinos)) for _ in range(repeats)]
         rows.append(f"  {rt:<12} {1000 * statistics.median(one):>14.1f} {batch / statistics.median(many):>16.1f}")
         figures[f"sinogram_ms_{rt}"] = 1000 * statistics.median(one)
         figures[f"images_per_s_batch_{rt}"] = batch / statistics.median(many)
-    return [f"reconstruction, ({d}, {a}) sinograms -> {bundle.plan['geometry']['image_size']}^2 images:",
+    return [f"reconstruction, ({d}, {a}) sinograms -> {bundle.plan.geometry['image_size']}^2 images:",
             f"  {'runtime':<12} {'ms/sinogram':>14} {f'images/s @{batch}':>16}", *rows], figures
 
 

@@ -67,7 +67,9 @@ def synthetic_batches(batch: int, input_shape, n_classes: int, task: str):
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-    shape = (batch, *input_shape[:-1]) if task == "segmentation" else (batch,)
+    from medflow.tasks import TASKS
+
+    shape = (batch, *input_shape[:-1]) if TASKS[task].voxel_targets else (batch,)
     y = rng.integers(0, n_classes, shape).astype(np.int32)
     return tf.data.Dataset.from_tensors((x, y)).repeat()
 
@@ -113,13 +115,14 @@ def step_rounds(entries, steps: int = 5, repeats: int = 3) -> list[list[float]]:
 def _setup(model_name: str, pipeline, profiles, sets, batch: int | None):
     """(cfg, task, batch, n_classes, input_shape, compiled model) for ``model_name`` under the overrides."""
     from medflow.training import trainer
-    from medflow.core.config import load_config
-    from medflow.core.workspace import project_root
+    from medflow.core.config import load_config, packaged_config
+
+    from medflow.models.registry import check_model
 
     profiles, sets = list(profiles), list(sets)
-    if pipeline is None:
-        name = "segmentation" if model_name.startswith("unet") else "classification"
-        pipeline = project_root() / "pipelines" / "configs" / f"{name}.yaml"
+    task = check_model(model_name, {}).task
+    if pipeline is None:  # the family's shipped pipeline (they are named after the families)
+        pipeline = packaged_config(task)
         if model_name == "unet3d" and not profiles:
             profiles = ["3d"]
     base = load_config(pipeline, sets, profile=profiles)
@@ -127,9 +130,10 @@ def _setup(model_name: str, pipeline, profiles, sets, batch: int | None):
         params = next((m.params for m in base.compare.models if m.name == model_name), {})
         sets = [f"model.params={json.dumps(params)}", *sets]
     cfg = load_config(pipeline, [*sets, f"model.name={model_name}"], profile=profiles)
-    task = "segmentation" if model_name.startswith("unet") else "classification"
     batch = batch or cfg.loader.batch_size
-    n_classes = 4 if task == "segmentation" else 3
+    from medflow.data.sample.build import TISSUE_CLASSES
+
+    n_classes = len(cfg.dataset.classes) if cfg.dataset and cfg.dataset.classes else len(TISSUE_CLASSES)
     input_shape = (*cfg.loader.patch_size, 1)
     return cfg, task, batch, n_classes, input_shape, trainer.compile_model(cfg, input_shape, n_classes, task, 1000)
 

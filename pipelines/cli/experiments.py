@@ -14,7 +14,7 @@ def _common(p) -> None:
 
 
 def _run(args, fn, **kwargs) -> int:
-    from medflow.cli.main import EXIT_CONFIG, EXIT_FAILED
+    from medflow.cli.exit_codes import EXIT_CONFIG, EXIT_FAILED
     from medflow.core.config import ConfigError, load_config
     from medflow.core.engine import StageFailed
     from medflow.tracking.runs import MlflowTracker

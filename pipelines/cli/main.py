@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # faster (medflow bench train), so they are on unless the user says otherwise.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-EXIT_FAILED, EXIT_CONFIG = 1, 2
+from medflow.cli.exit_codes import EXIT_CONFIG, EXIT_FAILED  # noqa: E402  (after the environment)
 
 
 def _examples(text: str) -> str:
@@ -40,6 +40,9 @@ def cmd_sample_data(args) -> int:
 
 
 def _print_summary(name: str, results, parent_id, tracker) -> None:
+    from medflow.inference.plan import PLAN, load_plan
+    from medflow.tasks import TASKS
+
     exp = f" (experiment {tracker.experiment_name}, parent run {parent_id})" if parent_id else ""
     print(f"\npipeline {name}{exp}")
     print(f"  {'stage':<14} {'state':<8} {'cases':>6} {'quarantined':>11} {'seconds':>8}  output")
@@ -48,12 +51,14 @@ def _print_summary(name: str, results, parent_id, tracker) -> None:
         if r.error:
             print(f"  error: {r.error}")
     for r in results:
-        if r.name == "evaluate" and r.state != "failed":
-            _print_evaluation(Path(r.path) / "summary.json")
-        if r.name == "evaluate_recon" and r.state != "failed":
-            _print_reconstruction(Path(r.path) / "summary.json")
-        if r.name in ("export", "export_recon") and r.state != "failed":
-            _print_export(Path(r.path))
+        folder = Path(r.path)
+        if r.state == "failed" or not (folder / PLAN).exists():
+            continue
+        if (folder / "summary.json").exists():  # an evaluate stage: its task's figures
+            for line in TASKS[load_plan(folder).family].summary_lines(folder):
+                print(line)
+        elif (folder / "MODEL_CARD.md").exists():  # an export stage
+            _print_export(folder)
 
 
 def _print_export(folder: Path) -> None:
@@ -63,36 +68,6 @@ def _print_export(folder: Path) -> None:
     if reg:
         print(f"    registered {reg['name']} v{reg['version']}; champion: {reg['comparison']}")
         print(f"    medflow predict --model models:/{reg['name']}@champion --input DIR --output DIR")
-
-
-def _print_reconstruction(path: Path) -> None:
-    """PSNR / SSIM (mean +/- sd over the test images) per method, as DIVal reports them."""
-    s = json.loads(path.read_text())
-    print(f"\n  test set, {s['test_images']} images; PSNR (dB) and SSIM, data_range = max(gt) - min(gt):")
-    scaling = s.get("fbp_frequency_scaling", {})
-    for method, m in s["methods"].items():
-        note = f"  (frequency scaling {scaling[method[4:]]})" if method[4:] in scaling else ""
-        print(f"    {method:<11} PSNR {m['psnr_mean']:.2f} +/- {m['psnr_sd']:.2f}  "
-              f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}{note}")
-
-
-def _print_evaluation(path: Path) -> None:
-    """The evaluate stage's means per method: Dice over the report classes, then Dice and HD95 per class."""
-    if not path.exists():
-        return
-    s = json.loads(path.read_text())
-    if "reports" in s:  # a classifier: accuracy figures per split
-        for split, r in s["reports"].items():
-            print(f"\n  {split} set, {r['n']} cases: accuracy {r['accuracy']:.4f}  "
-                  f"balanced accuracy {r['balanced_accuracy']:.4f}  macro F1 {r['macro_f1']:.4f}  "
-                  f"AUC (macro OvR) {r['roc_auc_macro_ovr']:.4f}")
-        return
-    report = ", ".join(s["report_classes"])
-    print(f"\n  {s['split']} set, native space; mean Dice over {report}:")
-    for method, m in s["methods"].items():
-        per_class = "  ".join(f"{c} Dice {v['dice']:.3f} HD95 {v['hd95_mm']:.2f} mm"
-                              for c, v in m["per_class"].items())
-        print(f"    {method:<11} {m['mean_dice']:.4f} +/- {m['sd_dice']:.4f} ({m['cases']} cases)  {per_class}")
 
 
 def cmd_run(args) -> int:
@@ -307,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", help="named profile(s) from the YAML (repeatable)")
     p.set_defaults(func=cmd_augment_preview)
 
-    from medflow.inference.predict import add_parser as add_predict_parser
+    from medflow.cli.predict import add_parser as add_predict_parser
 
     add_predict_parser(sub, fmt, _examples)
     from medflow.cli.serve import add_parser as add_serve_parser

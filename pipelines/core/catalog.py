@@ -8,7 +8,7 @@ adding a stage does not change the code version (and so the keys) of the others.
 from __future__ import annotations
 
 from medflow.core.engine import Stage
-from medflow.stages import evaluate, evaluate_recon, export, ingest, preprocess, simulate, split, train, train_recon
+from medflow.stages import evaluate, export, ingest, preprocess, simulate, split, train, train_recon
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -22,16 +22,17 @@ STAGES: dict[str, Stage] = {
         Stage("train", train.run, inputs=("preprocess", "split"), sections=("loader", "augment", "model", "train"),
               outputs="model.keras (best epoch), checkpoints, history.csv, preview.png, train.json"),
         Stage("evaluate", evaluate.run, inputs=("ingest", "preprocess", "split", "train"), sections=("evaluate",),
-              outputs="predictions/<case>.nii.gz (native space), metrics.csv, summary.json, confusion.json/.png, "
-                      "montage.png"),
+              outputs="plan.json (the plan evaluated); segmentation: predictions/<case>.nii.gz (native space), "
+                      "metrics.csv, summary.json, confusion.json/.png, montage.png; classification: "
+                      "<split>/predictions.csv, metrics.json, confusion.*, misclassified.png"),
         Stage("simulate", simulate.run, inputs=(), sections=("simulate",), extra_key=simulate.source_state,
               outputs="data/{train,validation,test}/chunk_*.npz (sinogram, FBP, truth), data/dataset.json, "
                       "geometry.json"),
         Stage("train_recon", train_recon.run, inputs=("simulate",), sections=("loader", "model", "train"),
               outputs="model.keras (FBP -> image), reconstructor.keras (sinogram -> image), checkpoints, "
                       "history.csv, train.json"),
-        Stage("evaluate_recon", evaluate_recon.run, inputs=("simulate", "train_recon"), sections=("evaluate",),
-              outputs="metrics.csv (PSNR/SSIM per image and method), summary.json, comparison.png"),
+        Stage("evaluate_recon", evaluate.run, inputs=("simulate", "train_recon"), sections=("evaluate",),
+              outputs="plan.json, metrics.csv (PSNR/SSIM per image and method), summary.json, comparison.png"),
         Stage("export", export.run, inputs=("train", "evaluate"), sections=("export",), parent=export.exports_parent,
               outputs="exports/<pipeline>/<version>/: model.keras, saved_model/, model.onnx, plan.json, "
                       "MODEL_CARD.md; an MLflow model, registered"),

@@ -121,11 +121,20 @@ class ModelConfig(_Strict):
         check_model(self.name, self.params)
         return self
 
+    @property
+    def family(self) -> str:
+        """The task family of the model (a key of medflow.tasks.TASKS), from its registration."""
+        from medflow.models.registry import check_model
+
+        return check_model(self.name, self.params).task
+
 
 class TrainConfig(_Strict):
     epochs: int = Field(default=30, ge=1)
     fold: int = Field(default=0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(default=0.99, ge=0, lt=1, description="sgd: Nesterov momentum (0.99 as nnU-Net; "
+                                                                  "classification.yaml sets 0.9)")
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["constant", "cosine", "plateau"] = "cosine"
@@ -334,6 +343,30 @@ def _expand(value: str, config_dir: Path) -> str:
     return str(Path(value).absolute()) if value else value
 
 
+def packaged_config(name: str) -> Path:
+    """The path of a pipeline YAML shipped in the package (``segmentation``, ``classification``, ...)."""
+    from importlib.resources import files
+
+    return Path(str(files("medflow") / "configs" / f"{name.removesuffix('.yaml')}.yaml"))
+
+
+def packaged_configs() -> list[str]:
+    from importlib.resources import files
+
+    return sorted(p.name.removesuffix(".yaml") for p in files("medflow").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_pipeline(path: str | os.PathLike) -> Path:
+    """A pipeline file: the path itself when it exists, else a packaged config of that name
+    (``medflow run segmentation`` works from an installed wheel, outside a checkout)."""
+    path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = packaged_config(path.name)
+    return shipped if shipped.exists() else path
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str | list[str] | None = None
                 ) -> PipelineConfig:
     """Load, override and validate a pipeline YAML.
@@ -346,11 +379,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), profile: str
     Raises:
         ConfigError: with every problem, one per line, each naming the key path.
     """
-    path = Path(path)
+    path = resolve_pipeline(path)
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such pipeline file") from None
+        raise ConfigError(f"{path}: no such pipeline file (packaged: {', '.join(packaged_configs())})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(doc, dict):

@@ -1,205 +1,45 @@
-"""Evaluate stage: segment held-out cases in their native space and score them.
+"""Evaluate stage: score the trained model on held-out data through the exported inference path.
 
-Reads:  ingest (the original files), split (which cases), train (model.keras, train.json with the plan);
-        classifiers read the preprocess stage's case files instead (see evaluate_cls)
-Writes: <workspace>/stages/evaluate/<key>/predictions/<case>.nii.gz (label maps on each input's grid,
-        with its affine and header), cases/<case>.json (per-case metrics and confusion, the resume
-        points), metrics.csv, summary.json, confusion.json, confusion.png, montage.png, then manifest.json
+Reads:  the train stage's plan.json and model (train or train_recon), plus what the family's
+        evaluation reads (ingest and split for volumes, simulate for reconstruction)
+Writes: <workspace>/stages/<evaluate|evaluate_recon>/<key>/plan.json (the plan it ran: train's plan
+        with this section's inference settings; export copies it), the family's scores and figures,
+        then manifest.json (last)
 
-Every case goes through what inference will do: the raw NIfTI is preprocessed
-without its label, segmented by sliding windows, and the probabilities are mapped
-back to the native grid, where the metrics are computed against the original
-label map. A multi-Otsu baseline (optional) is scored the same way.
+The family's :class:`~medflow.tasks.base.Task` does the work; this stage only
+finds the trained model, applies the evaluate section to its plan and hands over.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
-import json
-import time
-
-import numpy as np
-
-from medflow.data.nifti import CaseError, read_nifti
-from medflow.models.metrics import case_metrics, row_normalize
-from medflow.models.runtimes import load_keras
-from medflow.core.engine import StageDir, StageFailed, map_cases
-
-FIELDS = ("dice", "iou", "hd95_mm", "volume_true_ml", "volume_pred_ml", "volume_diff_ml", "volume_diff_pct")
+from medflow.core.engine import StageDir, StageFailed
+from medflow.inference.plan import PlanError, load_plan
 
 
-def _case_ids(cfg, split, train_info, ingest) -> list[str]:
-    splits = json.loads(split.file("splits.json").read_text())
-    ids = splits["test"] if cfg.evaluate.split == "test" else train_info["val_cases"]
-    ids = sorted(c for c in ids if c in ingest.cases)
-    if not ids:
-        raise StageFailed(f"no {cfg.evaluate.split} cases to evaluate"
-                          + (" (split.test_fraction is 0)" if cfg.evaluate.split == "test" else ""))
-    return ids
-
-
-def evaluate_case(record: dict, predict, info: dict, ev, dest: StageDir) -> dict:
-    """Segment one case in native space, write its prediction and metrics; return its metrics."""
-    from medflow.data.geometry import voxel_spacing
-    from medflow.data.native import plan_from_json, prepare, to_native, write_like
-    from medflow.models.baselines import multi_otsu
-    from medflow.models.inference import sliding_window
-
-    start = time.perf_counter()
-    case_id = record["case_id"]
-    if not record["label"]:
-        raise CaseError(record["images"][0], "no label map to evaluate against")
-    images = [read_nifti(p) for p in record["images"]]
-    truth = np.rint(read_nifti(record["label"]).data).astype(np.int64)
-    classes, loader = info["classes"], info["loader"]
-    image, meta = prepare([v.data for v in images], images[0].affine, plan_from_json(info["plan"]))
-    probs = sliding_window(predict, image, loader["patch_size"], len(classes), mode=loader["mode"],
-                           slice_axis=loader["slice_axis"], overlap=ev.overlap, batch_size=ev.batch_size,
-                           mirror_axes=ev.mirror_axes)
-    pred = np.argmax(to_native(probs, meta), axis=-1).astype(np.uint8)
-    write_like(dest.path / "predictions" / f"{case_id}.nii.gz", pred, record["images"][0])
-    spacing = voxel_spacing(images[0].affine)
-    rows, cm = case_metrics(truth, pred, spacing, classes, surface=ev.hd95)
-    result = {"case_id": case_id, "methods": {"network": {"rows": rows, "confusion": cm.tolist()}}}
-    if ev.baseline == "multi_otsu":
-        base = multi_otsu(images[0].data, truth > 0, ev.baseline_labels)
-        rows_b, cm_b = case_metrics(truth, base, spacing, classes, surface=ev.hd95)
-        result["methods"]["multi_otsu"] = {"rows": rows_b, "confusion": cm_b.tolist()}
-    result["seconds"] = time.perf_counter() - start
-    dest.write_json(f"cases/{case_id}.json", result)
-    return result
-
-
-def _mean_dice(rows: list[dict], report: list[str]) -> float:
-    vals = [r["dice"] for r in rows if r["class"] in report and np.isfinite(r["dice"])]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def summarize(results: dict[str, dict], classes: list[str], report: list[str]) -> dict:
-    """Means over cases per method: per class and over the report classes (NaN and inf left out)."""
-    summary = {}
-    methods = sorted({m for r in results.values() for m in r["methods"]}, key=lambda m: m != "network")
-    for method in methods:
-        per_case = {c: r["methods"][method]["rows"] for c, r in results.items() if method in r["methods"]}
-        out = {"cases": len(per_case), "per_class": {}}
-        for name in classes[1:]:
-            rows = [row for rs in per_case.values() for row in rs if row["class"] == name]
-            stats = {}
-            for f in FIELDS:
-                vals = np.array([row[f] for row in rows], dtype=np.float64)
-                finite = vals[np.isfinite(vals)]
-                stats[f] = float(np.mean(finite)) if finite.size else float("nan")
-                if f == "hd95_mm":
-                    stats["hd95_undefined"] = int(np.isinf(vals).sum())
-            stats["volume_abs_diff_pct"] = float(np.nanmean([abs(row["volume_diff_pct"]) for row in rows]))
-            out["per_class"][name] = stats
-        case_dice = [_mean_dice(rs, report) for rs in per_case.values()]
-        out["mean_dice"] = float(np.nanmean(case_dice))
-        out["sd_dice"] = float(np.nanstd(case_dice))
-        hd = [out["per_class"][c]["hd95_mm"] for c in report]
-        out["mean_hd95_mm"] = float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan")
-        cm = sum(np.asarray(r["methods"][method]["confusion"], dtype=np.int64) for r in results.values())
-        out["confusion"] = cm.tolist()
-        summary[method] = out
-    return summary
-
-
-def _metrics_csv(results: dict[str, dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case_id", "method", "class", *FIELDS])
-    for case_id in sorted(results):
-        for method, body in results[case_id]["methods"].items():
-            for row in body["rows"]:
-                w.writerow([case_id, method, row["class"], *(f"{row[f]:.6g}" for f in FIELDS)])
-    return buf.getvalue()
-
-
-def _montage(results, records, report, n_classes, path) -> list[str]:
-    """Best, median and worst case (network mean Dice over the report classes), axial slice through the truth."""
-    from medflow.data.geometry import to_canonical
-    from medflow.tasks.figures import montage_figure, save_figure
-
-    ranked = sorted(results, key=lambda c: _mean_dice(results[c]["methods"]["network"]["rows"], report))
-    picks = [("worst", ranked[0]), ("median", ranked[len(ranked) // 2]), ("best", ranked[-1])]
-    rows = []
-    for tag, case_id in picks[::-1] if len(ranked) > 2 else [("case", c) for c in ranked]:
-        image = read_nifti(records[case_id]["images"][0])
-        vols = [to_canonical(v, image.affine)[0] for v in (
-            image.data, read_nifti(records[case_id]["label"]).data, read_nifti(path.parent / "predictions"
-                                                                                / f"{case_id}.nii.gz").data)]
-        fg = np.nonzero(vols[1] > 0)
-        z = int(np.median(fg[2])) if fg[2].size else vols[0].shape[2] // 2
-        dice = _mean_dice(results[case_id]["methods"]["network"]["rows"], report)
-        rows.append({"title": f"{tag}: {case_id} (Dice {dice:.3f})", "image": vols[0][:, :, z],
-                     "truth": np.rint(vols[1][:, :, z]).astype(int), "pred": vols[2][:, :, z].astype(int)})
-    save_figure(montage_figure(rows, n_classes, "image | truth | prediction (axial, native resolution)"), path)
-    return [c for _, c in picks]
+def trained(upstream: dict):
+    """The upstream training output: the one whose manifest names an inference model."""
+    found = [o for o in upstream.values() if "inference_model" in o.manifest]
+    if len(found) != 1:
+        raise StageFailed(f"expected one trained model upstream, found {len(found)}")
+    return found[0]
 
 
 def run(cfg, upstream, out: StageDir, ctx):
-    """Evaluate the trained model on the configured split (classification: see evaluate_cls)."""
+    """Evaluate the trained model on the configured split."""
     from medflow.models.inference import keras_predictor
-    from medflow.tasks.figures import confusion_figure, save_figure
+    from medflow.models.runtimes import load_keras
+    from medflow.tasks import task_for
+    from medflow.tasks.volumes import inference_settings
 
-    ingest, split, train = upstream["ingest"], upstream["split"], upstream["train"]
-    info = json.loads(train.file("train.json").read_text())
-    if info["task"] == "classification":
-        from medflow.stages import evaluate_cls
-
-        return evaluate_cls.run(cfg, upstream, out, ctx, info)
-    classes, ev = info["classes"], cfg.evaluate
-    report = ev.report_classes or classes[1:]
-    unknown = [c for c in report if c not in classes[1:]]
-    if unknown:
-        raise StageFailed(f"evaluate.report_classes: {unknown} not among the foreground classes {classes[1:]}")
-    info["loader"] = cfg.loader.model_dump()  # the train key covers the loader section: it is the trained one
-    ids = _case_ids(cfg, split, info, ingest)
+    train = trained(upstream)
+    try:
+        plan = load_plan(train.path)
+        task = task_for(plan.family, str(train.path))
+    except (PlanError, ValueError) as err:
+        raise StageFailed(str(err)) from None
+    ev = inference_settings(cfg)
+    plan = plan.with_inference(overlap=ev.overlap, batch_size=ev.batch_size, mirror_axes=ev.mirror_axes)
     out.prepare()
-    records = {c: json.loads(ingest.file(ingest.cases[c]["file"]).read_text()) for c in ids}
-    model = load_keras(train.file("model.keras"))
-    predict = keras_predictor(model)
-    todo = [c for c in ids if not out.has(c, ".json")]
-    jobs = [(c, records[c]["images"][0], records[c]) for c in todo]
-    serial = dataclasses.replace(ctx, workers=1)  # one TensorFlow model in this process uses every core
-    fresh, quarantine = map_cases(jobs, lambda rec: evaluate_case(rec, predict, info, ev, out), serial,
-                                  "evaluate", done=len(ids) - len(todo), total=len(ids))
-    bad = {q["case_id"] for q in quarantine}
-    results = {c: fresh.get(c) or json.loads(out.case_path(c, ".json").read_text()) for c in ids if c not in bad}
-    if not results:
-        raise StageFailed(f"no {ev.split} case could be evaluated; first problem: {quarantine[0]['error']}")
-    summary = summarize(results, classes, report)
-    picks = _montage(results, records, report, len(classes), out.path / "montage.png")
-    out.write_text("metrics.csv", _metrics_csv(results))
-    out.write_json("summary.json", {"split": ev.split, "classes": classes, "report_classes": report,
-                                    "montage": picks, "methods": summary, "quarantine": quarantine})
-    out.write_json("confusion.json", {
-        "classes": classes, "rows": "true class", "columns": "predicted class",
-        **{m: {"counts": s["confusion"], "row_normalized": row_normalize(np.array(s["confusion"])).tolist()}
-           for m, s in summary.items()}})
-    artifacts = ["metrics.csv", "summary.json", "confusion.json", "montage.png"]
-    for method, s in summary.items():
-        name = "confusion.png" if method == "network" else f"confusion_{method}.png"
-        save_figure(confusion_figure(np.array(s["confusion"]), classes,
-                                     f"{method}: voxels of {s['cases']} {ev.split} case(s), native space"),
-                    out.path / name)
-        artifacts.append(name)
-    metrics = {}
-    for method, s in summary.items():
-        prefix = f"{ev.split}_" if method == "network" else f"{method}_{ev.split}_"
-        metrics[f"{prefix}mean_dice"] = s["mean_dice"]
-        metrics[f"{prefix}mean_hd95_mm"] = s["mean_hd95_mm"]
-        for name, stats in s["per_class"].items():
-            for f in ("dice", "iou", "hd95_mm", "volume_abs_diff_pct"):
-                metrics[f"{prefix}{f}_{name}"] = stats[f]
-    metrics["cases"], metrics["quarantined"] = len(results), len(quarantine)
-    return out.finish(cfg, upstream, {
-        "cases": {c: {"file": f"cases/{c}.json", "prediction": f"predictions/{c}.nii.gz"} for c in results},
-        "quarantine": quarantine,
-        "artifacts": artifacts,
-        "metrics": {k: v for k, v in metrics.items() if np.isfinite(v)},
-        "headline": {k: metrics[k] for k in metrics if k.endswith(("mean_dice", "mean_hd95_mm"))
-                     and np.isfinite(metrics[k])},
-    })
+    plan.save(out.path, out.write_json)
+    net = keras_predictor(load_keras(train.file(train.manifest["inference_model"])))
+    return task.evaluate(cfg, upstream, out, ctx, plan, net)

@@ -130,7 +130,9 @@ def run(cfg, upstream, out: StageDir, ctx):
             quarantine.append(record)
             report_quarantine(record, ctx, "ingest")
     valid = [c for c in listing.cases if not c.error]
-    label_values = sorted(listing.classes) if listing.task == "segmentation" else []
+    from medflow.tasks import task_for
+
+    label_values = sorted(listing.classes) if task_for(listing.task, listing.name).voxel_targets else []
     jobs = []
     for c in valid:
         if out.has(c.case_id, ".json"):

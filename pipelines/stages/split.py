@@ -16,9 +16,11 @@ from medflow.core.engine import StageDir, StageFailed
 def run(cfg, upstream, out: StageDir, ctx):
     """Split the ingested cases (unlabelled 'inference' cases are left out)."""
     ingest = upstream["ingest"]
-    task = ingest.manifest["dataset"]["task"]
+    from medflow.tasks import task_for
+
+    stratify = task_for(ingest.manifest["dataset"]["task"], str(ingest.path)).class_targets
     cases = [
-        SplitCase(case_id=cid, patient_id=c["patient_id"], stratum=c["target"] if task == "classification" else None,
+        SplitCase(case_id=cid, patient_id=c["patient_id"], stratum=c["target"] if stratify else None,
                   fixed=c["split"])
         for cid, c in sorted(ingest.cases.items()) if c["split"] != "inference"
     ]

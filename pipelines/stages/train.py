@@ -3,10 +3,10 @@
 Reads:  preprocess (case files, plan.json) and split (splits.json)
 Writes: <workspace>/stages/train/<key>/preview.png (augmentation preview, logged when training starts),
         ckpt-<epoch>/ + last.json (resume points), best.keras, model.keras (the best epoch),
-        history.csv, train.json, then manifest.json (last)
+        plan.json (the typed inference plan), history.csv, train.json, then manifest.json (last)
 
-The folder is self-contained for export and inference: model.keras plus the
-preprocessing plan, class names and splits it was trained with.
+The folder is self-contained for export and inference: model.keras plus plan.json
+(preprocessing, windows or crops, class names) and the splits it was trained with.
 
 With ``train.distribute: multi_worker`` every worker named in ``TF_CONFIG`` runs
 this stage; each reads its slice of every global batch, and only the chief
@@ -16,8 +16,6 @@ this stage; each reads its slice of every global batch, and only the chief
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import shutil
 import tempfile
@@ -38,15 +36,6 @@ def _fold_cases(split, pre, fold: int) -> tuple[list[str], list[str]]:
     return train, val
 
 
-def _history_csv(history: list[dict]) -> str:
-    keys = sorted({k for row in history for k in row} - {"epoch"})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", *keys])
-    for row in history:
-        writer.writerow([row["epoch"], *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
-    return buf.getvalue()
-
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) on ``cfg.train.fold``."""
@@ -56,8 +45,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     from medflow.data.loader import SampleSource, make_dataset
     from medflow.data.preview import preview_figure
     from medflow.models.registry import check_model
-    from medflow.training import trainer
+    from medflow.tasks import task_for
     from medflow.tasks.figures import save_figure
+    from medflow.training import trainer
     from medflow.training.inputs import build_source
 
     pre, split = upstream["preprocess"], upstream["split"]
@@ -67,6 +57,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     builder_task = check_model(cfg.model.name, cfg.model.params).task
     if builder_task != task:
         raise StageFailed(f"model {cfg.model.name!r} is a {builder_task} model but the dataset is for {task}")
+    family = task_for(task, str(pre.path))
+    if family.trained_by != out.name:
+        raise StageFailed(f"a {task} model trains in the {family.trained_by} stage, not {out.name}")
     train_ids, val_ids = _fold_cases(split, pre, cfg.train.fold)
     strategy, worker, workers = distributed.setup(cfg.train.distribute)
     chief = worker == 0
@@ -91,7 +84,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     start = 0 if state is None else state["epoch"] + 1
     if chief:
         fig = preview_figure(source, [(c, start, 0) for c in train_ids[: cfg.train.preview_cases]],
-                             classes if task == "classification" else None)
+                             classes if family.class_targets else None)
         save_figure(fig, out.path / "preview.png")
         ctx.log_artifact(out.path / "preview.png", "augment")
     stopped = state is not None and cfg.train.early_stopping_patience and \
@@ -106,7 +99,7 @@ def run(cfg, upstream, out: StageDir, ctx):
             raise StageFailed(f"loader.batch_size: {err}") from None
         val_ds = make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False).cache()
         weights = None
-        if task == "classification" and cfg.train.class_weights == "balanced":
+        if family.class_targets and cfg.train.class_weights == "balanced":
             weights = trainer.class_weights([source.store.targets[c] for c in train_ids], n_classes)
         log = ctx.log_metrics if chief else (lambda metrics, step: None)
         if multi:
@@ -120,20 +113,19 @@ def run(cfg, upstream, out: StageDir, ctx):
         shutil.rmtree(folder, ignore_errors=True)
         return ShardOutput(out.name, out.path, {"index": worker, "count": workers, "cases": [], "quarantine": [],
                                                 "role": "worker", "epochs": len(state["history"])})
-    shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")
-    (out.path / ".tmp-model.keras").replace(out.path / "model.keras")
-    out.write_text("history.csv", _history_csv(state["history"]))
+    trainer.publish_model(out, state)
+    facts = {"classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
+             "preprocess": {k: v for k, v in plan.items() if k not in ("classes", "channels", "task")}}
+    family.inference_plan(cfg, facts).save(out.path, out.write_json)
     out.write_json("train.json", {
         "task": task, "classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
         "fold": cfg.train.fold, "train_cases": train_ids, "val_cases": val_ids, "plan": plan,
         "model": cfg.model.model_dump(mode="json"), "best_epoch": state["best_epoch"], "monitor": cfg.train.monitor,
     })
-    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     return out.finish(cfg, upstream, {
         "cases": {c: {"role": "train"} for c in train_ids} | {c: {"role": "val"} for c in val_ids},
         "quarantine": [],
-        "model": "model.keras",
-        "artifacts": ["history.csv", "train.json"],
-        "metrics": {"epochs_run": len(state["history"]), "best_epoch": state["best_epoch"],
-                    **{f"best_{k}": v for k, v in best.items() if k != "epoch"}},
+        "model": "model.keras", "inference_model": "model.keras",
+        "artifacts": ["history.csv", "train.json", "plan.json"],
+        "metrics": trainer.training_metrics(state),
     })

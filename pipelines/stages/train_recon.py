@@ -3,8 +3,8 @@
 Reads:  simulate (train and validation triples, geometry)
 Writes: <workspace>/stages/train_recon/<key>/ckpt-<epoch>/ + last.json (resume points), best.keras,
         model.keras (FBP image -> image, the best epoch), reconstructor.keras (sinogram -> image: the
-        FBP layer of the training geometry, then model.keras), geometry.json, history.csv, train.json,
-        then manifest.json (last)
+        FBP layer of the training geometry, then model.keras), plan.json (the inference plan: the
+        geometry), geometry.json, history.csv, train.json, then manifest.json (last)
 
 The trainer is the one every task uses (pipelines/trainer.py); only the data differ.
 Each epoch's order is a seeded permutation of (seed, epoch), so a resumed run
@@ -13,14 +13,11 @@ sees the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
-from medflow.models.runtimes import load_keras
 
 from medflow.core.engine import StageDir, StageFailed
-from medflow.stages.train import _history_csv
+from medflow.models.runtimes import load_keras
 
 
 def epoch_batches(n: int, batch: int, seed: int, epochs: range):
@@ -76,11 +73,13 @@ def run(cfg, upstream, out: StageDir, ctx):
     from medflow.data.ct.ellipses import load_split
     from medflow.models.reconstruction import sinogram_model
     from medflow.models.registry import check_model
+    from medflow.tasks import task_for
     from medflow.training import trainer
 
     sim = upstream["simulate"]
     task = check_model(cfg.model.name, cfg.model.params).task
-    if task != "reconstruction":
+    family = task_for(task, cfg.model.name)
+    if family.trained_by != out.name:  # this stage trains on simulated (sinogram, FBP, truth) triples
         raise StageFailed(f"model {cfg.model.name!r} is a {task} model; train_recon needs a reconstruction model")
     data = sim.file(sim.manifest["data"])
     train = load_split(data, "train", names=("fbp", "gt"))
@@ -103,24 +102,22 @@ def run(cfg, upstream, out: StageDir, ctx):
                                      range(start, cfg.train.epochs), cfg.train.dihedral_augment)
         state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,
                             state=state, log_metrics=ctx.log_metrics)
-    shutil.copyfile(out.path / "best.keras", out.path / ".tmp-model.keras")
-    (out.path / ".tmp-model.keras").replace(out.path / "model.keras")
+    trainer.publish_model(out, state)
     geometry = sim.manifest["geometry"]
     net = load_keras(out.path / "model.keras")
     tmp = out.path / ".tmp-reconstructor.keras"
     sinogram_model(net, geometry).save(tmp)
     tmp.replace(out.path / "reconstructor.keras")
     out.write_json("geometry.json", geometry)
-    out.write_text("history.csv", _history_csv(state["history"]))
+    family.inference_plan(cfg, {"geometry": geometry}).save(out.path, out.write_json)
     out.write_json("train.json", {
         "task": task, "input_shape": [size, size, 1], "geometry": geometry, "model": cfg.model.model_dump(mode="json"),
         "train_images": len(train["fbp"]), "val_images": len(val["fbp"]), "best_epoch": state["best_epoch"],
         "monitor": cfg.train.monitor,
     })
-    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     return out.finish(cfg, upstream, {
         "cases": {}, "quarantine": [], "model": "model.keras", "reconstructor": "reconstructor.keras",
-        "artifacts": ["history.csv", "train.json", "geometry.json"],
-        "metrics": {"epochs_run": len(state["history"]), "best_epoch": state["best_epoch"],
-                    **{f"best_{k}": v for k, v in best.items() if k != "epoch"}},
+        "inference_model": "reconstructor.keras",
+        "artifacts": ["history.csv", "train.json", "geometry.json", "plan.json"],
+        "metrics": trainer.training_metrics(state),
     })

@@ -23,6 +23,8 @@ def sampler_config(cfg) -> SamplerConfig:
 def build_source(cfg, preprocess: StageOutput, case_ids: list[str] | None = None, *, cache: str | None = None,
                  cache_dir=None) -> SampleSource:
     """The sample source over ``case_ids`` (default: every preprocessed case)."""
+    from medflow.tasks import task_for
+
     plan = json.loads(preprocess.file("plan.json").read_text())
     ids = sorted(case_ids if case_ids is not None else preprocess.cases)
     missing = [c for c in ids if c not in preprocess.cases]
@@ -30,7 +32,7 @@ def build_source(cfg, preprocess: StageOutput, case_ids: list[str] | None = None
         raise StageFailed(f"{preprocess.path}: no preprocessed case {missing[0]!r}")
     classes = [plan["classes"][k] for k in sorted(plan["classes"], key=int)]
     targets = {}
-    if plan["task"] == "classification":
+    if task_for(plan["task"], str(preprocess.path)).class_targets:
         targets = {c: classes.index(preprocess.cases[c]["target"]) for c in ids}
     store = CaseStore({c: preprocess.file(preprocess.cases[c]["file"]) for c in ids}, targets,
                       cache=cache or cfg.loader.cache, cache_dir=cache_dir or preprocess.path / "cache",

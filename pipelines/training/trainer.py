@@ -10,6 +10,8 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -22,7 +24,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from medflow.models.losses import DiceCELoss, ForegroundDice
 from medflow.models.registry import build_model
 from medflow.models.runtimes import load_keras
 
@@ -45,7 +46,7 @@ def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int)
     opt = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}[tc.optimizer]
     kwargs = {"weight_decay": tc.weight_decay} if tc.optimizer == "adamw" and tc.weight_decay else {}
     if tc.optimizer == "sgd":
-        kwargs["momentum"] = 0.99 if task == "segmentation" else 0.9
+        kwargs["momentum"] = tc.momentum
         kwargs["nesterov"] = True
     loss, metrics = loss_and_metrics(tc, task, n_classes)
     model.compile(optimizer=opt(learning_rate=lr, **kwargs), loss=loss, metrics=metrics)
@@ -53,14 +54,10 @@ def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int)
 
 
 def loss_and_metrics(tc, task: str, n_classes: int) -> tuple:
-    """Fresh (loss, [metrics]) of a task; ``tc`` is the train config section."""
-    if task == "segmentation":
-        return DiceCELoss(n_classes), [ForegroundDice(n_classes)]
-    if task == "reconstruction":
-        l1 = tc.loss == "l1"
-        loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
-        return loss, [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
-    return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    """Fresh (loss, [metrics]) of a task family; ``tc`` is the train config section."""
+    from medflow.tasks import task_for
+
+    return task_for(task).loss_and_metrics(tc, n_classes)
 
 
 def load_resume(folder: Path):
@@ -171,6 +168,32 @@ def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: P
                   steps_per_epoch=steps, callbacks=callbacks, class_weight=class_weight, shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2)
     return callbacks[0].state
+
+
+def publish_model(out, state: dict) -> None:
+    """End of training: the best epoch's model becomes ``model.keras``; ``history.csv`` beside it."""
+    from medflow.data.atomic import write_atomic
+
+    with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:
+        shutil.copyfile(out.path / "best.keras", tmp)
+    out.write_text("history.csv", history_csv(state["history"]))
+
+
+def training_metrics(state: dict) -> dict:
+    """The train manifest's metrics: epochs run, the best epoch and its logs as ``best_<name>``."""
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    return {"epochs_run": len(state["history"]), "best_epoch": state["best_epoch"],
+            **{f"best_{k}": v for k, v in best.items() if k != "epoch"}}
+
+
+def history_csv(history: list[dict]) -> str:
+    keys = sorted({k for row in history for k in row} - {"epoch"})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for row in history:
+        writer.writerow([row["epoch"], *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
+    return buf.getvalue()
 
 
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:

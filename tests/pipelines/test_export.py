@@ -21,6 +21,7 @@ from medflow.cli.main import main
 from medflow.core.config import load_config
 from medflow.core.runner import run_pipeline
 from medflow.inference.serving import PipelineModel, gunzip_b64
+from medflow.tasks.base import VolumeCase
 from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_cls_dataset, make_msd, write_pipeline
 
@@ -82,8 +83,8 @@ def test_bundle_is_self_contained_and_its_runtimes_agree(seg):
     card = (folder / "MODEL_CARD.md").read_text()
     assert "| test_mean_dice | test |" in card and "| onnx | `model.onnx` |" in card and "Intended use" in card
     image = nib.load(str(seg["root"] / "imagesTr" / "case_00.nii.gz"))
-    channels, affine = [image.get_fdata().astype(np.float32)], image.affine
-    probs = {rt: load_bundle(folder, rt).segment(channels, affine)[1] for rt in ("keras", "saved_model", "onnx")}
+    case = VolumeCase([image.get_fdata().astype(np.float32)], image.affine)
+    probs = {rt: load_bundle(folder, rt).infer(case).probabilities for rt in ("keras", "saved_model", "onnx")}
     assert probs["keras"].shape == (*image.shape, 3)  # on the input's own grid
     for rt in ("saved_model", "onnx"):
         assert np.abs(probs[rt] - probs["keras"]).max() < 1e-4

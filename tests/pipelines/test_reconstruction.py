@@ -164,7 +164,7 @@ def test_config_checks(tmp_path):
 
 def test_fbp_tuning_cuts_more_of_the_band_when_the_data_are_noisier():
     from medflow.data.ct.ellipses import EllipsesSpec, make_sample
-    from medflow.stages.evaluate_recon import tune_scaling
+    from medflow.tasks.evaluation.reconstruction import tune_scaling
 
     picks = {}
     for noise in (0.0, 0.1):

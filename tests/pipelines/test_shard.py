@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from medflow.data.ct.ellipses import EllipsesSpec
+from medflow.inference.plan import InferencePlan
 from medflow.models.reconstruction import sinogram_model
 from medflow.models.registry import build_model
 from medflow.cli.main import main
@@ -89,6 +90,7 @@ def test_predict_shards_share_one_output_folder(tmp_path):
     spec = EllipsesSpec(size=16, angles=6)
     model = sinogram_model(build_model("fbpconvnet", (16, 16, 1), 1, {"depth": 1, "filters": 2}), spec.geometry())
     model.save(tmp_path / "reconstructor.keras")
+    InferencePlan("reconstruction", tuple(model.input_shape[1:]), geometry=spec.geometry()).save(tmp_path)
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)

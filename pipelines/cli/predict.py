@@ -1,0 +1,49 @@
+"""``medflow predict``: batch inference from the command line (the work is medflow.inference.predict)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from medflow.cli.exit_codes import EXIT_CONFIG, EXIT_FAILED
+
+
+def cmd_predict(args) -> int:
+    from medflow.core.engine import parse_shard
+    from medflow.core.progress import Progress
+    from medflow.inference.bundle import BundleError
+    from medflow.inference.predict import PredictError, list_inputs, open_model, predict_files
+
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        bundle = open_model(args.model, args.runtime)
+        files = list_inputs(args.input, bundle)
+        total = len(files) if shard is None else len(files[shard[0]::shard[1]])
+        with Progress(total, "predict", unit="file") as bar:
+            report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar, shard=shard)
+    except (PredictError, BundleError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"predict ({report['family']}, {args.runtime}): {len(report['written'])} written to {args.output}, "
+          f"{len(report['quarantine'])} quarantined")
+    return EXIT_FAILED if report["quarantine"] else 0
+
+
+def add_parser(sub, fmt, examples) -> None:
+    p = sub.add_parser("predict", help="batch inference with an exported or registered model",
+                       formatter_class=fmt, epilog=examples("""
+                           medflow predict --model models:/segmentation@champion --input scans/ --output labels/
+                           medflow predict --model workspace/exports/classification/<version> --input scans/ --output cls/
+                           medflow predict --model models:/reconstruction@champion --input sinograms/ --output recon/ \\
+                               --runtime onnx
+                       """))
+    p.add_argument("--model", required=True,
+                   help="export folder, models:/NAME@ALIAS or models:/NAME/VERSION, or a train stage's folder")
+    p.add_argument("--input", type=Path, required=True, help="a file, or a folder of NIfTI volumes / .npy sinograms")
+    p.add_argument("--output", type=Path, required=True, help="output folder")
+    p.add_argument("--runtime", choices=("keras", "saved_model", "onnx"), default="keras",
+                   help="what runs the network (the bundle holds all three)")
+    p.add_argument("--batch", type=int, default=16, help="sinograms per model call (reconstruction)")
+    p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of the inputs (N machines, one "
+                                                           "output folder)")
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,195 @@
+"""What a model family is: one :class:`Task` per family, looked up as ``TASKS[plan.family]``.
+
+A task owns everything that differs between families: the loss and metrics,
+the inference plan that train writes, ``infer(plan, net, case)``, reading
+inputs and writing outputs, evaluation, the served columns, the model card's
+section and the run summary's lines. The engine, stages, export, predict,
+serving and benchmarks ask the task and never compare family names.
+
+``net`` is any ``net(x) -> y`` over float32 batches shaped like the model's
+input (Keras, SavedModel or ONNX Runtime; see ``medflow.models.runtimes``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medflow.data.nifti import CaseError, is_nifti_name, read_nifti, strip_nifti_suffix
+from medflow.inference.plan import InferencePlan
+
+Net = Callable[[np.ndarray], Any]
+
+
+@dataclass
+class VolumeCase:
+    """One volume to run a volume model on.
+
+    Attributes:
+        channels: one (X, Y, Z) float32 array per input channel, on the grid of ``affine``.
+        affine: (4, 4) voxel-to-world matrix.
+        reference: the NIfTI file it came from, whose header outputs keep (None for arrays).
+    """
+
+    channels: list[np.ndarray]
+    affine: np.ndarray
+    reference: str | None = None
+
+
+class Task:
+    """The base of every family; subclasses set ``family`` and override what differs.
+
+    Column specs (:meth:`signature`) are (name, type, required) with type 'string', 'double' or
+    ('array', depth) for nested lists of doubles: the tracking package turns them into MLflow's
+    schema, so no task imports mlflow.
+    """
+
+    family: str = ""
+    input_kind: str = "NIfTI"  # what `medflow predict --input DIR` lists
+    selection: dict = {}  # champion rule: metric, stage, greater_is_better
+    class_targets: bool = False  # cases carry a class target (stratified splits, class weights)
+    trained_by: str = "train"  # the stage that trains this family's models
+    voxel_targets: bool = False  # the target is a map per voxel (a label map), not one value per sample
+
+    # -- training ------------------------------------------------------------------------------
+    def loss_and_metrics(self, tc, n_classes: int) -> tuple:
+        raise NotImplementedError
+
+    def sgd_momentum(self, tc) -> float:
+        return tc.momentum
+
+    # -- the plan ------------------------------------------------------------------------------
+    def inference_plan(self, cfg, facts: dict) -> InferencePlan:
+        """The plan of a model trained with ``cfg``; ``facts`` are the train stage's (classes, shape, ...)."""
+        raise NotImplementedError
+
+    def export_data(self, cfg, train_info: dict, scored) -> dict:
+        """What the model card says about the data: the train stage's train.json, the evaluate output."""
+        raise NotImplementedError
+
+    # -- inference -----------------------------------------------------------------------------
+    def is_input(self, path: Path) -> bool:
+        return is_nifti_name(path)
+
+    def case_name(self, path) -> str:
+        return strip_nifti_suffix(Path(str(path)).name)
+
+    def read_input(self, plan: InferencePlan, path) -> VolumeCase:
+        """The channels and affine of one NIfTI input; a 4D file holds the channels on its last axis.
+
+        Raises:
+            CaseError: unreadable file, or a channel count the model was not trained on.
+        """
+        n = len(plan.channels)
+        vol = read_nifti(path, expect_ndim=3 if n == 1 else 4)
+        data = vol.data if vol.data.ndim == 4 else vol.data[..., None]
+        if data.shape[-1] != n:
+            raise CaseError(path, f"{data.shape[-1]} channel(s), the model expects {n} ({', '.join(plan.channels)})")
+        return VolumeCase([data[..., c] for c in range(n)], vol.affine, str(path))
+
+    def infer(self, plan: InferencePlan, net: Net, case) -> Any:
+        raise NotImplementedError
+
+    def predict_files(self, plan: InferencePlan, net: Net, files: list[Path], output: Path, *, bad, progress=None,
+                      batch_size: int = 16, suffix: str = "") -> list[str]:
+        """Run every file into ``output``; ``bad(path, err)`` records a file that failed. Returns names written."""
+        written, rows = [], []
+        for path in files:
+            try:
+                case = self.read_input(plan, path)
+                row = self.write_result(plan, self.infer(plan, net, case), output, self.case_name(path), case)
+                if row is not None:
+                    rows.append(row)
+                written.append(self.case_name(path))
+            except (CaseError, ValueError) as err:
+                bad(path, err)
+            if progress is not None:
+                progress.update(1)
+        self.finish_outputs(output, rows, suffix)
+        return written
+
+    def write_result(self, plan: InferencePlan, result, output: Path, name: str, case) -> dict | None:
+        """Write one case's output files into ``output``; return its row of the run's table, if any."""
+        raise NotImplementedError
+
+    def finish_outputs(self, output: Path, rows: list[dict], suffix: str = "") -> None:
+        """Write what spans all cases from the rows :meth:`write_result` returned (a classifier's table)."""
+
+    # -- serving -------------------------------------------------------------------------------
+    def case_from_row(self, plan: InferencePlan, row: dict) -> VolumeCase:
+        """A request row's volume: ``path``, ``nifti_b64``, or ``image`` + ``affine``."""
+        path, blob, image = cell(row, "path"), cell(row, "nifti_b64"), cell(row, "image")
+        if path is not None:
+            return self.read_input(plan, path)
+        if blob is not None:
+            raw = base64.b64decode(blob)
+            suffix = ".nii.gz" if raw[:2] == b"\x1f\x8b" else ".nii"
+            fd, tmp = tempfile.mkstemp(suffix=suffix)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(raw)
+                case = self.read_input(plan, tmp)
+            finally:
+                os.unlink(tmp)
+            case.reference = None
+            return case
+        if image is not None:
+            affine = cell(row, "affine")
+            if affine is None:
+                raise ValueError("an image array needs its affine")
+            arr, affine = np.asarray(image, dtype=np.float32), np.asarray(affine, dtype=np.float64)
+            if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+                raise ValueError(f"affine must be a finite, invertible 4x4 matrix, got shape {affine.shape}")
+            if arr.ndim == 3:
+                arr = arr[..., None]
+            if arr.ndim != 4:
+                raise ValueError(f"image must be (X, Y, Z) or (X, Y, Z, C), got shape {arr.shape}")
+            return VolumeCase([arr[..., c] for c in range(arr.shape[-1])], affine, None)
+        raise ValueError("no input: give path, nifti_b64, or image and affine")
+
+    def answer(self, plan: InferencePlan, result, case) -> dict:
+        """The served columns of one result."""
+        raise NotImplementedError
+
+    def signature(self, plan: InferencePlan) -> tuple[list, list]:
+        """(input column specs, output column specs) beyond ``case`` and ``error``."""
+        voxels = ("array", 3 if len(plan.channels) == 1 else 4)  # (X, Y, Z) or (X, Y, Z, C)
+        return ([("path", "string", False), ("nifti_b64", "string", False), ("image", voxels, False),
+                 ("affine", ("array", 2), False)], [])
+
+    # -- review --------------------------------------------------------------------------------
+    def card(self, plan: dict) -> dict:
+        """The model card's family parts of a bundle plan (JSON): input, output, carried (preprocessing
+        lines), predict_input (what `--input` takes) and limits (automatic limitations)."""
+        raise NotImplementedError
+
+    def summary_lines(self, stage_folder: Path) -> list[str]:
+        """The run summary's lines for a finished evaluate stage folder."""
+        return []
+
+    def evaluate(self, cfg, upstream: dict, out, ctx, plan: InferencePlan, train):
+        """The evaluate stage body for this family: score held-out cases through :meth:`infer`."""
+        raise NotImplementedError
+
+
+def cell(row: dict, name: str):
+    """The row's value for ``name``, treating NaN/None/'' (a column other rows filled) as absent."""
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str) and not value:
+        return None
+    return value
+
+
+def as_channels(plan: InferencePlan, channels) -> list[np.ndarray]:
+    n = len(plan.channels)
+    if len(channels) != n:
+        raise ValueError(f"{len(channels)} channel(s), the model expects {n}")
+    return [np.asarray(c, dtype=np.float32) for c in channels]

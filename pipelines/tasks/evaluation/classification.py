@@ -1,0 +1,142 @@
+"""Classification evaluation: the trained fold's validation cases and the test holdout.
+
+Every case is read from its original files and goes through
+:meth:`Classification.infer`, what ``medflow predict`` runs on the exported
+model: preprocessing without a label, the plan's crops, the mean probability.
+Writes, per split, under ``<split>/``:
+predictions.csv (case, true, predicted, per-class probabilities), metrics.json,
+confusion.json / confusion.csv / confusion.png (counts and row-normalized, class
+names on the axes) and misclassified.png (each wrong case with both classes and
+its probabilities).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+
+from medflow.core.engine import StageDir, StageFailed
+from medflow.models.metrics import classification_report, row_normalize
+
+
+def read_case(record: dict):
+    """The raw volume of an ingested case record, as inference sees it."""
+    from medflow.data.nifti import read_nifti
+    from medflow.tasks.base import VolumeCase
+
+    images = [read_nifti(p) for p in record["images"]]
+    return VolumeCase([v.data for v in images], images[0].affine, record["images"][0])
+
+
+def _predictions_csv(ids, y, probs, classes) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case_id", "true_class", "predicted_class", *(f"p_{c}" for c in classes)])
+    for cid, t, p in zip(ids, y, probs):
+        w.writerow([cid, classes[t], classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p)])
+    return buf.getvalue()
+
+
+def _confusion_csv(cm, classes) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, cm):
+        w.writerow([name, *row])
+    return buf.getvalue()
+
+
+def _misclassified_figure(views, ids, y, probs, classes, limit: int = 12):
+    """Central slice (axial for volumes) of each misclassified case, titled with classes and probabilities."""
+    from medflow.tasks.figures import pyplot
+
+    plt = pyplot()
+    wrong = [i for i in range(len(ids)) if int(np.argmax(probs[i])) != y[i]][:limit]
+    cols = min(4, max(1, len(wrong)))
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not wrong:
+        axes[0, 0].text(0.5, 0.5, "no misclassified case", ha="center", va="center")
+    for ax, i in zip(axes.ravel(), wrong):
+        image = views[ids[i]][..., 0]  # the first crop the network saw, channel 0
+        view = image[:, :, image.shape[2] // 2] if image.ndim == 3 else image
+        ax.imshow(view.T, cmap="gray", origin="lower")
+        probs_text = ", ".join(f"{c[:12]} {p:.2f}" for c, p in zip(classes, probs[i]))
+        ax.set_title(f"{ids[i]}\ntrue {classes[y[i]]}\npred {classes[int(np.argmax(probs[i]))]}\n{probs_text}",
+                     fontsize=7)
+    fig.suptitle(f"misclassified: {len(wrong)} shown")
+    return fig
+
+
+def evaluate_split(split: str, ids, y, probs, classes, views, out: StageDir) -> dict:
+    """Write one split's predictions, metrics, confusion matrix and misclassified montage; return its report."""
+    from medflow.tasks.figures import confusion_figure, save_figure
+
+    report = classification_report(y, probs, classes)
+    cm = np.array(report["confusion"])
+    out.write_text(f"{split}/predictions.csv", _predictions_csv(ids, y, probs, classes))
+    out.write_json(f"{split}/metrics.json", report)
+    out.write_json(f"{split}/confusion.json", {"classes": classes, "rows": "true class",
+                                               "columns": "predicted class", "counts": cm.tolist(),
+                                               "row_normalized": row_normalize(cm).tolist()})
+    out.write_text(f"{split}/confusion.csv", _confusion_csv(cm, classes))
+    title = (f"{split}: {len(ids)} cases, accuracy {report['accuracy']:.3f}, "
+             f"balanced {report['balanced_accuracy']:.3f}")
+    save_figure(confusion_figure(cm, classes, title), out.path / split / "confusion.png")
+    save_figure(_misclassified_figure(views, ids, y, probs, classes), out.path / split / "misclassified.png", dpi=80)
+    return report
+
+
+FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "confusion.png", "misclassified.png")
+
+
+def run(cfg, upstream, out: StageDir, ctx, plan, net):
+    """Evaluate a classifier (``net``, run by ``plan``) on the validation cases of its fold and the test holdout."""
+    from medflow.tasks import TASKS
+
+    task = TASKS[plan.family]
+    ingest, pre, split = upstream["ingest"], upstream["preprocess"], upstream["split"]
+    info = json.loads(upstream["train"].file("train.json").read_text())
+    classes = list(plan.classes)
+    splits = {"val": sorted(info["val_cases"]),
+              "test": sorted(c for c in json.loads(split.file("splits.json").read_text())["test"] if c in pre.cases)}
+    splits = {k: v for k, v in splits.items() if v}
+    if cfg.evaluate.split not in splits:
+        raise StageFailed(f"no {cfg.evaluate.split} cases to evaluate (split.test_fraction is 0?)")
+    out.prepare()
+    ids_all = sorted({c for v in splits.values() for c in v})
+    probs_by_case, views = {}, {}
+    metrics, artifacts, summary = {}, [], {}
+    with ctx.progress(len(ids_all), "evaluate") as bar:
+        for case_id in ids_all:
+            case = read_case(json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text()))
+            probs_by_case[case_id] = task.infer(plan, net, case)
+            views[case_id] = task.crops(plan, case)[0]
+            bar.update(1)
+        for name, ids in splits.items():
+            y = [classes.index(pre.cases[c]["target"]) for c in ids]
+            probs = np.stack([probs_by_case[c] for c in ids])
+            report = evaluate_split(name, ids, y, probs, classes, views, out)
+            summary[name] = report
+            for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr"):
+                metrics[f"{name}_{key}"] = report[key]
+            for cname, stats in report["per_class"].items():
+                for key in ("precision", "recall", "f1"):
+                    metrics[f"{name}_{key}_{cname}"] = stats[key]
+            artifacts += [f"{name}/{f}" for f in FILES]
+    out.write_json("summary.json", {"classes": classes, "splits": splits, "reports": summary,
+                                    "primary": cfg.evaluate.split})
+    primary = cfg.evaluate.split
+    return out.finish(cfg, upstream, {
+        "cases": {c: {"split": s} for s, ids in splits.items() for c in ids},
+        "quarantine": [],
+        "artifacts": ["summary.json", "plan.json", *artifacts],
+        "metrics": {k: v for k, v in metrics.items() if np.isfinite(v)},
+        "headline": {k: metrics[k] for k in (f"{primary}_accuracy", f"{primary}_balanced_accuracy",
+                                             f"{primary}_roc_auc_macro_ovr") if np.isfinite(metrics[k])},
+    })

@@ -1,0 +1,139 @@
+"""Reconstruction: (detectors, angles) sinograms in, (S, S) images out.
+
+The exported network is the sinogram-input reconstructor: the FBP layer of the
+training geometry, then the image-to-image network, so the plan's only
+preprocessing is the geometry the sinograms must have.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medflow.inference.plan import InferencePlan
+from medflow.tasks.base import Net, Task, cell
+
+
+class Reconstruction(Task):
+    family = "reconstruction"
+    input_kind = ".npy"
+    trained_by = "train_recon"
+    selection = {"metric": "best_val_loss", "stage": "train_recon", "greater_is_better": False}
+
+    def loss_and_metrics(self, tc, n_classes: int) -> tuple:
+        import keras
+
+        l1 = tc.loss == "l1"
+        loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
+        return loss, [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
+
+    def inference_plan(self, cfg, facts: dict) -> InferencePlan:
+        """``facts``: the geometry the model was trained for."""
+        geometry = facts["geometry"]
+        return InferencePlan(family=self.family, input_shape=(geometry["detectors"], len(geometry["angles_deg"])),
+                             geometry=geometry, selection={**self.selection, "loss": cfg.train.loss})
+
+    def export_data(self, cfg, train_info: dict, scored) -> dict:
+        sim = cfg.simulate
+        return {"source": sim.source if sim.source == "ellipses" else str(sim.root),
+                "train_images": train_info["train_images"], "val_images": train_info["val_images"],
+                "test_images": json.loads(scored.file("summary.json").read_text())["test_images"]}
+
+    # -- inference -----------------------------------------------------------------------------
+    def is_input(self, path: Path) -> bool:
+        return Path(path).name.endswith(".npy")
+
+    def case_name(self, path) -> str:
+        name = Path(str(path)).name
+        return name[: -len(".npy")] if name.endswith(".npy") else name
+
+    def read_input(self, plan: InferencePlan, path) -> np.ndarray:
+        from medflow.inference.outputs import read_sinogram
+
+        return read_sinogram(path, tuple(plan.input_shape))
+
+    def infer(self, plan: InferencePlan, net: Net, case: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """(N, S, S) float32 images of (N, detectors, angles) sinograms (one (D, A) sinogram: (1, S, S))."""
+        sinograms = np.asarray(case, dtype=np.float32)
+        if sinograms.ndim == 2:
+            sinograms = sinograms[None]
+        shape = tuple(plan.input_shape)
+        if sinograms.shape[1:] != shape:
+            raise ValueError(f"sinogram shape {sinograms.shape[1:]}, the model expects {shape} (detectors, angles)")
+        out = [np.asarray(net(sinograms[i:i + batch_size]))[..., 0] for i in range(0, len(sinograms), batch_size)]
+        return np.concatenate(out).astype(np.float32)
+
+    def predict_files(self, plan, net, files, output, *, bad, progress=None, batch_size: int = 16,
+                      suffix: str = "") -> list[str]:
+        """Sinograms go through the network ``batch_size`` at a time; a bad file leaves its batch going."""
+        written = []
+        for start in range(0, len(files), batch_size):
+            good, arrays = [], []
+            for path in files[start:start + batch_size]:
+                try:
+                    arrays.append(self.read_input(plan, path))
+                    good.append(path)
+                except ValueError as err:
+                    bad(path, err)
+            if arrays:
+                for path, image in zip(good, self.infer(plan, net, np.stack(arrays), batch_size)):
+                    self.write_result(plan, image, output, self.case_name(path), None)
+                    written.append(self.case_name(path))
+            if progress is not None:
+                progress.update(len(files[start:start + batch_size]))
+        return written
+
+    def write_result(self, plan, result: np.ndarray, output: Path, name: str, case) -> None:
+        from medflow.inference.outputs import write_reconstruction
+
+        write_reconstruction(Path(output), name, result, plan.geometry or {})
+
+    # -- serving -------------------------------------------------------------------------------
+    def case_from_row(self, plan: InferencePlan, row: dict) -> np.ndarray:
+        sino = cell(row, "sinogram")
+        if sino is not None:
+            return np.asarray(sino, dtype=np.float32)
+        path = cell(row, "path")
+        if path is None:
+            raise ValueError("no input: give path or sinogram")
+        return self.read_input(plan, path)
+
+    def answer(self, plan: InferencePlan, result: np.ndarray, case) -> dict:
+        return {"image": result[0].tolist()}
+
+    def signature(self, plan: InferencePlan) -> tuple[list, list]:
+        return [("path", "string", False), ("sinogram", ("array", 2), False)], [("image", ("array", 2), False)]
+
+    # -- review --------------------------------------------------------------------------------
+    def card(self, plan: dict) -> dict:
+        g, (d, a) = plan["geometry"], plan["input_shape"]
+        s = g["image_size"]
+        carried = [f"Parallel beam, {len(g['angles_deg'])} angles from {g['angles_deg'][0]} to {g['angles_deg'][-1]} "
+                   f"degrees, {g['detectors']} detectors, FBP with the {g['fbp_filter']} filter "
+                   f"(frequency scaling {g.get('frequency_scaling', 1.0)}) inside the model graph",
+                   f"Sinogram units: {g.get('units', 'line integrals')}"]
+        return {"input": f"a ({d}, {a}) sinogram (detectors, angles) as `.npy`",
+                "output": f"a {s}x{s} image ({g.get('units', 'attenuation')})", "carried": carried,
+                "predict_input": "SINOGRAMS_DIR",
+                "limits": ["Only sinograms of exactly this geometry (angles, detectors, units) are valid inputs."]}
+
+    def summary_lines(self, stage_folder: Path) -> list[str]:
+        """PSNR / SSIM (mean +/- sd over the test images) per method, as DIVal reports them."""
+        path = Path(stage_folder) / "summary.json"
+        if not path.exists():
+            return []
+        s = json.loads(path.read_text())
+        lines = ["", f"  test set, {s['test_images']} images; PSNR (dB) and SSIM, data_range = max(gt) - min(gt):"]
+        scaling = s.get("fbp_frequency_scaling", {})
+        for method, m in s["methods"].items():
+            note = f"  (frequency scaling {scaling[method[4:]]})" if method[4:] in scaling else ""
+            lines.append(f"    {method:<11} PSNR {m['psnr_mean']:.2f} +/- {m['psnr_sd']:.2f}  "
+                         f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}{note}")
+        return lines
+
+    def evaluate(self, cfg, upstream, out, ctx, plan, train):
+        from medflow.tasks.evaluation import reconstruction
+
+        return reconstruction.run(cfg, upstream, out, ctx, plan, train)

@@ -1,0 +1,57 @@
+"""What the two volume families (segmentation, classification) share: their plan, data note and card."""
+
+from __future__ import annotations
+
+from medflow.data.preprocess import PreprocessPlan
+from medflow.inference.plan import InferencePlan, InferenceSettings, Window
+
+
+def volume_plan(task, cfg, facts: dict) -> InferencePlan:
+    """The inference plan of a volume model trained with ``cfg``.
+
+    Args:
+        task: the family's Task.
+        cfg: the pipeline config (loader: windows and crops; evaluate: inference settings; augment: seed).
+        facts: classes, channels, input_shape, and preprocess (the preprocess stage's plan.json).
+    """
+    ld = cfg.loader
+    pre = facts["preprocess"]
+    fields = PreprocessPlan.__dataclass_fields__
+    return InferencePlan(
+        family=task.family, classes=tuple(facts["classes"]), channels=tuple(facts["channels"]),
+        input_shape=tuple(facts["input_shape"]),
+        preprocess=PreprocessPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items() if k in fields}),
+        window=Window(mode=ld.mode, patch_size=tuple(ld.patch_size), slice_axis=ld.slice_axis, crop=ld.crop),
+        inference=inference_settings(cfg),
+        selection=dict(task.selection))
+
+
+def inference_settings(cfg) -> InferenceSettings:
+    """The inference pass's settings from ``cfg`` (evaluate's section; the crop count follows the loader)."""
+    ev = cfg.evaluate
+    return InferenceSettings(overlap=ev.overlap, batch_size=ev.batch_size, mirror_axes=tuple(ev.mirror_axes),
+                             samples=1 if cfg.loader.crop == "center" else cfg.train.val_samples_per_case,
+                             seed=cfg.augment.seed)
+
+
+def volume_export_data(cfg, info: dict, evaluated: int) -> dict:
+    return {"source": str(cfg.dataset.root) if cfg.dataset else "", "train_cases": len(info["train_cases"]),
+            "val_cases": len(info["val_cases"]), "evaluated_cases": evaluated, "fold": info["fold"]}
+
+
+def volume_card(plan: dict, output: str, windows: str) -> tuple[str, str, list[str]]:
+    """(input, output, preprocessing lines) of a volume model's card; ``windows`` ends the window line."""
+    p, w = plan["preprocess"], plan["window"]
+    carried = [f"Reoriented to {p.get('orientation', 'RAS')}, resampled to {p['spacing']} mm",
+               f"Normalization per channel: {dict(zip(plan['channels'], p['normalization']))}"
+               f" (CT window {p['ct_window']} HU, MR percentiles {p['mr_percentiles']})",
+               f"Crop to foreground: {p['crop_to_foreground']} (margin {p['crop_margin']} voxels)",
+               f"{w['mode'].upper()} windows of {w['patch_size']}"
+               + (f" along axis {w['slice_axis']}" if w["mode"] == "2d" else "") + windows]
+    text = f"a NIfTI volume with {len(plan['channels'])} channel(s) ({', '.join(plan['channels'])}), any orientation"
+    return text, output, carried
+
+
+def volume_limits(plan: dict) -> list[str]:
+    return [f"Trained on {plan['data'].get('train_cases', '?')} case(s); performance outside that population "
+            "is unmeasured."]
