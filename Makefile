@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow test-all bench lock ui clean-workspace help
+.PHONY: install run test test-slow test-all bench lock ui mlflow-run clean-workspace help
 
 help:
 	@echo "make run        install, build demo sample data, run the main job, print a summary"
@@ -22,6 +22,7 @@ help:
 	@echo "make test-slow  slow end-to-end tests"
 	@echo "make bench      medflow bench suite: ingest, augment, train, infer; medians to JSON + Markdown"
 	@echo "make ui         MLflow UI on 127.0.0.1"
+	@echo "make mlflow-run PIPELINE=segmentation   the pipeline as an MLflow project run (mlflow run mlflow/)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,17 @@ bench: install
 
 ui: install
 	$(BIN)/medflow ui
+
+# `mlflow run` of mlflow/MLproject into the project's store. MLflow would create a missing experiment
+# with artifacts under ./mlruns of the working directory, so medflow creates it first, with its artifacts
+# beside the store (mlflow/artifacts/<name>): nothing is written into the checkout outside mlflow/.
+PIPELINE ?= segmentation
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow/mlflow.db
+mlflow-run: install
+	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/python -c \
+		"from medflow.tracking.runs import MlflowTracker; MlflowTracker().experiment_id('$(basename $(notdir $(PIPELINE)))')"
+	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/mlflow run mlflow --env-manager local \
+		--experiment-name $(basename $(notdir $(PIPELINE))) -P pipeline=$(PIPELINE) -P profile=$(PROFILE)
 
 # Re-pin every transitive dependency from the current venv.
 lock: install

@@ -11,13 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from medflow.data.atomic import publish
+from medflow.data.atomic import write_atomic
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 META_KEY = "meta.json"
@@ -32,12 +30,8 @@ def write_case(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
         meta: JSON-serializable metadata (affines, provenance, normalization).
         compress: deflate the members (smaller, slower to write and read).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    os.close(fd)
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    try:
+    with write_atomic(path, suffix=".npz") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as zf:
             for name in sorted(arrays):
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
@@ -50,11 +44,6 @@ def write_case(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
             info.external_attr = 0o644 << 16
             zf.writestr(info, json.dumps(meta, sort_keys=True, indent=1))
         digest = file_sha256(tmp)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return digest
 
 

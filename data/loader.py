@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medflow.data.atomic import write_atomic
 from medflow.data.augment import Chain, sample_seed
 from medflow.data.casefile import read_case
 from medflow.data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
@@ -64,9 +65,8 @@ class CaseStore:
                 arrays, _ = read_case(self.files[cid])
                 folder.mkdir(parents=True, exist_ok=True)
                 for name, arr in arrays.items():
-                    tmp = folder / f".tmp-{name}.npy"
-                    np.save(tmp, arr)
-                    os.replace(tmp, folder / f"{name}.npy")
+                    with write_atomic(folder / f"{name}.npy", suffix=".npy") as tmp:
+                        np.save(tmp, arr)
             return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))
                     if not p.name.startswith(".")}
         arrays, _ = read_case(self.files[cid], names=("image", "label"))

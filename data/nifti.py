@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medflow.data.atomic import publish
+from medflow.data.atomic import write_atomic
 
 # Deflate cannot expand data by more than ~1032:1, so a gzip file of N bytes can
 # never hold more than this many times N bytes of voxels.
@@ -244,12 +243,5 @@ def save_atomic(img, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with write_atomic(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,8 +7,8 @@ rebuilt from the layer's config (geometry only), so nothing large is stored in a
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from medflow.data.ct.fbp import backprojection_tables, filter_matrix, fourier_filter

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from medflow.data.atomic import publish
+from medflow.data.atomic import publish, write_atomic
 
 KERAS, SAVED_MODEL, ONNX = "model.keras", "saved_model", "model.onnx"
 RUNTIMES = ("keras", "saved_model", "onnx")
@@ -40,15 +39,6 @@ def load_keras(path, compile: bool = False):
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Swap a finished temporary folder in for ``dest`` (a rename, so no half-written folder is visible)."""
-    if dest.exists():
-        trash = dest.with_name(f".trash-{dest.name}-{os.getpid()}")
-        os.replace(dest, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    publish(tmp, dest)
-
-
 def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> dict[str, str]:
     """Write ``model`` to ``folder`` in each of ``formats``, each one atomically.
 
@@ -65,25 +55,17 @@ def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> 
     written = {}
     for fmt in formats:
         if fmt == "keras":
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-            os.close(fd)
-            model.save(tmp)
-            publish(tmp, folder / KERAS)
+            with write_atomic(folder / KERAS, suffix=".keras") as tmp:
+                model.save(tmp)
             written[fmt] = KERAS
         elif fmt == "saved_model":
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-            model.export(str(tmp / "sm"), format="tf_saved_model", verbose=False)
-            _replace_dir(tmp / "sm", folder / SAVED_MODEL)
-            tmp.rmdir()
+            with write_atomic(folder / SAVED_MODEL, folder=True) as tmp:
+                tmp.rmdir()  # the exporter makes the folder itself
+                model.export(str(tmp), format="tf_saved_model", verbose=False)
             written[fmt] = SAVED_MODEL
         elif fmt == "onnx":
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
-            os.close(fd)
-            try:
-                model.export(tmp, format="onnx", verbose=False)
-                publish(tmp, folder / ONNX)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            with write_atomic(folder / ONNX, suffix=".onnx") as tmp:
+                model.export(str(tmp), format="onnx", verbose=False)
             written[fmt] = ONNX
         else:
             raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(RUNTIMES)}")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from medflow.data.casefile import read_meta
+from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -18,12 +18,12 @@ Layout under the build folder::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medflow.data.atomic import write_atomic
 from medflow.data.casefile import file_sha256, read_case, write_case
 from medflow.data.ct.phantoms import draw_ellipses, phantom, phantom_seed
 from medflow.data.ct.physics import add_gaussian_noise, fbp, midpoint_angles, n_detectors, simulate_oversampled
@@ -130,9 +130,8 @@ def write_manifest(folder: Path, spec: dict, geometry: dict, counts: dict, chunk
                 "chunks": {split: [{"file": str(p.relative_to(folder)), "sha256": file_sha256(p)} for p in paths]
                            for split, paths in chunks.items()}, **(extra or {})}
     path = Path(folder) / MANIFEST
-    tmp = path.with_name(f".tmp-{MANIFEST}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    with write_atomic(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medflow.data.atomic import write_atomic
 from medflow.data.nifti import write_nifti
 from medflow.data.sample.synth import LESION_KINDS, Template, draw_subject, synthesize, tissue_labels
 
@@ -78,9 +78,8 @@ def _lesion_subject(args) -> dict:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with write_atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _prepare(out_dir: Path, stamp: dict, index_file: str) -> bool:

@@ -14,10 +14,9 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-
 import numpy as np
 
-from medflow.core.workspace import project_root, sample_root
+from medflow.core.workspace import sample_root
 
 
 def _decode(path: str) -> int:
@@ -36,10 +35,10 @@ def _raw_decode(files: list[str], workers: int) -> tuple[float, int]:
 
 
 def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
-    from medflow.data.sample.build import SIZES, build_tissue
     from medflow.core.config import load_config, packaged_config
     from medflow.core.progress import Progress
     from medflow.core.runner import run_pipeline
+    from medflow.data.sample.build import SIZES, build_tissue
 
     workers = workers or os.cpu_count() or 1
     root = sample_root(size)
@@ -81,9 +80,9 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
 
 def _ensure_preprocessed(cfg, size: str, seed: int):
     """Sample data + ingest/preprocess of ``cfg`` (reused when already done); returns the preprocess output."""
-    from medflow.data.sample.build import SIZES, build_tissue
     from medflow.core.progress import Progress
     from medflow.core.runner import run_pipeline
+    from medflow.data.sample.build import SIZES, build_tissue
 
     with Progress(SIZES[size]["brain_tissue"], "bench: sample data", unit="subject") as bar:
         build_tissue(sample_root(size), size=size, seed=seed, workers=os.cpu_count() or 1, progress=bar)

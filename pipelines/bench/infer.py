@@ -25,17 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-
 RUNTIMES = ("keras", "saved_model", "onnx")
 
 
 def _seg_bundle(folder: Path) -> Path:
     """A bundle with the default segmentation config's network (untrained) and inference settings."""
+    from medflow.core.config import load_config, packaged_config
     from medflow.data.preprocess import PreprocessPlan
     from medflow.data.sample.build import TISSUE_CLASSES
     from medflow.models.registry import build_model
     from medflow.models.runtimes import export_formats
-    from medflow.core.config import load_config, packaged_config
     from medflow.tasks import TASKS
 
     cfg = load_config(packaged_config("segmentation"))
@@ -52,11 +51,11 @@ def _seg_bundle(folder: Path) -> Path:
 
 
 def _recon_bundle(folder: Path) -> Path:
+    from medflow.core.config import load_config, packaged_config
     from medflow.data.ct.ellipses import EllipsesSpec
     from medflow.models.reconstruction import sinogram_model
     from medflow.models.registry import build_model
     from medflow.models.runtimes import export_formats
-    from medflow.core.config import load_config, packaged_config
     from medflow.tasks import TASKS
 
     cfg = load_config(packaged_config("reconstruction"))
@@ -87,7 +86,6 @@ def _volume_rows(spec, repeats: int) -> tuple[list[str], dict]:
     from nilearn import datasets
 
     from medflow.inference.predict import open_model
-
     from medflow.tasks.base import VolumeCase
 
     t1 = datasets.load_mni152_template(resolution=1)

@@ -7,8 +7,8 @@ import sys
 
 def cmd_bench(args) -> int:
     from medflow.cli.exit_codes import EXIT_CONFIG
-    from medflow.inference.bundle import BundleError
     from medflow.core.config import ConfigError
+    from medflow.inference.bundle import BundleError
     from medflow.inference.predict import PredictError
 
     try:

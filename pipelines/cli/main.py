@@ -25,9 +25,9 @@ def _examples(text: str) -> str:
 
 
 def cmd_sample_data(args) -> int:
-    from medflow.data.sample.build import SIZES, build_lesion, build_tissue
     from medflow.core.progress import Progress
     from medflow.core.workspace import sample_root
+    from medflow.data.sample.build import SIZES, build_lesion, build_tissue
 
     root = sample_root(args.size)
     workers = args.workers or os.cpu_count() or 1
@@ -80,9 +80,8 @@ def cmd_run(args) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
-    from medflow.tracking.runs import MlflowTracker
-
     from medflow.core.engine import parse_shard
+    from medflow.tracking.runs import MlflowTracker
 
     try:
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
@@ -168,9 +167,9 @@ def cmd_augment_preview(args) -> int:
 
     from medflow.core.config import ConfigError, load_config
     from medflow.core.engine import StageFailed
-    from medflow.training.inputs import build_source
     from medflow.core.runner import finished_output
     from medflow.core.workspace import workspace_root
+    from medflow.training.inputs import build_source
 
     try:
         cfg = load_config(args.pipeline, args.set, args.profile)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from medflow.data.atomic import publish
-from medflow.data.nifti import CaseError
 from medflow.core.progress import Progress, log
+from medflow.data.atomic import write_atomic
+from medflow.data.nifti import CaseError
 
 MANIFEST = "manifest.json"
 _PROJECT = "medflow"  # the one import name; medflow.models and medflow.data live in other folders
@@ -207,8 +206,8 @@ class StageDir:
         """Create the folder and drop temporaries left by a killed run."""
         self.cases_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.path, self.cases_dir):
-            for tmp in folder.glob(".tmp-*"):
-                tmp.unlink(missing_ok=True)
+            for tmp in folder.glob(".tmp-*"):  # files, and folders such as a half-written checkpoint
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
     def reset(self) -> None:
         """Remove the folder (``--force``); a rename first, so no half-deleted folder is ever visible."""
@@ -225,15 +224,8 @@ class StageDir:
 
     def write_text(self, relpath: str, text: str) -> Path:
         dest = self.path / relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            publish(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with write_atomic(dest) as tmp:
+            tmp.write_text(text, encoding="utf-8")
         return dest
 
     def write_json(self, relpath: str, obj: Any) -> Path:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from medflow.data.atomic import publish
+from medflow.core.catalog import STAGES
 from medflow.core.engine import StageFailed
 from medflow.core.progress import log
-from medflow.core.catalog import STAGES
 from medflow.core.runner import NullTracker, make_context, plan_stages, run_stages
+from medflow.data.atomic import write_atomic
 
 PER_RUN = ("train", "evaluate")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr")
@@ -85,11 +83,8 @@ def _save(files: dict[str, str | bytes], tracker, parent_id, name: str) -> Path:
     dest = workspace_root() / "reports" / name
     dest.mkdir(parents=True, exist_ok=True)
     for fname, content in files.items():
-        fd, name_tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest)
-        os.close(fd)
-        tmp = Path(name_tmp)
-        tmp.write_bytes(content if isinstance(content, bytes) else content.encode())
-        publish(tmp, dest / fname)
+        with write_atomic(dest / fname) as tmp:
+            tmp.write_bytes(content if isinstance(content, bytes) else content.encode())
     if parent_id:
         tracker.log_to(parent_id, artifacts=[dest / f for f in files], folder=name.split("/")[0])
     return dest

@@ -11,9 +11,9 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from medflow.core.catalog import STAGES
 from medflow.core.engine import RunContext, ShardOutput, StageFailed, StageOutput
 from medflow.core.progress import log
-from medflow.core.catalog import STAGES
 
 
 @dataclass

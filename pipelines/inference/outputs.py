@@ -7,13 +7,11 @@ from the command line and one written by a served model are the same bytes.
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from medflow.data.atomic import publish
+from medflow.data.atomic import write_atomic
 from medflow.data.nifti import save_atomic, write_nifti
 
 
@@ -31,14 +29,8 @@ def read_sinogram(path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with write_atomic(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
 
 
 def image_affine(shape: tuple[int, int], geometry: dict) -> np.ndarray:
@@ -90,12 +82,5 @@ def label_nifti_bytes(labels: np.ndarray, affine: np.ndarray, reference=None) ->
 
 
 def write_csv_atomic(path: Path, frame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
-    os.close(fd)
-    try:
+    with write_atomic(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from medflow.data.atomic import write_atomic
 from medflow.data.nifti import CaseError
-from medflow.inference.bundle import Bundle, BundleError, load_bundle, read_plan
+from medflow.inference.bundle import Bundle, load_bundle, read_plan
+
 
 class PredictError(ValueError):
     """A problem with the model or the input set as a whole (one line)."""

@@ -19,11 +19,12 @@ import zlib
 
 import numpy as np
 
+from medflow.core.engine import StageDir, StageFailed, map_cases, quarantine_record, report_quarantine
+from medflow.data.atomic import write_atomic
 from medflow.data.fingerprint import aggregate, case_fingerprint
 from medflow.data.geometry import same_grid
 from medflow.data.layouts import DatasetError, DatasetListing, list_csv, list_msd
 from medflow.data.nifti import CaseError, Volume, read_nifti
-from medflow.core.engine import StageDir, StageFailed, map_cases, quarantine_record, report_quarantine
 
 
 def list_dataset(cfg) -> DatasetListing:
@@ -99,10 +100,8 @@ def ingest_case(job: dict) -> dict:
         "images": job["images"], "label": job["label"], "bytes": sum(v.nbytes_file for v in images),
         "dtype": str(ref.data.dtype), "fingerprint": fp,
     }
-    tmp = os.path.join(os.path.dirname(job["out"]), ".tmp-" + os.path.basename(job["out"]))
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, sort_keys=True)
-    os.replace(tmp, job["out"])
+    with write_atomic(job["out"]) as tmp:
+        tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
     return None
 
 

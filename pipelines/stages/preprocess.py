@@ -14,11 +14,11 @@ import json
 
 import numpy as np
 
+from medflow.core.engine import StageDir, StageFailed, map_cases
 from medflow.data.casefile import file_sha256, read_meta, write_case
 from medflow.data.geometry import axcodes
 from medflow.data.nifti import CaseError, read_nifti
 from medflow.data.preprocess import PreprocessPlan, preprocess_case, scheme_for_channel
-from medflow.core.engine import StageDir, StageFailed, map_cases
 
 SPACING_TOLERANCE = 1e-4  # mm
 

@@ -9,8 +9,8 @@ never draw their own.
 
 from __future__ import annotations
 
-from medflow.data.splits import SplitCase, SplitError, make_splits
 from medflow.core.engine import StageDir, StageFailed
+from medflow.data.splits import SplitCase, SplitError, make_splits
 
 
 def run(cfg, upstream, out: StageDir, ctx):

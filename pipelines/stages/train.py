@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from medflow.training import distributed
 from medflow.core.engine import ShardOutput, StageDir, StageFailed
+from medflow.training import distributed
 
 
 def _fold_cases(split, pre, fold: int) -> tuple[list[str], list[str]]:

@@ -13,10 +13,10 @@ sees the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from medflow.core.engine import StageDir, StageFailed
+from medflow.data.atomic import write_atomic
 from medflow.models.runtimes import load_keras
 
 
@@ -105,9 +105,8 @@ def run(cfg, upstream, out: StageDir, ctx):
     trainer.publish_model(out, state)
     geometry = sim.manifest["geometry"]
     net = load_keras(out.path / "model.keras")
-    tmp = out.path / ".tmp-reconstructor.keras"
-    sinogram_model(net, geometry).save(tmp)
-    tmp.replace(out.path / "reconstructor.keras")
+    with write_atomic(out.path / "reconstructor.keras", suffix=".keras") as tmp:
+        sinogram_model(net, geometry).save(tmp)
     out.write_json("geometry.json", geometry)
     family.inference_plan(cfg, {"geometry": geometry}).save(out.path, out.write_json)
     out.write_json("train.json", {

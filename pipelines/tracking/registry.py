@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
-
 from medflow.data.atomic import write_atomic
 from medflow.tracking.runs import tracking_uri
 from medflow.tracking.signature import export_signature, requirements
+from mlflow import MlflowClient
 
 
 def register_bundle(client: MlflowClient, folder, info: dict) -> dict:

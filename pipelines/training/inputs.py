@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
+from medflow.core.engine import StageFailed, StageOutput
 from medflow.data.augment import Chain
 from medflow.data.loader import CaseStore, SampleSource
 from medflow.data.sampling import SamplerConfig
-from medflow.core.engine import StageFailed, StageOutput
 
 
 def sampler_config(cfg) -> SamplerConfig:

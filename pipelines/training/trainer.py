@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from medflow.data.atomic import write_atomic
 from medflow.models.registry import build_model
 from medflow.models.runtimes import load_keras
 
@@ -31,9 +31,8 @@ POINTER = "last.json"
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with write_atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
 
 
 def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int):
@@ -105,17 +104,12 @@ class StageCheckpoint(keras.callbacks.Callback):
         self.state["epoch"] = epoch
         if improved:
             self.state.update(best=value, best_epoch=epoch)
-            tmp = self.folder / ".tmp-best.keras"
-            self.model.save(tmp)
-            os.replace(tmp, self.folder / "best.keras")
+            with write_atomic(self.folder / "best.keras", suffix=".keras") as tmp:
+                self.model.save(tmp)
         ckpt = self.folder / f"ckpt-{epoch:04d}"
-        tmp_dir = self.folder / f".tmp-ckpt-{epoch:04d}"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
-        self.model.save(tmp_dir / "model.keras")
-        _write_json(tmp_dir / "state.json", self.state)
-        shutil.rmtree(ckpt, ignore_errors=True)
-        os.replace(tmp_dir, ckpt)
+        with write_atomic(ckpt, folder=True) as tmp_dir:
+            self.model.save(tmp_dir / "model.keras")
+            _write_json(tmp_dir / "state.json", self.state)
         previous = self.folder / POINTER
         old = json.loads(previous.read_text())["dir"] if previous.exists() else None
         _write_json(previous, {"dir": ckpt.name, "epoch": epoch})  # the switch to the new checkpoint
@@ -172,8 +166,6 @@ def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: P
 
 def publish_model(out, state: dict) -> None:
     """End of training: the best epoch's model becomes ``model.keras``; ``history.csv`` beside it."""
-    from medflow.data.atomic import write_atomic
-
     with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:
         shutil.copyfile(out.path / "best.keras", tmp)
     out.write_text("history.csv", history_csv(state["history"]))

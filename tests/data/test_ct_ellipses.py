@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from medflow.data.ct.ellipses import MANIFEST, EllipsesSpec, build, load_split, make_sample
 from medflow.core.progress import Progress
+from medflow.data.ct.ellipses import MANIFEST, EllipsesSpec, build, load_split, make_sample
 
 SPEC = EllipsesSpec(size=32, angles=12, counts={"train": 5, "validation": 2, "test": 3}, chunk=2)
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from medflow.data.ct.phantoms import MAX_ELLIPSES, draw_ellipses, normalization, phantom, phantom_seed, render_ellipses
-from medflow.data.ct.physics import (add_gaussian_noise, fbp, fbp_hu, forward, midpoint_angles, n_detectors,
-                             simulate_hu_slice, simulate_oversampled)
+from medflow.data.ct.physics import (
+    add_gaussian_noise,
+    fbp,
+    fbp_hu,
+    forward,
+    midpoint_angles,
+    n_detectors,
+    simulate_hu_slice,
+    simulate_oversampled,
+)
 
 ANGLES = midpoint_angles(30)
 

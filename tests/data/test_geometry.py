@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medflow.data.geometry import (axcodes, canonical_spacing, crop, foreground_bbox, resample_to_spacing, to_canonical,
-                           voxel_spacing, voxel_to_world, world_to_voxel)
+from medflow.data.geometry import (
+    axcodes,
+    canonical_spacing,
+    crop,
+    foreground_bbox,
+    resample_to_spacing,
+    to_canonical,
+    voxel_spacing,
+    voxel_to_world,
+    world_to_voxel,
+)
 from tests.helpers import make_affine
 
 AFFINES = {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from medflow.data.ct.ellipses import EllipsesSpec
-from medflow.models.registry import build_model
 from medflow.models.reconstruction import sinogram_model
+from medflow.models.registry import build_model
 from medflow.models.runtimes import KERAS, ONNX, SAVED_MODEL, export_formats, load_runtime, parity
 
 BUILDERS = [

@@ -16,13 +16,13 @@ def main(config: str, out: str) -> None:
     import keras
     import numpy as np
 
+    from medflow.core.config import load_config
+    from medflow.core.runner import finished_output
     from medflow.data.augment import Chain
     from medflow.data.loader import SampleSource, make_dataset
     from medflow.training import trainer
-    from medflow.core.config import load_config
     from medflow.training.distributed import cluster, fit_distributed, multi_worker_strategy
     from medflow.training.inputs import build_source
-    from medflow.core.runner import finished_output
 
     cfg = load_config(config)
     pre, split = finished_output(cfg, "preprocess"), finished_output(cfg, "split")

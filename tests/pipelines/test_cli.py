@@ -55,10 +55,10 @@ def test_augment_preview_replays_the_training_sample(tmp_path, capsys, msd_root)
 
     import numpy as np
 
-    from medflow.data.loader import make_dataset
     from medflow.core.config import load_config
-    from medflow.training.inputs import build_source
     from medflow.core.runner import finished_output
+    from medflow.data.loader import make_dataset
+    from medflow.training.inputs import build_source
 
     extra = ("loader: {mode: 2d, patch_size: [16, 16], samples_per_case: 2, batch_size: 1}\n"
              "augment: {seed: 4, transforms: [{name: affine2d, p: 1.0, rotate: [-30, 30]}, {name: gamma}]}\n")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from medflow.core.config import load_config
-from medflow.training.distributed import cluster
 from medflow.core.runner import run_pipeline
+from medflow.training.distributed import cluster
 from tests.helpers import make_msd, write_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from mlflow import MlflowClient
 
 from medflow.core.runner import run_pipeline
 from medflow.tracking.runs import MlflowTracker
+from mlflow import MlflowClient
 from tests.helpers import make_msd, read_splits, run_evaluation
 
 EXTRA = """

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from mlflow import MlflowClient
 
 from medflow.core.config import load_config
 from medflow.tracking.runs import MlflowTracker
+from mlflow import MlflowClient
 from tests.helpers import EVAL_STAGES, make_cls_dataset, read_splits, run_evaluation, write_pipeline
 
 EXTRA = """

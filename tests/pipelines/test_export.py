@@ -9,20 +9,20 @@ import os
 import shutil
 from pathlib import Path
 
-import mlflow
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
-from medflow.inference.bundle import BundleError, load_bundle
+import mlflow
 from medflow.cli.main import main
 from medflow.core.config import load_config
 from medflow.core.runner import run_pipeline
+from medflow.inference.bundle import BundleError, load_bundle
 from medflow.inference.serving import PipelineModel, gunzip_b64
 from medflow.tasks.base import VolumeCase
 from medflow.tracking.runs import MlflowTracker
+from mlflow import MlflowClient
 from tests.helpers import make_cls_dataset, make_msd, write_pipeline
 
 STAGES = "[ingest, preprocess, split, train, evaluate, export]"

@@ -8,19 +8,19 @@ import json
 from pathlib import Path
 
 import keras
-import mlflow
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
-from medflow.data.ct.ellipses import load_split
+import mlflow
 from medflow.cli.main import main
 from medflow.core.config import ConfigError, load_config
 from medflow.core.runner import run_pipeline
+from medflow.data.ct.ellipses import load_split
 from medflow.stages.train_recon import epoch_batches
 from medflow.tracking.runs import MlflowTracker
+from mlflow import MlflowClient
 
 PIPELINE = """
 name: recon_test

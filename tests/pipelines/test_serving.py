@@ -17,9 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medflow.data.ct.ellipses import load_split
 from medflow.core.config import load_config
 from medflow.core.runner import run_pipeline
+from medflow.data.ct.ellipses import load_split
 from medflow.inference.serving import gunzip_b64
 from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_cls_dataset, make_msd, write_pipeline

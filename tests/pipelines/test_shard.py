@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medflow.data.ct.ellipses import EllipsesSpec
-from medflow.inference.plan import InferencePlan
-from medflow.models.reconstruction import sinogram_model
-from medflow.models.registry import build_model
 from medflow.cli.main import main
 from medflow.core.config import load_config
 from medflow.core.engine import StageFailed, parse_shard, shard_ids
 from medflow.core.runner import run_pipeline
+from medflow.data.ct.ellipses import EllipsesSpec
+from medflow.inference.plan import InferencePlan
+from medflow.models.reconstruction import sinogram_model
+from medflow.models.registry import build_model
 from tests.helpers import make_msd, write_pipeline
 
 

@@ -10,11 +10,11 @@ import struct
 import numpy as np
 import pytest
 
-from medflow.data.casefile import read_case
-from medflow.data.geometry import voxel_to_world
 from medflow.core.config import load_config
 from medflow.core.engine import StageFailed
 from medflow.core.runner import run_pipeline, stage_states
+from medflow.data.casefile import read_case
+from medflow.data.geometry import voxel_to_world
 from tests.helpers import add_msd_case, cube_case, make_affine, make_msd, save, write_pipeline
 
 

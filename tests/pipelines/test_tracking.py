@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 
-import mlflow
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
 from medflow.core.config import load_config
 from medflow.core.engine import StageFailed
 from medflow.core.runner import run_pipeline
 from medflow.tracking.runs import MlflowTracker
+from mlflow import MlflowClient
 from tests.helpers import make_msd, write_pipeline
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from mlflow import MlflowClient
 
 from medflow.core.config import load_config
 from medflow.core.runner import run_pipeline
 from medflow.tracking.runs import MlflowTracker
+from mlflow import MlflowClient
 from tests.helpers import make_msd, write_pipeline
 
 TRAIN = """

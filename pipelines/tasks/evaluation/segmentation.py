@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from medflow.data.nifti import CaseError, read_nifti
-from medflow.models.metrics import case_metrics, row_normalize
 from medflow.core.engine import StageDir, StageFailed, map_cases
+from medflow.data.nifti import CaseError, read_nifti
 from medflow.inference.plan import InferencePlan
+from medflow.models.metrics import case_metrics, row_normalize
 
 FIELDS = ("dice", "iou", "hd95_mm", "volume_true_ml", "volume_pred_ml", "volume_diff_ml", "volume_diff_pct")
 
