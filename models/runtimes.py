@@ -13,14 +13,12 @@ Layout of an export folder (the files this module owns):
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from medflow.data.atomic import publish, write_atomic
+from medflow.data.atomic import write_atomic
 
 KERAS, SAVED_MODEL, ONNX = "model.keras", "saved_model", "model.onnx"
 RUNTIMES = ("keras", "saved_model", "onnx")
