@@ -54,14 +54,15 @@ def case_fingerprint(
     return out
 
 
-def aggregate(records: list[dict], class_names: dict[int, str], task: str) -> dict:
+def aggregate(records: list[dict], class_names: dict[int, str], label_maps: bool) -> dict:
     """Combine per-case fingerprints into the dataset fingerprint.
 
     Args:
         records: one dict per valid case with the keys of :func:`case_fingerprint`
             plus ``target`` for classification.
         class_names: label value (or class index) -> name.
-        task: 'segmentation' or 'classification'.
+        label_maps: the classes are label-map values (segmentation: class voxel frequencies);
+            else they are case targets (class counts).
     """
     if not records:
         return {"n_cases": 0}
@@ -83,7 +84,7 @@ def aggregate(records: list[dict], class_names: dict[int, str], task: str) -> di
             **{f"p{p:g}": float(v) for p, v in zip(PERCENTILES, np.percentile(samples, PERCENTILES))},
         },
     }
-    if task == "segmentation":
+    if label_maps:
         values = sorted(class_names)
         total = np.sum([[_at(r["class_voxels"], v) for v in values] for r in records], axis=0)
         frac = total / max(total.sum(), 1)

@@ -118,7 +118,7 @@ def run_evaluation(tmp_path, root, extra, overrides=(), layout="msd"):
     Returns:
         (store URI, resolved config, the evaluate stage's result).
     """
-    from medflow.core.config import load_config
+    from medflow.core.loading import load_config
     from medflow.core.runner import run_pipeline
     from medflow.tracking.runs import MlflowTracker
 

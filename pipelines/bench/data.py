@@ -35,7 +35,7 @@ def _raw_decode(files: list[str], workers: int) -> tuple[float, int]:
 
 
 def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
-    from medflow.core.config import load_config, packaged_config
+    from medflow.core.loading import load_config, packaged_config
     from medflow.core.progress import Progress
     from medflow.core.runner import run_pipeline
     from medflow.data.sample.build import SIZES, build_tissue
@@ -115,7 +115,7 @@ def _rate(source, ids, n: int, batch: int) -> tuple[float, float]:
 
 def bench_augment(size: str = "demo", seed: int = 0) -> dict:
     """Samples/s of the default augmentation chains: 2D 256x256 slices and 3D 96^3 patches."""
-    from medflow.core.config import load_config, packaged_config
+    from medflow.core.loading import load_config, packaged_config
     from medflow.training.inputs import build_source
 
     path = packaged_config("segmentation")

@@ -30,7 +30,7 @@ RUNTIMES = ("keras", "saved_model", "onnx")
 
 def _seg_bundle(folder: Path) -> Path:
     """A bundle with the default segmentation config's network (untrained) and inference settings."""
-    from medflow.core.config import load_config, packaged_config
+    from medflow.core.loading import load_config, packaged_config
     from medflow.data.preprocess import PreprocessPlan
     from medflow.data.sample.build import TISSUE_CLASSES
     from medflow.models.registry import build_model
@@ -51,7 +51,7 @@ def _seg_bundle(folder: Path) -> Path:
 
 
 def _recon_bundle(folder: Path) -> Path:
-    from medflow.core.config import load_config, packaged_config
+    from medflow.core.loading import load_config, packaged_config
     from medflow.data.ct.ellipses import EllipsesSpec
     from medflow.models.reconstruction import sinogram_model
     from medflow.models.registry import build_model

@@ -114,7 +114,7 @@ def step_rounds(entries, steps: int = 5, repeats: int = 3) -> list[list[float]]:
 
 def _setup(model_name: str, pipeline, profiles, sets, batch: int | None):
     """(cfg, task, batch, n_classes, input_shape, compiled model) for ``model_name`` under the overrides."""
-    from medflow.core.config import load_config, packaged_config
+    from medflow.core.loading import load_config, packaged_config
     from medflow.models.registry import check_model
     from medflow.training import trainer
 

@@ -15,8 +15,9 @@ def _common(p) -> None:
 
 def _run(args, fn, **kwargs) -> int:
     from medflow.cli.exit_codes import EXIT_CONFIG, EXIT_FAILED
-    from medflow.core.config import ConfigError, load_config
+    from medflow.core.config import ConfigError
     from medflow.core.engine import StageFailed
+    from medflow.core.loading import load_config
     from medflow.tracking.runs import MlflowTracker
 
     try:

@@ -71,8 +71,9 @@ def _print_export(folder: Path) -> None:
 
 
 def cmd_run(args) -> int:
-    from medflow.core.config import ConfigError, load_config
+    from medflow.core.config import ConfigError
     from medflow.core.engine import StageFailed
+    from medflow.core.loading import load_config
     from medflow.core.runner import run_pipeline
 
     try:  # validate every pipeline before any work starts
@@ -80,7 +81,7 @@ def cmd_run(args) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
-    from medflow.core.engine import parse_shard
+    from medflow.core.cases import parse_shard
     from medflow.tracking.runs import MlflowTracker
 
     try:
@@ -117,8 +118,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from medflow.core.config import ConfigError, load_config
+    from medflow.core.config import ConfigError
     from medflow.core.engine import StageFailed
+    from medflow.core.loading import load_config
     from medflow.core.runner import stage_states
 
     try:
@@ -165,8 +167,9 @@ def cmd_ui(args) -> int:
 def cmd_augment_preview(args) -> int:
     import hashlib
 
-    from medflow.core.config import ConfigError, load_config
+    from medflow.core.config import ConfigError
     from medflow.core.engine import StageFailed
+    from medflow.core.loading import load_config
     from medflow.core.runner import finished_output
     from medflow.core.workspace import workspace_root
     from medflow.training.inputs import build_source

@@ -9,98 +9,23 @@ one can be resumed case by case.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from medflow.core.progress import Progress, log
+from medflow.core.keys import code_version, digest
+from medflow.core.progress import Progress
 from medflow.data.atomic import write_atomic
-from medflow.data.nifti import CaseError
 
 MANIFEST = "manifest.json"
-_PROJECT = "medflow"  # the one import name; medflow.models and medflow.data live in other folders
 
 
 class StageFailed(RuntimeError):
     """A stage could not finish (``--strict`` and a bad case, or a dataset-level error)."""
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
-@lru_cache(maxsize=None)
-def _module_file(name: str) -> Path | None:
-    """The source file of project module ``name``, wherever the package-dir mapping puts it."""
-    import importlib.util
-
-    if name.split(".")[0] != _PROJECT:
-        return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):  # `from pkg import attribute`: pkg.attribute is no module
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
-
-
-def _project_imports(path: Path) -> set[str]:
-    """Names of the project modules a file imports, anywhere in it (lazy imports included)."""
-    import ast
-
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
-    return {n for n in names if n.split(".")[0] == _PROJECT}
-
-
-@lru_cache(maxsize=None)
-def code_version(module: str) -> str:
-    """Package version plus a hash of ``module`` and every project module it imports, transitively.
-
-    Only code that can change a stage's outputs enters its key: editing the
-    augmentation code re-keys training, not ingest.
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ver = version("medflow")
-    except PackageNotFoundError:
-        ver = "0+unknown"
-    seen: dict[str, Path] = {}
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        path = _module_file(name)
-        if name in seen or path is None:
-            continue
-        seen[name] = path
-        todo.extend(_project_imports(path))
-    # Parent packages' __init__ files run on import too; their own imports (often a registry of
-    # sibling modules) are not followed, or every stage would depend on every other.
-    parents = {p for n in seen for p in (n.rsplit(".", i)[0] for i in range(1, n.count(".") + 1))}
-    modules = dict(seen) | {p: f for p in parents if (f := _module_file(p)) is not None}
-    h = hashlib.sha256()
-    for name in sorted(modules):  # module names, not paths: a checkout and a wheel key alike
-        h.update(name.encode())
-        h.update(modules[name].read_bytes())
-    return f"{ver}+{h.hexdigest()[:12]}"
 
 
 @dataclass
@@ -242,6 +167,8 @@ class StageDir:
             (jobs to run, quarantine records carried over from shards, the case ids in scope).
         """
         if ctx.shard is not None:
+            from medflow.core.cases import shard_ids  # cases builds on this module
+
             mine = set(shard_ids(ids, *ctx.shard))
             return [j for j in jobs if j[0] in mine], [], [c for c in ids if c in mine]
         reports = self.shard_reports(ctx.require_shards)
@@ -300,80 +227,3 @@ class ShardOutput:
         return self.report["quarantine"]
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"INDEX/COUNT"`` -> (index, count), 0 <= index < count."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise ValueError(f"--shard {text}: INDEX must be in 0..COUNT-1")
-    return index, count
-
-
-def shard_ids(ids: list[str], index: int, count: int) -> list[str]:
-    """Shard ``index`` of ``count``: every count-th case of the sorted ids, so shards differ by one at most
-    and every process computes the same split from the same listing."""
-    return sorted(ids)[index::count]
-
-
-def quarantine_record(case_id: str, error: Exception | str, source: str = "") -> dict:
-    if isinstance(error, CaseError):
-        return {"case_id": case_id, "path": error.path, "problem": error.problem, "error": str(error)}
-    if isinstance(error, Exception):
-        problem = f"unexpected {type(error).__name__}: {' '.join(str(error).split())}"
-    else:
-        problem = error
-    return {"case_id": case_id, "path": source, "problem": problem, "error": f"{source}: {problem}"}
-
-
-def report_quarantine(record: dict, ctx: RunContext, stage: str) -> None:
-    log(f"[{stage}] quarantined {record['case_id']}: {record['error']}")
-    if ctx.strict:
-        raise StageFailed(f"[{stage}] --strict: {record['error']}")
-
-
-def map_cases(
-    jobs: Iterable[tuple[str, str, Any]], worker: Callable[[Any], Any], ctx: RunContext, desc: str,
-    *, done: int = 0, total: int | None = None,
-) -> tuple[dict[str, Any], list[dict]]:
-    """Run ``worker(args)`` for each (case_id, source, args), in parallel when ctx.workers > 1.
-
-    The worker writes its own output atomically and returns a small summary, so
-    no volume travels between processes. A failing case is quarantined (or, with
-    --strict, fails the stage); the other cases carry on.
-
-    Returns:
-        (summaries by case id, quarantine records).
-    """
-    jobs = list(jobs)
-    results: dict[str, Any] = {}
-    quarantine: list[dict] = []
-    with ctx.progress(total if total is not None else done + len(jobs), desc) as bar:
-        bar.skip(done)
-
-        def settle(case_id, source, fn):
-            try:
-                results[case_id] = fn()
-            except Exception as err:  # one bad case must not stop the others
-                record = quarantine_record(case_id, err, source)
-                quarantine.append(record)
-                report_quarantine(record, ctx, desc)
-            bar.update(1)
-
-        if ctx.workers <= 1 or len(jobs) <= 1:
-            for case_id, source, args in jobs:
-                settle(case_id, source, lambda: worker(args))
-        else:
-            import multiprocessing as mp
-
-            # forkserver: workers never inherit a parent that may hold TensorFlow or MLflow threads.
-            with ProcessPoolExecutor(min(ctx.workers, len(jobs)), mp_context=mp.get_context("forkserver")) as pool:
-                futures = {pool.submit(worker, args): (case_id, source) for case_id, source, args in jobs}
-                try:
-                    for fut in as_completed(futures):
-                        settle(*futures[fut], fut.result)
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-    return results, sorted(quarantine, key=lambda r: r["case_id"])

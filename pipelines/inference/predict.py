@@ -94,7 +94,7 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
     quarantine = []
     suffix = ""
     if shard is not None:
-        from medflow.core.engine import shard_ids
+        from medflow.core.cases import shard_ids
 
         mine = set(shard_ids([str(f) for f in files], *shard))
         files = [f for f in files if str(f) in mine]

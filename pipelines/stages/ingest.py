@@ -19,7 +19,8 @@ import zlib
 
 import numpy as np
 
-from medflow.core.engine import StageDir, StageFailed, map_cases, quarantine_record, report_quarantine
+from medflow.core.cases import map_cases, quarantine_record, report_quarantine
+from medflow.core.engine import StageDir, StageFailed
 from medflow.data.atomic import write_atomic
 from medflow.data.fingerprint import aggregate, case_fingerprint
 from medflow.data.geometry import same_grid
@@ -131,7 +132,8 @@ def run(cfg, upstream, out: StageDir, ctx):
     valid = [c for c in listing.cases if not c.error]
     from medflow.tasks import task_for
 
-    label_values = sorted(listing.classes) if task_for(listing.task, listing.name).voxel_targets else []
+    label_maps = task_for(listing.task, listing.name).voxel_targets
+    label_values = sorted(listing.classes) if label_maps else []
     jobs = []
     for c in valid:
         if out.has(c.case_id, ".json"):
@@ -153,7 +155,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     if not records:
         raise StageFailed(f"{cfg.dataset.root}: no valid case ({len(quarantine)} quarantined)")
     fingerprint = aggregate([{**r["fingerprint"], "target": r["target"]} for r in records],
-                            listing.classes, listing.task)
+                            listing.classes, label_maps)
     out.write_json("fingerprint.json", fingerprint)
     out.write_text("cases.csv", _cases_table(records))
     out.write_json("quarantine.json", quarantine)

@@ -14,7 +14,8 @@ import json
 
 import numpy as np
 
-from medflow.core.engine import StageDir, StageFailed, map_cases
+from medflow.core.cases import map_cases
+from medflow.core.engine import StageDir, StageFailed
 from medflow.data.casefile import file_sha256, read_meta, write_case
 from medflow.data.geometry import axcodes
 from medflow.data.nifti import CaseError, read_nifti

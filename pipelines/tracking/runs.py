@@ -20,8 +20,8 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag  # noqa: E402
 
 import mlflow  # noqa: E402
-from medflow.core.config import dump_yaml, flatten  # noqa: E402
-from medflow.core.engine import code_version  # noqa: E402
+from medflow.core.keys import code_version
+from medflow.core.loading import dump_yaml, flatten
 from medflow.core.workspace import mlflow_dir, project_root  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 

@@ -16,7 +16,7 @@ def main(config: str, out: str) -> None:
     import keras
     import numpy as np
 
-    from medflow.core.config import load_config
+    from medflow.core.loading import load_config
     from medflow.core.runner import finished_output
     from medflow.data.augment import Chain
     from medflow.data.loader import SampleSource, make_dataset

@@ -19,7 +19,7 @@ def test_balanced_weights_match_scikit_learn():
 
 
 def test_train_stage_passes_weights_to_fit(tmp_path, monkeypatch):
-    from medflow.core.config import load_config
+    from medflow.core.loading import load_config
     from medflow.core.runner import run_pipeline
     from tests.helpers import make_cls_dataset, write_pipeline
 

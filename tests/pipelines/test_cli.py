@@ -55,7 +55,7 @@ def test_augment_preview_replays_the_training_sample(tmp_path, capsys, msd_root)
 
     import numpy as np
 
-    from medflow.core.config import load_config
+    from medflow.core.loading import load_config
     from medflow.core.runner import finished_output
     from medflow.data.loader import make_dataset
     from medflow.training.inputs import build_source

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medflow.core.config import ConfigError, flatten, load_config, parse_override
+from medflow.core.config import ConfigError
+from medflow.core.loading import flatten, load_config, parse_override
 from tests.helpers import write_pipeline
 
 

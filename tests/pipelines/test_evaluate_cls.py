@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.tracking.runs import MlflowTracker
 from mlflow import MlflowClient
 from tests.helpers import EVAL_STAGES, make_cls_dataset, read_splits, run_evaluation, write_pipeline

@@ -16,7 +16,7 @@ import pytest
 
 import mlflow
 from medflow.cli.main import main
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.inference.bundle import BundleError, load_bundle
 from medflow.inference.serving import PipelineModel, gunzip_b64

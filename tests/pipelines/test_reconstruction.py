@@ -15,7 +15,8 @@ import pytest
 
 import mlflow
 from medflow.cli.main import main
-from medflow.core.config import ConfigError, load_config
+from medflow.core.config import ConfigError
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import load_split
 from medflow.stages.train_recon import epoch_batches

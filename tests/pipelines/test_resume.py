@@ -16,7 +16,7 @@ from tests.helpers import make_msd, write_pipeline
 DRIVER = """
 import os, sys, time
 import medflow.stages.preprocess as pp
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 
 slow = float(os.environ.get("SLOW", "0"))

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import load_split
 from medflow.inference.serving import gunzip_b64

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from medflow.cli.main import main
-from medflow.core.config import load_config
-from medflow.core.engine import StageFailed, parse_shard, shard_ids
+from medflow.core.cases import parse_shard, shard_ids
+from medflow.core.engine import StageFailed
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import EllipsesSpec
 from medflow.inference.plan import InferencePlan

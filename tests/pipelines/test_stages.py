@@ -10,8 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-from medflow.core.config import load_config
 from medflow.core.engine import StageFailed
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline, stage_states
 from medflow.data.casefile import read_case
 from medflow.data.geometry import voxel_to_world
@@ -178,7 +178,7 @@ def test_csv_classification_dataset(tmp_path):
 
 
 def test_code_version_follows_the_stage_imports():
-    from medflow.core.engine import _module_file, _project_imports, code_version
+    from medflow.core.keys import _module_file, _project_imports, code_version
 
     ingest_deps = _project_imports(_module_file("medflow.stages.ingest"))
     assert {"medflow.data.nifti", "medflow.data.fingerprint", "medflow.data.layouts", "medflow.core.engine"} <= ingest_deps

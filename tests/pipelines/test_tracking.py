@@ -8,8 +8,8 @@ import os
 import pytest
 
 import mlflow
-from medflow.core.config import load_config
 from medflow.core.engine import StageFailed
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.tracking.runs import MlflowTracker
 from mlflow import MlflowClient

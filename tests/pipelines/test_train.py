@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.tracking.runs import MlflowTracker
 from mlflow import MlflowClient
@@ -60,7 +60,7 @@ def test_train_stage_logs_and_saves(tmp_path):
 DRIVER = """
 import os, sys
 import medflow.training.trainer as tr
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 
 stop_after = int(os.environ.get("STOP_AFTER", "-1"))

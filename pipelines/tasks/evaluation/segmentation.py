@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from medflow.core.engine import StageDir, StageFailed, map_cases
+from medflow.core.cases import map_cases
+from medflow.core.engine import StageDir, StageFailed
 from medflow.data.nifti import CaseError, read_nifti
 from medflow.inference.plan import InferencePlan
 from medflow.models.metrics import case_metrics, row_normalize

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from medflow.cli.main import main
-from medflow.core.config import load_config
+from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import load_split
 from medflow.models.metrics import image_quality
