@@ -18,7 +18,8 @@ from medflow.data.intensity import foreground_mask, normalize
 
 @dataclass(frozen=True)
 class PreprocessPlan:
-    """Everything preprocessing decides, resolved from config and fingerprint.
+    """Everything preprocessing decides, resolved from config and fingerprint (no defaults here: the
+    preprocess section of medflow.core.config has them).
 
     Attributes:
         spacing: target voxel size in mm along R, A, S.
@@ -32,11 +33,11 @@ class PreprocessPlan:
 
     spacing: tuple[float, float, float]
     normalization: tuple[str, ...]
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
-    crop_to_foreground: bool = True
-    crop_margin: int = 2
-    image_order: int = 1
+    ct_window: tuple[float, float]
+    mr_percentiles: tuple[float, float]
+    crop_to_foreground: bool
+    crop_margin: int
+    image_order: int
 
     def to_json(self) -> dict:
         return {

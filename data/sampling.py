@@ -22,9 +22,9 @@ class SamplerConfig:
 
     mode: str  # '2d' or '3d'
     patch_size: tuple[int, ...]
-    slice_axis: int = 2
-    foreground_ratio: float = 0.5
-    crop: str = "random"  # 'random' or 'center'
+    slice_axis: int  # 2D mode: the axis sliced (the loader section of medflow.core.config has the defaults)
+    foreground_ratio: float
+    crop: str  # 'random' or 'center'
 
     @property
     def ndim(self) -> int:

@@ -129,3 +129,22 @@ def run_evaluation(tmp_path, root, extra, overrides=(), layout="msd"):
     ev = results[-1]
     assert ev.name == "evaluate" and ev.state == "ran", ev
     return store, cfg, ev
+
+
+def preprocess_plan(spacing=(1.0, 1.0, 1.0), normalization=("mr",), **changes):
+    """A PreprocessPlan with the config schema's defaults (medflow.core.config) and ``changes``."""
+    from medflow.core.config import PreprocessConfig
+    from medflow.stages.preprocess import plan_from_config
+
+    pre = PreprocessConfig(**changes)
+    return plan_from_config(pre, spacing, normalization)
+
+
+def sampler(mode, patch_size, **changes):
+    """A SamplerConfig with the loader section's defaults (medflow.core.config) and ``changes``."""
+    from medflow.core.config import LoaderConfig
+    from medflow.data.sampling import SamplerConfig
+
+    ld = LoaderConfig()
+    kw = {"slice_axis": ld.slice_axis, "foreground_ratio": ld.foreground_ratio, "crop": ld.crop, **changes}
+    return SamplerConfig(mode, tuple(patch_size), **kw)

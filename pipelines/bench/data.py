@@ -75,9 +75,6 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
             "pipeline_mb_per_s": raw_bytes / 1e6 / pipe_s, "raw_decode_mb_per_s": raw_bytes / 1e6 / raw_s}
 
 
-
-
-
 def _ensure_preprocessed(cfg, size: str, seed: int):
     """Sample data + ingest/preprocess of ``cfg`` (reused when already done); returns the preprocess output."""
     from medflow.core.progress import Progress

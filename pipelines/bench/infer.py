@@ -31,19 +31,16 @@ RUNTIMES = ("keras", "saved_model", "onnx")
 def _seg_bundle(folder: Path) -> Path:
     """A bundle with the default segmentation config's network (untrained) and inference settings."""
     from medflow.core.loading import load_config, packaged_config
-    from medflow.data.preprocess import PreprocessPlan
     from medflow.data.sample.build import TISSUE_CLASSES
     from medflow.models.registry import build_model
     from medflow.models.runtimes import export_formats
+    from medflow.stages.preprocess import plan_from_config
     from medflow.tasks import TASKS
 
     cfg = load_config(packaged_config("segmentation"))
     classes = [TISSUE_CLASSES[k] for k in sorted(TISSUE_CLASSES)]
     shape = [*cfg.loader.patch_size, 1]
-    pc = cfg.preprocess
-    pre = PreprocessPlan(spacing=tuple(pc.spacing), normalization=("mr",), ct_window=tuple(pc.ct_window),
-                         mr_percentiles=tuple(pc.mr_percentiles), crop_to_foreground=pc.crop_to_foreground,
-                         crop_margin=pc.crop_margin, image_order=pc.image_order)
+    pre = plan_from_config(cfg.preprocess, cfg.preprocess.spacing, ("mr",))
     export_formats(build_model(cfg.model.name, shape, len(classes), cfg.model.params), folder)
     facts = {"classes": classes, "channels": ["MR"], "input_shape": shape, "preprocess": pre.to_json()}
     TASKS[cfg.model.family].inference_plan(cfg, facts).with_info(model=cfg.model.model_dump(mode="json")).save(folder)

@@ -21,27 +21,45 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
+    """The dataset: where it is and how it is laid out (required by ingest)."""
+
     root: str = Field(description="dataset folder; ${workspace} expands to the workspace")
     layout: Literal["msd", "csv"] = Field(description="msd: dataset.json + imagesTr/labelsTr; csv: manifest")
-    manifest: str = "manifest.csv"
-    modality: Literal["auto", "CT", "MR"] = "auto"
-    classes: list[str] | None = Field(default=None, min_length=2)
-    include_unlabeled: bool = False
+    manifest: str = Field(default="manifest.csv", description="csv: the manifest file, relative to root")
+    modality: Literal["auto", "CT", "MR"] = Field(
+        default="auto", description="auto: from the channel names; CT or MR sets the normalization"
+    )
+    classes: list[str] | None = Field(
+        default=None, min_length=2, description="csv: class names in target order (default: sorted labels)"
+    )
+    include_unlabeled: bool = Field(default=False, description="msd: ingest imagesTs/ too (inference-only cases)")
 
 
 class IngestConfig(_Strict):
+    """Reading and validating every case."""
+
     affine_tolerance_mm: float = Field(default=1e-3, gt=0, description="image/label grids must agree this closely")
-    fingerprint_seed: int = 0
+    fingerprint_seed: int = Field(default=0, description="seed of the intensity samples of the fingerprint")
 
 
 class PreprocessConfig(_Strict):
+    """Reorientation, cropping, resampling and normalization."""
+
     spacing: Literal["auto"] | tuple[float, float, float] = Field(
-        default="auto", description="target voxel size (mm) in RAS order; auto = dataset median")
-    normalization: Literal["auto", "ct", "mr", "none"] = "auto"
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
-    crop_to_foreground: bool = True
-    crop_margin: int = Field(default=2, ge=0)
+        default="auto", description="target voxel size (mm) in RAS order; auto = dataset median"
+    )
+    normalization: Literal["auto", "ct", "mr", "none"] = Field(
+        default="auto", description="auto: CT window for CT channels, z-score for MR; or ct, mr, none for all"
+    )
+    ct_window: tuple[float, float] = Field(
+        default=(-1000.0, 1000.0), description="HU window clipped and scaled to [0, 1] (ct)"
+    )
+    mr_percentiles: tuple[float, float] = Field(
+        default=(0.5, 99.5),
+        description="foreground percentiles clipped before the z-score (mr); the lesion classifier uses [0.5, 100]",
+    )
+    crop_to_foreground: bool = Field(default=True, description="crop to the head/body bounding box (and label)")
+    crop_margin: int = Field(default=2, ge=0, description="voxels kept around that box")
     image_order: int = Field(default=1, ge=0, le=5, description="spline order for images (labels: nearest)")
 
     @field_validator("spacing")
@@ -67,24 +85,30 @@ class PreprocessConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    seed: int = 0
-    test_fraction: float = Field(default=0.2, ge=0, lt=1)
-    folds: int = Field(default=5, ge=1)
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    stratify: bool = True
+    """Patient-level test holdout and cross-validation folds."""
+
+    seed: int = Field(default=0, description="seed of the patient-level split")
+    test_fraction: float = Field(default=0.2, ge=0, lt=1, description="patients held out for the final test")
+    folds: int = Field(default=5, ge=1, description="cross-validation folds of the rest")
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="validation patients when folds is 1")
+    stratify: bool = Field(default=True, description="classification: keep class proportions")
 
 
 class LoaderConfig(_Strict):
     """How training samples are cut from the preprocessed volumes and batched (tf.data)."""
 
-    mode: Literal["2d", "3d"] = "2d"
+    mode: Literal["2d", "3d"] = Field(default="2d", description="2d slices or 3d patches")
     patch_size: list[int] = Field(default=[192, 192], description="2 sizes in 2d mode, 3 in 3d mode")
     slice_axis: int = Field(default=2, ge=0, le=2, description="2d mode: 0 sagittal, 1 coronal, 2 axial (RAS)")
     foreground_ratio: float = Field(default=0.67, ge=0, le=1, description="patches centred on foreground")
-    crop: Literal["random", "center"] = "random"
+    crop: Literal["random", "center"] = Field(
+        default="random", description="classifiers: random crops (averaged at inference) or one centred crop"
+    )
     samples_per_case: int = Field(default=4, ge=1, description="samples per case per epoch")
-    batch_size: int = Field(default=8, ge=1)
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    batch_size: int = Field(default=8, ge=1, description="samples per batch")
+    cache: Literal["auto", "memory", "disk", "none"] = Field(
+        default="auto", description="auto: memory below cache_memory_gb, else memory-mapped from disk"
+    )
     cache_memory_gb: float = Field(default=4.0, gt=0, description="auto: memory below this, disk above")
     parallel_calls: int = Field(default=0, ge=0, description="0 = AUTOTUNE bounded by the cores")
 
@@ -99,15 +123,17 @@ class LoaderConfig(_Strict):
 class AugmentConfig(_Strict):
     """The augmentation chain: a list of {name, p, **params}; see data/augment for the names."""
 
-    seed: int = 0
-    transforms: list[dict[str, Any]] = Field(default_factory=list)
+    seed: int = Field(default=0, description="run seed: every sample's draw derives from (seed, epoch, case, index)")
+    transforms: list[dict[str, Any]] = Field(
+        default_factory=list, description="a list of {name, p, ...params} (see Augmentation)"
+    )
 
 
 class ModelConfig(_Strict):
     """A registered model builder (models/) and its parameters."""
 
-    name: str = "unet2d"
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(default="unet2d", description="a registered builder (see Models)")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters (see Models)")
 
     @model_validator(mode="after")
     def _known(self):
@@ -125,26 +151,40 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(default=30, ge=1)
-    fold: int = Field(default=0, ge=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = Field(default=0.99, ge=0, lt=1, description="sgd: Nesterov momentum (0.99 as nnU-Net; "
-                                                                  "classification.yaml sets 0.9)")
-    learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    schedule: Literal["constant", "cosine", "plateau"] = "cosine"
+    """The trainer: epochs, optimizer, schedule, checkpoints."""
+
+    epochs: int = Field(default=30, ge=1, description="training epochs")
+    fold: int = Field(default=0, ge=0, description="which cross-validation fold trains")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(default="adam", description="adam, adamw or sgd")
+    momentum: float = Field(
+        default=0.99, ge=0, lt=1, description="sgd: Nesterov momentum (0.99 as nnU-Net; classification.yaml sets 0.9)"
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, description="initial learning rate")
+    weight_decay: float = Field(default=0.0, ge=0, description="adamw: decoupled weight decay")
+    schedule: Literal["constant", "cosine", "plateau"] = Field(
+        default="cosine", description="cosine, constant or plateau (halve on a 3-epoch plateau)"
+    )
     early_stopping_patience: int = Field(default=0, ge=0, description="epochs without improvement; 0 = off")
-    monitor: str = "val_loss"
-    val_samples_per_case: int = Field(default=2, ge=1)
-    class_weights: Literal["none", "balanced"] = "none"
-    dihedral_augment: bool = Field(default=False, description="reconstruction: random flips and quarter turns of "
-                                                              "(FBP, truth) pairs, symmetries of the geometry")
-    loss: Literal["auto", "mse", "l1"] = Field(default="auto", description="reconstruction loss (auto: mse); "
-                                                                        "other tasks fix theirs")
-    preview_cases: int = Field(default=4, ge=1)
+    monitor: str = Field(
+        default="val_loss", description="epoch metric that picks the best epoch and drives early stopping"
+    )
+    val_samples_per_case: int = Field(
+        default=2, ge=1, description="validation samples per case (and classifier crops at inference)"
+    )
+    class_weights: Literal["none", "balanced"] = Field(default="none", description="classification: none or balanced")
+    dihedral_augment: bool = Field(
+        default=False,
+        description="reconstruction: random flips and quarter turns of (FBP, truth) pairs, symmetries of the geometry",
+    )
+    loss: Literal["auto", "mse", "l1"] = Field(
+        default="auto", description="reconstruction loss (auto: mse); other tasks fix theirs"
+    )
+    preview_cases: int = Field(default=4, ge=1, description="cases in the augmentation preview")
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
-        default="none", description="tf.distribute: mirrored (this machine's devices, Keras fit) or "
-                                    "multi_worker (TF_CONFIG workers; a distributed step, since Keras fit fails there)")
+        default="none",
+        description="tf.distribute: mirrored (this machine's devices, Keras fit) or "
+        "multi_worker (TF_CONFIG workers; a distributed step, since Keras fit fails there)",
+    )
 
 
 class EvaluateConfig(_Strict):
@@ -154,23 +194,33 @@ class EvaluateConfig(_Strict):
     overlap: float = Field(default=0.5, ge=0, lt=1, description="sliding-window overlap")
     batch_size: int = Field(default=8, ge=1, description="windows per prediction call")
     mirror_axes: list[int] = Field(default_factory=list, description="window axes flipped for test-time augmentation")
-    report_classes: list[str] | None = Field(default=None, description="classes averaged into mean_dice; "
-                                                                        "default: every foreground class")
-    baseline: Literal["none", "multi_otsu"] = "none"
-    baseline_labels: list[int] = Field(default_factory=list, description="multi_otsu: label of each intensity "
-                                                                          "class, darkest first")
+    report_classes: list[str] | None = Field(
+        default=None, description="classes averaged into mean_dice; default: every foreground class"
+    )
+    baseline: Literal["none", "multi_otsu"] = Field(
+        default="none", description="segmentation: none or multi_otsu, scored beside the network"
+    )
+    baseline_labels: list[int] = Field(
+        default_factory=list, description="multi_otsu: label of each intensity class, darkest first"
+    )
     hd95: bool = Field(default=True, description="surface distances (the slowest metric)")
     fbp_filters: list[Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]] = Field(
-        default_factory=lambda: ["ramp", "hann"], description="reconstruction: FBP baselines scored beside the network")
+        default_factory=lambda: ["ramp", "hann"], description="reconstruction: FBP baselines scored beside the network"
+    )
     figure_cases: int = Field(default=4, ge=1, description="reconstruction: cases in the comparison figure")
-    fbp_tune: bool = Field(default=True, description="reconstruction: pick each FBP filter's frequency scaling "
-                                                     "by validation PSNR, as DIVal's FBP baseline does")
+    fbp_tune: bool = Field(
+        default=True,
+        description="reconstruction: pick each FBP filter's frequency scaling "
+        "by validation PSNR, as DIVal's FBP baseline does",
+    )
 
     @model_validator(mode="after")
     def _baseline(self):
         if self.baseline == "multi_otsu" and len(self.baseline_labels) < 2:
-            raise ValueError("baseline multi_otsu needs baseline_labels: the label of each intensity class, "
-                             "darkest first, e.g. [1, 2, 3]")
+            raise ValueError(
+                "baseline multi_otsu needs baseline_labels: the label of each intensity class, "
+                "darkest first, e.g. [1, 2, 3]"
+            )
         return self
 
 
@@ -178,24 +228,33 @@ class SimulateConfig(_Strict):
     """CT reconstruction data: DIVal-style ellipse phantoms, noisy parallel-beam sinograms and their FBP."""
 
     source: Literal["ellipses", "ct_volumes"] = Field(
-        default="ellipses", description="ellipses: DIVal phantoms; ct_volumes: axial slices of NIfTI CT volumes in HU")
-    root: str | None = Field(default=None, description="ct_volumes: folder of NIfTI volumes (split by volume with "
-                                                       "split.seed, val_fraction, test_fraction)")
-    pixel_mm: float = Field(default=1.0, gt=0, description="ct_volumes: in-plane pixel size the slices are resampled to")
-    photons: float | None = Field(default=1e5, gt=0, description="ct_volumes: incident photons per detector bin "
-                                                                 "(Poisson noise); null = noiseless")
+        default="ellipses", description="ellipses: DIVal phantoms; ct_volumes: axial slices of NIfTI CT volumes in HU"
+    )
+    root: str | None = Field(
+        default=None,
+        description="ct_volumes: folder of NIfTI volumes (split by volume with "
+        "split.seed, val_fraction, test_fraction)",
+    )
+    pixel_mm: float = Field(
+        default=1.0, gt=0, description="ct_volumes: in-plane pixel size the slices are resampled to"
+    )
+    photons: float | None = Field(
+        default=1e5, gt=0, description="ct_volumes: incident photons per detector bin (Poisson noise); null = noiseless"
+    )
     detectors: int | None = Field(default=None, ge=8, description="ct_volumes: detector count (default: one per pixel)")
     slice_step: int = Field(default=1, ge=1, description="ct_volumes: keep every n-th axial slice")
     size: int = Field(default=128, ge=16, description="image pixels per side on [-1, 1]^2")
     angles: int = Field(default=30, ge=1, description="projection angles at the midpoints of 180/angles steps")
     oversample: int = Field(default=3, ge=1, description="measurements from a phantom this many times finer (odd)")
     noise: float = Field(default=0.025, ge=0, description="Gaussian sigma as a fraction of the mean |sinogram|")
-    fbp_filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "hann"
+    fbp_filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = Field(
+        default="hann", description="FBP filter of the network input: ramp, shepp-logan, cosine, hamming, hann"
+    )
     frequency_scaling: float = Field(default=1.0, gt=0, le=1, description="FBP filter cut-off (fraction of Nyquist)")
-    seed: int = 0
-    train: int = Field(default=3200, ge=1)
-    validation: int = Field(default=320, ge=1)
-    test: int = Field(default=320, ge=1)
+    seed: int = Field(default=0, description="phantoms, noise and training order")
+    train: int = Field(default=3200, ge=1, description="training images")
+    validation: int = Field(default=320, ge=1, description="validation images")
+    test: int = Field(default=320, ge=1, description="test images")
     chunk: int = Field(default=64, ge=1, description="samples per cached file")
 
     @model_validator(mode="after")
@@ -215,22 +274,28 @@ class SimulateConfig(_Strict):
 class CompareConfig(_Strict):
     """The models ``medflow compare`` trains on the same split, each a registered name and its parameters."""
 
-    models: list[ModelConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(
+        default_factory=list, description="medflow compare: the models trained on the same split, each {name, params}"
+    )
 
 
 class ExportConfig(_Strict):
     """The export stage: a self-contained inference bundle, logged to MLflow and registered."""
 
     formats: list[Literal["keras", "saved_model", "onnx"]] = Field(
-        default_factory=lambda: ["keras", "saved_model", "onnx"], description="runtimes written (keras always)")
+        default_factory=lambda: ["keras", "saved_model", "onnx"], description="runtimes written (keras always)"
+    )
     parity_tolerance: float = Field(default=1e-4, gt=0, description="largest |exported - keras| output allowed")
     to_registry: bool = Field(default=True, description="log an MLflow pyfunc model and register it")
     registered_model: str | None = Field(default=None, description="registry name; default: the pipeline name")
-    runtime: Literal["keras", "saved_model", "onnx"] = Field(default="keras",
-                                                             description="runtime the MLflow model predicts with")
-    intended_use: str = Field(default="Research and method development on images like the training data; "
-                                      "not a medical device and not for clinical decisions.",
-                              description="model card: intended use")
+    runtime: Literal["keras", "saved_model", "onnx"] = Field(
+        default="keras", description="runtime the MLflow model predicts with"
+    )
+    intended_use: str = Field(
+        default="Research and method development on images like the training data; "
+        "not a medical device and not for clinical decisions.",
+        description="model card: intended use",
+    )
     limitations: list[str] = Field(default_factory=list, description="model card: known limits, one per item")
 
     @field_validator("formats")
@@ -248,13 +313,18 @@ class ExportConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
+    """MLflow tracking."""
+
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the pipeline name")
 
 
 class PipelineConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
-    stages: list[str] = Field(min_length=1)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the pipeline's name (experiment, registered model and export folder)",
+    )
+    description: str = Field(default="", description="free text, shown in MLflow")
+    stages: list[str] = Field(min_length=1, description="stage names in order (see medflow run --help)")
     dataset: DatasetConfig | None = Field(default=None, description="required by ingest")
     simulate: SimulateConfig = SimulateConfig()
     ingest: IngestConfig = IngestConfig()
@@ -307,5 +377,3 @@ class PipelineConfig(_Strict):
     def resolved(self) -> dict:
         """The whole resolved config as plain data, without the profile table."""
         return self.model_dump(mode="json", exclude={"profiles"})
-
-

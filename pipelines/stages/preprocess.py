@@ -34,8 +34,13 @@ def resolve_plan(cfg, ingest) -> PreprocessPlan:
         spacing = tuple(float(s) for s in pre.spacing)
     channels = ingest.manifest["dataset"]["channels"]
     schemes = tuple(scheme_for_channel(c, cfg.dataset.modality, pre.normalization) for c in channels)
+    return plan_from_config(pre, spacing, schemes)
+
+
+def plan_from_config(pre, spacing: tuple[float, float, float], schemes: tuple[str, ...]) -> PreprocessPlan:
+    """The plan of a preprocess config section, given the resolved spacing and per-channel schemes."""
     return PreprocessPlan(
-        spacing=spacing, normalization=schemes, ct_window=tuple(pre.ct_window),
+        spacing=tuple(spacing), normalization=tuple(schemes), ct_window=tuple(pre.ct_window),
         mr_percentiles=tuple(pre.mr_percentiles), crop_to_foreground=pre.crop_to_foreground,
         crop_margin=pre.crop_margin, image_order=pre.image_order,
     )

@@ -37,78 +37,83 @@ def _fold_cases(split, pre, fold: int) -> tuple[list[str], list[str]]:
 
 
 
+def _family(cfg, pre, stage: str):
+    """(task, classes, the preprocess plan) of the dataset, checked against the model and this stage."""
+    from medflow.tasks import task_for
+
+    plan = json.loads(pre.file("plan.json").read_text())
+    task = plan["task"]
+    if cfg.model.family != task:
+        raise StageFailed(f"model {cfg.model.name!r} is a {cfg.model.family} model but the dataset is for {task}")
+    if task_for(task, str(pre.path)).trained_by != stage:
+        raise StageFailed(f"a {task} model trains in the {task_for(task).trained_by} stage, not {stage}")
+    return task, [plan["classes"][k] for k in sorted(plan["classes"], key=int)], plan
+
+
+def _datasets(cfg, source, train_ids, val_ids, epochs: range, steps: int, shard):
+    """(training dataset, cached validation dataset) for ``epochs``; ``shard`` = (worker, workers) or None."""
+    from medflow.data.augment import Chain
+    from medflow.data.loader import SampleSource, make_dataset
+
+    batch = cfg.loader.batch_size
+    try:
+        train_ds = make_dataset(source, train_ids, epochs, batch_size=batch, parallel=cfg.loader.parallel_calls,
+                                samples_per_epoch=steps * batch, worker=shard)
+    except ValueError as err:
+        raise StageFailed(f"loader.batch_size: {err}") from None
+    val_source = SampleSource(source.store, source.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
+                              samples_per_case=cfg.train.val_samples_per_case)
+    return train_ds, make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False).cache()
+
+
 def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) on ``cfg.train.fold``."""
     import keras
 
-    from medflow.data.augment import Chain
-    from medflow.data.loader import SampleSource, make_dataset
     from medflow.data.preview import preview_figure
-    from medflow.models.registry import check_model
-    from medflow.tasks import task_for
+    from medflow.tasks import TASKS
     from medflow.tasks.figures import save_figure
     from medflow.training import trainer
     from medflow.training.inputs import build_source
 
     pre, split = upstream["preprocess"], upstream["split"]
-    plan = json.loads(pre.file("plan.json").read_text())
-    task = plan["task"]
-    classes = [plan["classes"][k] for k in sorted(plan["classes"], key=int)]
-    builder_task = check_model(cfg.model.name, cfg.model.params).task
-    if builder_task != task:
-        raise StageFailed(f"model {cfg.model.name!r} is a {builder_task} model but the dataset is for {task}")
-    family = task_for(task, str(pre.path))
-    if family.trained_by != out.name:
-        raise StageFailed(f"a {task} model trains in the {family.trained_by} stage, not {out.name}")
+    task, classes, plan = _family(cfg, pre, out.name)
+    family = TASKS[task]
     train_ids, val_ids = _fold_cases(split, pre, cfg.train.fold)
     strategy, worker, workers = distributed.setup(cfg.train.distribute)
-    chief = worker == 0
+    chief, multi = worker == 0, cfg.train.distribute == "multi_worker"
     # Only the chief writes the stage folder; another worker keeps its (identical) checkpoints apart.
     folder = out.path if chief else Path(tempfile.mkdtemp(prefix=f"medflow-worker{worker}-"))
     if chief:
         out.prepare()
     keras.utils.set_random_seed(cfg.augment.seed)
     source = build_source(cfg, pre, train_ids + val_ids, cache_dir=folder / "cache")
-    val_source = SampleSource(source.store, source.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
-                              samples_per_case=cfg.train.val_samples_per_case)
-    n_classes = len(classes)
-    channels = len(plan["channels"])
-    input_shape = (*cfg.loader.patch_size, channels)
-    batch = cfg.loader.batch_size
-    steps = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, batch)
-
+    input_shape = (*cfg.loader.patch_size, len(plan["channels"]))
+    steps = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, cfg.loader.batch_size)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, state = trainer.load_resume(out.path)  # every worker resumes from the chief's checkpoint
         if model is None:
-            model = trainer.compile_model(cfg, input_shape, n_classes, task, steps * cfg.train.epochs)
-    start = 0 if state is None else state["epoch"] + 1
+            model = trainer.compile_model(cfg, input_shape, len(classes), task, steps * cfg.train.epochs)
+    start = trainer.resume_epoch(cfg, state)
     if chief:
-        fig = preview_figure(source, [(c, start, 0) for c in train_ids[: cfg.train.preview_cases]],
+        shown = 0 if state is None else state["epoch"] + 1  # the epoch this run starts (or would start)
+        fig = preview_figure(source, [(c, shown, 0) for c in train_ids[: cfg.train.preview_cases]],
                              classes if family.class_targets else None)
         save_figure(fig, out.path / "preview.png")
         ctx.log_artifact(out.path / "preview.png", "augment")
-    stopped = state is not None and cfg.train.early_stopping_patience and \
-        state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience
-    if start < cfg.train.epochs and not stopped:
-        multi = cfg.train.distribute == "multi_worker"
-        try:
-            train_ds = make_dataset(source, train_ids, range(start, cfg.train.epochs), batch_size=batch,
-                                    parallel=cfg.loader.parallel_calls, samples_per_epoch=steps * batch,
-                                    worker=(worker, workers) if multi else None)
-        except ValueError as err:
-            raise StageFailed(f"loader.batch_size: {err}") from None
-        val_ds = make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False).cache()
+    if start is not None:
+        train_ds, val_ds = _datasets(cfg, source, train_ids, val_ids, range(start, cfg.train.epochs), steps,
+                                     (worker, workers) if multi else None)
         weights = None
         if family.class_targets and cfg.train.class_weights == "balanced":
-            weights = trainer.class_weights([source.store.targets[c] for c in train_ids], n_classes)
-        log = ctx.log_metrics if chief else (lambda metrics, step: None)
+            weights = trainer.class_weights([source.store.targets[c] for c in train_ids], len(classes))
+        fit = dict(steps=steps, start_epoch=start, folder=folder, state=state, class_weight=weights,
+                   log_metrics=ctx.log_metrics if chief else (lambda metrics, step: None))
         if multi:
-            state = trainer.fit_multi_worker(cfg, strategy, model, train_ds, val_ds, steps=steps, start_epoch=start,
-                                             folder=folder, state=state, log_metrics=log, task=task,
-                                             n_classes=n_classes, class_weight=weights)
+            state = trainer.fit_multi_worker(cfg, strategy, model, train_ds, val_ds, task=task,
+                                             n_classes=len(classes), **fit)
         else:
-            state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=folder,
-                                state=state, log_metrics=log, class_weight=weights)
+            state = trainer.fit(cfg, model, train_ds, val_ds, **fit)
     if not chief:  # the chief writes the model and the manifest; this worker's part is done
         shutil.rmtree(folder, ignore_errors=True)
         return ShardOutput(out.name, out.path, {"index": worker, "count": workers, "cases": [], "quarantine": [],

@@ -72,12 +72,11 @@ def run(cfg, upstream, out: StageDir, ctx):
 
     from medflow.data.ct.ellipses import load_split
     from medflow.models.reconstruction import sinogram_model
-    from medflow.models.registry import check_model
     from medflow.tasks import task_for
     from medflow.training import trainer
 
     sim = upstream["simulate"]
-    task = check_model(cfg.model.name, cfg.model.params).task
+    task = cfg.model.family
     family = task_for(task, cfg.model.name)
     if family.trained_by != out.name:  # this stage trains on simulated (sinogram, FBP, truth) triples
         raise StageFailed(f"model {cfg.model.name!r} is a {task} model; train_recon needs a reconstruction model")
@@ -92,12 +91,10 @@ def run(cfg, upstream, out: StageDir, ctx):
     size = train["fbp"].shape[1]
     steps = len(train["fbp"]) // batch
     model, state = trainer.load_resume(out.path)
-    start = 0 if state is None else state["epoch"] + 1
     if model is None:
         model = trainer.compile_model(cfg, (size, size, 1), 1, task, steps * cfg.train.epochs)
-    stopped = state is not None and cfg.train.early_stopping_patience and \
-        state["epoch"] - state["best_epoch"] >= cfg.train.early_stopping_patience
-    if start < cfg.train.epochs and not stopped:
+    start = trainer.resume_epoch(cfg, state)
+    if start is not None:
         train_ds, val_ds = _datasets(train["fbp"], train["gt"], val, batch, cfg.simulate.seed,
                                      range(start, cfg.train.epochs), cfg.train.dihedral_augment)
         state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,

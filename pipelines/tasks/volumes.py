@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medflow.data.preprocess import PreprocessPlan
+from medflow.data.native import plan_from_json
 from medflow.inference.plan import InferencePlan, InferenceSettings, Window
 
 
@@ -15,12 +15,10 @@ def volume_plan(task, cfg, facts: dict) -> InferencePlan:
         facts: classes, channels, input_shape, and preprocess (the preprocess stage's plan.json).
     """
     ld = cfg.loader
-    pre = facts["preprocess"]
-    fields = PreprocessPlan.__dataclass_fields__
     return InferencePlan(
         family=task.family, classes=tuple(facts["classes"]), channels=tuple(facts["channels"]),
         input_shape=tuple(facts["input_shape"]),
-        preprocess=PreprocessPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items() if k in fields}),
+        preprocess=plan_from_json(facts["preprocess"]),
         window=Window(mode=ld.mode, patch_size=tuple(ld.patch_size), slice_axis=ld.slice_axis, crop=ld.crop),
         inference=inference_settings(cfg),
         selection=dict(task.selection))

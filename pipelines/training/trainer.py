@@ -164,6 +164,17 @@ def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: P
     return callbacks[0].state
 
 
+def resume_epoch(cfg, state: dict | None) -> int | None:
+    """The epoch training starts or resumes at, or None when it has finished (all epochs, or stopped early)."""
+    if state is None:
+        return 0 if cfg.train.epochs > 0 else None
+    patience = cfg.train.early_stopping_patience
+    if patience and state["epoch"] - state["best_epoch"] >= patience:
+        return None
+    start = state["epoch"] + 1
+    return start if start < cfg.train.epochs else None
+
+
 def publish_model(out, state: dict) -> None:
     """End of training: the best epoch's model becomes ``model.keras``; ``history.csv`` beside it."""
     with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:

@@ -7,8 +7,8 @@ import pytest
 
 from medflow.data.geometry import voxel_to_world
 from medflow.data.intensity import clip_hu, zscore_foreground
-from medflow.data.preprocess import PreprocessPlan, preprocess_case, scheme_for_channel
-from tests.helpers import cube_case, make_affine
+from medflow.data.preprocess import preprocess_case, scheme_for_channel
+from tests.helpers import cube_case, make_affine, preprocess_plan
 
 
 def test_clip_hu():
@@ -41,7 +41,7 @@ def test_scheme_for_channel():
 def test_preprocess_flipped_anisotropic_case():
     aff = make_affine((0.8, 1.6, 2.5), "LPS", origin=(40.0, 20.0, -10.0))
     image, label = cube_case((40, 20, 12), lo=(10, 5, 3), hi=(25, 12, 7))
-    plan = PreprocessPlan(spacing=(1.0, 1.0, 1.0), normalization=("mr",), crop_margin=1)
+    plan = preprocess_plan(normalization=("mr",), crop_margin=1)
     out, lab, meta = preprocess_case([image], aff, label, plan)
     assert out.shape[0] == 1 and out.dtype == np.float32 and lab.dtype == np.uint8
     assert out.shape[1:] == lab.shape

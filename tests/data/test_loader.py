@@ -8,7 +8,8 @@ import pytest
 from medflow.data.augment import Chain
 from medflow.data.casefile import write_case
 from medflow.data.loader import CaseStore, SampleSource, make_dataset
-from medflow.data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
+from medflow.data.sampling import cut_sample, draw_centre, foreground_points
+from tests.helpers import sampler
 
 CHAIN_2D = [{"name": "flip", "p": 0.5}, {"name": "affine2d", "p": 0.7, "rotate": (-20, 20)},
             {"name": "gamma", "p": 0.5}, {"name": "rician_noise", "p": 0.5}]
@@ -49,21 +50,21 @@ def test_sampler_foreground_padding_and_centre():
     label[2:5, 2:5, 2:5] = 1
     image = np.where(label > 0, 5.0, -1.0)[None].astype(np.float32)
     fg = foreground_points(label)
-    cfg = SamplerConfig("3d", (8, 8, 8), foreground_ratio=1.0)
+    cfg = sampler("3d", (8, 8, 8), foreground_ratio=1.0)
     for seed in range(20):
         centre = draw_centre(label.shape, fg, cfg, np.random.default_rng(seed))
         patch, lab = cut_sample(image, label, centre, cfg)
         assert patch.shape == (1, 8, 8, 8) and (lab == 1).any()
-    big = SamplerConfig("3d", (24, 22, 20), crop="center")
+    big = sampler("3d", (24, 22, 20), crop="center")
     patch, lab = cut_sample(image, label, draw_centre(label.shape, fg, big, None), big)
     assert patch.shape == (1, 24, 22, 20) and patch.min() == -1.0 and lab.sum() == label.sum()
-    flat = SamplerConfig("2d", (16, 16), slice_axis=2, foreground_ratio=1.0)
+    flat = sampler("2d", (16, 16), slice_axis=2, foreground_ratio=1.0)
     patch, lab = cut_sample(image, label, [3, 3, 3], flat)
     assert patch.shape == (1, 16, 16) and lab.shape == (16, 16) and (lab == 1).sum() == 9
 
 
 def test_plan_is_seeded_and_complete(case_files):
-    src = SampleSource(CaseStore(case_files), SamplerConfig("2d", (24, 24)), Chain([]), run_seed=1,
+    src = SampleSource(CaseStore(case_files), sampler("2d", (24, 24)), Chain([]), run_seed=1,
                        samples_per_case=3)
     p0 = src.plan(list(case_files), 0)
     assert sorted(p0) == [(c, k) for c in sorted(case_files) for k in range(3)]
@@ -74,8 +75,8 @@ def test_plan_is_seeded_and_complete(case_files):
 
 @pytest.mark.parametrize("mode,patch,chain", [("2d", (24, 24), CHAIN_2D), ("3d", (16, 16, 16), CHAIN_3D)])
 def test_dataset_matches_eager_replay(case_files, mode, patch, chain):
-    sampler = SamplerConfig(mode, patch, foreground_ratio=0.7)
-    src = SampleSource(CaseStore(case_files), sampler, Chain.from_config(chain, len(patch)), run_seed=5,
+    cutter = sampler(mode, patch, foreground_ratio=0.7)
+    src = SampleSource(CaseStore(case_files), cutter, Chain.from_config(chain, len(patch)), run_seed=5,
                        samples_per_case=2)
     ids = sorted(case_files)
     ds = make_dataset(src, ids, range(2), batch_size=4)
@@ -100,14 +101,14 @@ def test_classification_targets(case_files, tmp_path):
         unlabelled[cid] = tmp_path / f"u_{cid}.npz"
         write_case(unlabelled[cid], {"image": arrays["image"]}, meta)
     store = CaseStore(unlabelled, {"c0": 0, "c1": 2, "c2": 1})
-    src = SampleSource(store, SamplerConfig("3d", (20, 20, 20), crop="center"), Chain([]), run_seed=0)
+    src = SampleSource(store, sampler("3d", (20, 20, 20), crop="center"), Chain([]), run_seed=0)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in make_dataset(src, ["c0", "c1", "c2"], range(1), batch_size=3)])
     order = [cid for cid, _ in src.plan(["c0", "c1", "c2"], 0)]
     assert ys[0].tolist() == [store.targets[c] for c in order] and ys[0].dtype == np.int32
 
 
 def test_workers_split_every_global_batch(case_files):
-    src = SampleSource(CaseStore(case_files), SamplerConfig("2d", (24, 24)), Chain.from_config(CHAIN_2D, 2),
+    src = SampleSource(CaseStore(case_files), sampler("2d", (24, 24)), Chain.from_config(CHAIN_2D, 2),
                        run_seed=2, samples_per_case=4)
     ids = sorted(case_files)
     whole = [x.numpy() for x, _ in make_dataset(src, ids, range(2), batch_size=4, samples_per_epoch=12)]

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from medflow.data.native import plan_from_json, prepare, to_native, write_like
-from medflow.data.preprocess import PreprocessPlan
 from medflow.models.inference import sliding_window
 from medflow.models.metrics import confusion_matrix, overlap_from_confusion
-from tests.helpers import make_affine, save
+from tests.helpers import make_affine, preprocess_plan, save
 
 
 def _bright_ball(shape, affine, centre_mm, radius_mm):
@@ -35,7 +34,7 @@ def test_prediction_lands_on_the_native_grid(mode):
     shape = (28, 40, 16)
     centre = affine[:3, :3] @ np.array([16.0, 18.0, 9.0]) + affine[:3, 3]  # off-centre on purpose
     image, ball = _bright_ball(shape, affine, centre, 7.0)
-    plan = PreprocessPlan(spacing=(1.0, 1.0, 1.0), normalization=("mr",))
+    plan = preprocess_plan(normalization=("mr",))
     pre, meta = prepare([image], affine, plan)
     assert meta["axcodes"] == "RAS" and pre.shape[1:] != shape
     patch = (16, 16) if mode == "2d" else (16, 16, 16)
@@ -53,7 +52,7 @@ def test_prediction_lands_on_the_native_grid(mode):
 def test_identity_grid_is_exact():
     affine = make_affine(spacing=(1.0, 1.0, 1.0), codes="RAS")
     image = np.random.default_rng(0).random((12, 10, 8)).astype(np.float32) + 1
-    plan = PreprocessPlan(spacing=(1.0, 1.0, 1.0), normalization=("none",), crop_to_foreground=False)
+    plan = preprocess_plan(normalization=("none",), crop_to_foreground=False)
     pre, meta = prepare([image], affine, plan)
     probs = np.stack([1 - pre[0] / 3, pre[0] / 3], -1)
     np.testing.assert_array_equal(to_native(probs, meta)[..., 1], image / 3)

@@ -31,7 +31,7 @@ run_pipeline(load_config(sys.argv[1]), target="preprocess", workers=1)
 
 def _env(workspace: Path, slow: float) -> dict:
     env = dict(os.environ, MEDFLOW_WORKSPACE=str(workspace), SLOW=str(slow))
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]), env.get("PYTHONPATH", "")])
     return env
 
 

@@ -116,7 +116,7 @@ def test_mlflow_project_entry_point(tmp_path, store):
 
     root = make_msd(tmp_path / "msd", n=4)
     cfg = write_pipeline(tmp_path / "p.yaml", root, extra="profiles:\n  demo: {}\n")
-    project = Path(__file__).resolve().parents[2] / "mlflow"
+    project = Path(__file__).resolve().parents[3] / "mlflow"
     env = dict(os.environ, MLFLOW_TRACKING_URI=store)
     subprocess.run([sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local",
                     "--experiment-name", "projects", "-P", f"pipeline={cfg}", "-P", "profile=demo"],

@@ -23,8 +23,8 @@ from medflow.data.ct.ellipses import load_split
 from medflow.inference.serving import gunzip_b64
 from medflow.tracking.runs import MlflowTracker
 from tests.helpers import make_cls_dataset, make_msd, write_pipeline
-from tests.pipelines.test_export import CLS, SEG, STAGES
-from tests.pipelines.test_reconstruction import PIPELINE as RECON
+from tests.pipelines.stages.test_export import CLS, SEG, STAGES
+from tests.pipelines.stages.test_reconstruction import PIPELINE as RECON
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from medflow.core.runner import run_pipeline
 from medflow.training.distributed import cluster
 from tests.helpers import make_msd, write_pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXTRA = """
 loader: {mode: 2d, patch_size: [16, 16], slice_axis: 2, samples_per_case: 4, batch_size: 4}
 augment: {seed: 3, transforms: [{name: flip, p: 0.5}, {name: gamma, p: 0.5}]}
@@ -40,7 +40,7 @@ def _launch(config: Path, out: Path, tf_config: dict | None) -> subprocess.Popen
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     if tf_config:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen([sys.executable, "-m", "tests.pipelines.mw_worker", str(config), str(out)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "tests.pipelines.training.mw_worker", str(config), str(out)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -1,4 +1,4 @@
-"""One worker of the multi-worker test (``python -m tests.pipelines.mw_worker CONFIG OUT``).
+"""One worker of the multi-worker test (``python -m tests.pipelines.training.mw_worker CONFIG OUT``).
 
 Trains the config's model on its preprocessed cases with pipelines/distributed.py,
 as worker ``TF_CONFIG`` names (or alone without one), then saves the final

@@ -79,7 +79,7 @@ def test_resume_after_interruption(tmp_path):
     cfg_path = _cfg(tmp_path, root)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    base = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    base = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
 
     def run(workspace, stop):
         env = dict(base, MEDFLOW_WORKSPACE=str(workspace), STOP_AFTER=str(stop))
