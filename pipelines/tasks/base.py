@@ -13,6 +13,7 @@ input (Keras, SavedModel or ONNX Runtime; see ``medflow.models.runtimes``).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -170,7 +171,12 @@ class Task:
         raise NotImplementedError
 
     def summary_lines(self, stage_folder: Path) -> list[str]:
-        """The run summary's lines for a finished evaluate stage folder."""
+        """The run summary's lines for a finished evaluate stage folder (its summary.json)."""
+        path = Path(stage_folder) / "summary.json"
+        return self.summary_text(json.loads(path.read_text())) if path.exists() else []
+
+    def summary_text(self, summary: dict) -> list[str]:
+        """The run summary's lines for an evaluate stage's summary.json document."""
         return []
 
     def evaluate(self, cfg, upstream: dict, out, ctx, plan: InferencePlan, train):

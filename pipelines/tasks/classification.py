@@ -8,14 +8,13 @@ and predict both go through :meth:`Classification.infer`, so the crops are the s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from medflow.inference.plan import InferencePlan
 from medflow.tasks.base import Net, Task, VolumeCase, as_channels
-from medflow.tasks.volumes import volume_card, volume_export_data, volume_limits, volume_plan
+from medflow.tasks.volumes import volume_card, volume_export_data, volume_plan
 
 
 def crop_centres(plan: InferencePlan, spatial: tuple[int, ...]) -> list[list[int]]:
@@ -87,16 +86,12 @@ class Classification(Task):
         return inputs, [("class", "string", False), *[(f"p_{c}", "double", False) for c in plan.classes]]
 
     def card(self, plan: dict) -> dict:
-        inp, out, carried = volume_card(plan, f"probabilities of {plan['classes']}", f", {plan['window']['crop']} crop")
-        return {"input": inp, "output": out, "carried": carried, "predict_input": "NIFTI_DIR",
-                "limits": volume_limits(plan)}
+        return volume_card(plan, f"probabilities of {plan['classes']}", f", {plan['window']['crop']} crop")
 
-    def summary_lines(self, stage_folder: Path) -> list[str]:
-        path = Path(stage_folder) / "summary.json"
-        if not path.exists():
-            return []
+    def summary_text(self, s: dict) -> list[str]:
+        """Accuracy figures per split."""
         lines = []
-        for split, r in json.loads(path.read_text())["reports"].items():
+        for split, r in s["reports"].items():
             lines += ["", f"  {split} set, {r['n']} cases: accuracy {r['accuracy']:.4f}  "
                           f"balanced accuracy {r['balanced_accuracy']:.4f}  macro F1 {r['macro_f1']:.4f}  "
                           f"AUC (macro OvR) {r['roc_auc_macro_ovr']:.4f}"]

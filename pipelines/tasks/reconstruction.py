@@ -119,12 +119,8 @@ class Reconstruction(Task):
                 "predict_input": "SINOGRAMS_DIR",
                 "limits": ["Only sinograms of exactly this geometry (angles, detectors, units) are valid inputs."]}
 
-    def summary_lines(self, stage_folder: Path) -> list[str]:
+    def summary_text(self, s: dict) -> list[str]:
         """PSNR / SSIM (mean +/- sd over the test images) per method, as DIVal reports them."""
-        path = Path(stage_folder) / "summary.json"
-        if not path.exists():
-            return []
-        s = json.loads(path.read_text())
         lines = ["", f"  test set, {s['test_images']} images; PSNR (dB) and SSIM, data_range = max(gt) - min(gt):"]
         scaling = s.get("fbp_frequency_scaling", {})
         for method, m in s["methods"].items():

@@ -8,7 +8,6 @@ class probabilities back to the native grid, take the argmax.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from medflow.inference.plan import InferencePlan
 from medflow.tasks.base import Net, Task, VolumeCase, as_channels
-from medflow.tasks.volumes import volume_card, volume_export_data, volume_limits, volume_plan
+from medflow.tasks.volumes import volume_card, volume_export_data, volume_plan
 
 
 @dataclass
@@ -75,17 +74,11 @@ class Segmentation(Task):
                         *[(f"volume_ml_{c}", "double", False) for c in plan.classes[1:]]]
 
     def card(self, plan: dict) -> dict:
-        inp, out, carried = volume_card(plan, f"a label map on the input's own grid, classes {plan['classes']}",
-                                        f", {plan['inference']['overlap']:.0%} overlap, Gaussian blending")
-        return {"input": inp, "output": out, "carried": carried, "predict_input": "NIFTI_DIR",
-                "limits": volume_limits(plan)}
+        return volume_card(plan, f"a label map on the input's own grid, classes {plan['classes']}",
+                           f", {plan['inference']['overlap']:.0%} overlap, Gaussian blending")
 
-    def summary_lines(self, stage_folder: Path) -> list[str]:
+    def summary_text(self, s: dict) -> list[str]:
         """Means per method: Dice over the report classes, then Dice and HD95 per class."""
-        path = Path(stage_folder) / "summary.json"
-        if not path.exists():
-            return []
-        s = json.loads(path.read_text())
         lines = ["", f"  {s['split']} set, native space; mean Dice over {', '.join(s['report_classes'])}:"]
         for method, m in s["methods"].items():
             per_class = "  ".join(f"{c} Dice {v['dice']:.3f} HD95 {v['hd95_mm']:.2f} mm"

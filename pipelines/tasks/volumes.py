@@ -37,8 +37,8 @@ def volume_export_data(cfg, info: dict, evaluated: int) -> dict:
             "val_cases": len(info["val_cases"]), "evaluated_cases": evaluated, "fold": info["fold"]}
 
 
-def volume_card(plan: dict, output: str, windows: str) -> tuple[str, str, list[str]]:
-    """(input, output, preprocessing lines) of a volume model's card; ``windows`` ends the window line."""
+def volume_card(plan: dict, output: str, windows: str) -> dict:
+    """The card parts of a volume model (see Task.card); ``windows`` ends the window line."""
     p, w = plan["preprocess"], plan["window"]
     carried = [f"Reoriented to {p.get('orientation', 'RAS')}, resampled to {p['spacing']} mm",
                f"Normalization per channel: {dict(zip(plan['channels'], p['normalization']))}"
@@ -47,9 +47,6 @@ def volume_card(plan: dict, output: str, windows: str) -> tuple[str, str, list[s
                f"{w['mode'].upper()} windows of {w['patch_size']}"
                + (f" along axis {w['slice_axis']}" if w["mode"] == "2d" else "") + windows]
     text = f"a NIfTI volume with {len(plan['channels'])} channel(s) ({', '.join(plan['channels'])}), any orientation"
-    return text, output, carried
-
-
-def volume_limits(plan: dict) -> list[str]:
-    return [f"Trained on {plan['data'].get('train_cases', '?')} case(s); performance outside that population "
-            "is unmeasured."]
+    limits = [f"Trained on {plan['data'].get('train_cases', '?')} case(s); performance outside that population "
+              "is unmeasured."]
+    return {"input": text, "output": output, "carried": carried, "predict_input": "NIFTI_DIR", "limits": limits}
