@@ -39,7 +39,8 @@ class CaseEntry:
     Attributes:
         case_id: unique, file-name-safe id.
         images: absolute paths, one per channel.
-        label: absolute path of the label map (segmentation), or None.
+        label: absolute path of the label map (segmentation) or of the lesion mask (classification,
+            the CSV's optional ``mask`` column: values 0/1 on the image's grid), or None.
         target: class name (classification), or None.
         patient_id: cases of one patient always land in the same split.
         split: a split fixed by the dataset ('train', 'val', 'test'), or None.
@@ -202,7 +203,10 @@ def _list_v2(root, ending, n_channels, include_unlabeled) -> list[CaseEntry]:
 
 
 def list_csv(root: str, manifest: str = "manifest.csv", classes: list[str] | None = None) -> DatasetListing:
-    """List a classification dataset from a CSV manifest ``path,label,patient_id[,split]``.
+    """List a classification dataset from a CSV manifest ``path,label,patient_id[,split][,mask]``.
+
+    ``mask`` (optional, may be empty) is a lesion mask on the image's grid: ingest validates it like a
+    label map with the values {0, 1}. A case without one is weakly labelled (or has no lesion).
 
     Args:
         root: dataset folder; manifest paths are relative to it and must stay inside it.
@@ -238,8 +242,12 @@ def list_csv(root: str, manifest: str = "manifest.csv", classes: list[str] | Non
         patient = (row.get("patient_id") or "").strip()
         if not err and not patient:
             err = "empty patient_id"
+        mask_rel, mask = (row.get("mask") or "").strip(), None
+        if mask_rel and not err:
+            mask, mask_err = resolve_inside(root, mask_rel)
+            err = mask_err and f"mask {mask_err}"
         case_id = strip_nifti_suffix(os.path.basename(rel)) or f"row{row_no}"
-        cases.append(CaseEntry(case_id, [image], target=target, patient_id=patient, split=split,
+        cases.append(CaseEntry(case_id, [image], label=mask, target=target, patient_id=patient, split=split,
                                source=rel or where, error=err and (f"row {row_no}: {err}")))
     for case in cases:
         _check_id(case)

@@ -4,7 +4,8 @@
   subjects from the 1 mm template stored at 1, 1.2 or 1x1x2 mm.
 * ``brain_lesion``: CSV manifest, classes normal / hyperintense_lesion /
   hypointense_lesion (balanced), subjects from the 2 mm template stored at 2,
-  2.4 or 2x2x4 mm.
+  2.4 or 2x2x4 mm; each lesion subject's mask (``masks/``, 1 where the soft
+  lesion ellipsoid is above half its peak) in the manifest's ``mask`` column.
 
 Every subject has its own seed derived from (seed, dataset, index), so the
 output does not depend on the number of workers or their order. Files are
@@ -26,7 +27,14 @@ import numpy as np
 
 from medflow.data.atomic import write_atomic
 from medflow.data.nifti import write_nifti
-from medflow.data.sample.synth import LESION_KINDS, Template, draw_subject, synthesize, tissue_labels
+from medflow.data.sample.synth import (
+    LESION_KINDS,
+    Template,
+    draw_subject,
+    synthesize,
+    synthesize_with_mask,
+    tissue_labels,
+)
 
 SIZES = {"demo": {"brain_tissue": 10, "brain_lesion": 24}, "full": {"brain_tissue": 60, "brain_lesion": 150}}
 TISSUE_CLASSES = {0: "background", 1: "csf_other", 2: "gray_matter", 3: "white_matter"}
@@ -37,7 +45,7 @@ SPACINGS = {
 _DATASET_INDEX = {"brain_tissue": 0, "brain_lesion": 1}
 # Stored like scanner data: int16, template intensity 1.0 -> 1000.
 INTENSITY_SCALE = 1000.0
-BUILD_VERSION = 1  # bump when the synthesis changes, so old sample folders are rebuilt
+BUILD_VERSION = 2  # bump when the synthesis changes, so old sample folders are rebuilt
 
 
 @lru_cache(maxsize=2)
@@ -72,7 +80,9 @@ def _lesion_subject(args) -> dict:
     seed, index, kind, out_dir = args
     case_id = f"lesion_{index:03d}"
     params = draw_subject(subject_seed(seed, "brain_lesion", index), SPACINGS["brain_lesion"], lesion_kind=kind)
-    image, _, affine = synthesize(load_template(2), params)
+    image, _, mask, affine = synthesize_with_mask(load_template(2), params)
+    if params.lesion is not None:  # normal subjects have no mask file (the manifest's mask cell is empty)
+        write_nifti(out_dir / "masks" / f"{case_id}.nii.gz", mask, affine, dtype=np.uint8)
     write_nifti(out_dir / "images" / f"{case_id}.nii.gz", np.round(image * INTENSITY_SCALE), affine, dtype=np.int16)
     return {"case_id": case_id, "kind": kind, "params": params.to_json()}
 
@@ -186,8 +196,10 @@ def build_lesion(root: Path, *, size: str, seed: int, workers: int, progress) ->
         return out_dir
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "patient_id"])
+    writer.writerow(["path", "label", "patient_id", "mask"])
     for i in range(n):
-        writer.writerow([f"images/lesion_{i:03d}.nii.gz", kinds[i], f"sub-{i:03d}"])
+        mask = f"masks/lesion_{i:03d}.nii.gz"
+        mask = mask if (out_dir / mask).exists() else ""  # normal subjects: no lesion, no mask
+        writer.writerow([f"images/lesion_{i:03d}.nii.gz", kinds[i], f"sub-{i:03d}", mask])
     _write_text(out_dir / "manifest.csv", buf.getvalue())
     return out_dir

@@ -133,6 +133,17 @@ def synthesize(template: Template, params: SubjectParams) -> tuple[np.ndarray, n
     Returns:
         (image (X, Y, Z) float32 in about [0, 1.2], label (X, Y, Z) uint8, affine (4, 4)).
     """
+    image, label, _, affine = synthesize_with_mask(template, params)
+    return image, label, affine
+
+
+def synthesize_with_mask(template: Template, params: SubjectParams):
+    """:func:`synthesize` plus the lesion mask.
+
+    Returns:
+        (image, label, mask (X, Y, Z) uint8: 1 where the soft lesion ellipsoid is above half its
+        peak, all 0 without a lesion, affine).
+    """
     rng = np.random.default_rng(params.seed)
     affine, shape = output_grid(template, params.spacing, params.orientation)
     world = _world_grid(affine, shape)  # (3, X, Y, Z) mm
@@ -149,19 +160,23 @@ def synthesize(template: Template, params: SubjectParams) -> tuple[np.ndarray, n
     image = ndimage.map_coordinates(template.image, vox, order=1, mode="constant", cval=0.0)
     label = ndimage.map_coordinates(template.label, vox, order=0, mode="constant", cval=0).astype(np.uint8)
     del vox
+    mask = np.zeros(shape, dtype=np.uint8)
     if params.lesion is not None:
-        image *= 1.0 + _lesion_factor(params.lesion, world, label)
+        soft = _lesion_profile(params.lesion, world, label)
+        sign = 1.0 if params.lesion["kind"] == "hyperintense_lesion" else -1.0
+        image *= 1.0 + (sign * params.lesion["contrast"] * soft).astype(np.float32)
+        mask = (soft > 0.5 * float(soft.max())).astype(np.uint8)
     bias = _smooth_field(rng, shape, params.spacing, smooth_mm=50.0, n=1, coarse_mm=8.0)[0]
     image *= 1.0 + params.bias_strength * bias
     image = np.power(np.clip(image, 0, None), params.gamma, dtype=np.float32)
     sigma = params.noise_frac * float(image.max())
     noise = rng.standard_normal((2, *shape), dtype=np.float32) * sigma
     image = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2)  # Rician: magnitude of complex Gaussian
-    return image.astype(np.float32), label, affine
+    return image.astype(np.float32), label, mask, affine
 
 
-def _lesion_factor(lesion: dict, world: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Signed, soft-edged ellipsoid (X, Y, Z): +c inside for hyper-, -c for hypointense lesions."""
+def _lesion_profile(lesion: dict, world: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Soft-edged ellipsoid (X, Y, Z) in [0, 1] (1 deep inside), centred on a GM/WM voxel."""
     candidates = np.flatnonzero((label == 2) | (label == 3))
     if candidates.size == 0:
         raise ValueError("no GM/WM voxel to centre a lesion on")
@@ -173,6 +188,4 @@ def _lesion_factor(lesion: dict, world: np.ndarray, label: np.ndarray) -> np.nda
     r = np.sqrt(np.sum((local / axes[:, None, None, None]) ** 2, axis=0)) + 1e-6
     grad = np.sqrt(np.sum((local / axes[:, None, None, None] ** 2) ** 2, axis=0)) / r + 1e-6
     dist = (r - 1.0) / grad  # first-order distance to the surface, in mm
-    soft = 0.5 * erfc(dist / (np.sqrt(2.0) * lesion["edge_sigma_mm"]))
-    sign = 1.0 if lesion["kind"] == "hyperintense_lesion" else -1.0
-    return (sign * lesion["contrast"] * soft).astype(np.float32)
+    return (0.5 * erfc(dist / (np.sqrt(2.0) * lesion["edge_sigma_mm"]))).astype(np.float32)

@@ -64,23 +64,26 @@ def dataset_state(cfg) -> list:
     return state
 
 
-def _check_label(label: Volume, image: Volume, classes: list[int], tol: float) -> np.ndarray:
+def _check_label(label: Volume, image: Volume, classes: list[int], tol: float, what: str = "label") -> np.ndarray:
+    """The label map (or lesion mask, ``what='mask'``) as integers, if it lies on the image's grid and
+    holds only ``classes``; else a CaseError naming its file."""
     if label.data.shape != image.data.shape:
-        raise CaseError(label.path, f"label shape {label.data.shape} does not match image shape {image.data.shape}")
+        raise CaseError(label.path, f"{what} shape {label.data.shape} does not match image shape {image.data.shape}")
     if not same_grid(label.affine, label.data.shape, image.affine, image.data.shape, atol_mm=tol):
         err = float(np.abs(label.affine - image.affine).max())
-        raise CaseError(label.path, f"label affine differs from the image affine by up to {err:.4g} mm")
+        raise CaseError(label.path, f"{what} affine differs from the image affine by up to {err:.4g} mm")
     data = label.data
     if data.dtype.kind == "f":
         if not np.array_equal(data, np.round(data)):
-            raise CaseError(label.path, "label map has non-integer values")
+            raise CaseError(label.path, f"{what} has non-integer values")
     if data.dtype.kind in "ui" and data.min() >= 0 and data.max() < 65536:
         values = np.flatnonzero(np.bincount(data.ravel().astype(np.intp)))  # much faster than np.unique
     else:
         values = np.unique(data).astype(np.int64)
     extra = sorted(set(values.tolist()) - set(classes))
     if extra:
-        raise CaseError(label.path, f"label values {extra} outside the declared classes {classes}")
+        allowed = "the mask values 0 and 1" if what == "mask" else f"the declared classes {classes}"
+        raise CaseError(label.path, f"{what} values {extra} outside {allowed}")
     return data.astype(np.uint8 if max(classes) < 256 else np.int32)
 
 
@@ -93,7 +96,7 @@ def ingest_case(job: dict) -> dict:
             raise CaseError(other.path, f"channel grid differs from {ref.path}")
     label = None
     if job["label"] is not None:
-        label = _check_label(read_nifti(job["label"]), ref, job["classes"], job["tolerance"])
+        label = _check_label(read_nifti(job["label"]), ref, job["classes"], job["tolerance"], job["label_kind"])
     seed = zlib.crc32(job["case_id"].encode()) ^ job["seed"]
     fp = case_fingerprint(ref.data, ref.affine, label, seed=seed, n_classes=max(job["classes"], default=0) + 1)
     record = {
@@ -133,14 +136,15 @@ def run(cfg, upstream, out: StageDir, ctx):
     from medflow.tasks import task_for
 
     label_maps = task_for(listing.task, listing.name).voxel_targets
-    label_values = sorted(listing.classes) if label_maps else []
+    label_values = sorted(listing.classes) if label_maps else [0, 1]  # else the per-voxel map is a lesion mask
     jobs = []
     for c in valid:
         if out.has(c.case_id, ".json"):
             continue
         jobs.append((c.case_id, c.source, {
             "case_id": c.case_id, "patient_id": c.patient_id, "target": c.target, "split": c.split,
-            "images": c.images, "label": c.label, "classes": label_values, "seed": cfg.ingest.fingerprint_seed,
+            "images": c.images, "label": c.label, "classes": label_values,
+            "label_kind": "label" if label_maps else "mask", "seed": cfg.ingest.fingerprint_seed,
             "tolerance": cfg.ingest.affine_tolerance_mm, "out": str(out.case_path(c.case_id, ".json")),
         }))
     jobs, prior, scope = out.shard_jobs(jobs, [c.case_id for c in valid], ctx)

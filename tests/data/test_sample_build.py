@@ -25,6 +25,14 @@ def test_one_lesion_subject_is_a_valid_nifti(tmp_path):
     np.testing.assert_allclose(voxel_spacing(vol.affine), p["spacing"])
     assert vol.data.dtype == np.int16 and vol.data.max() > 500
     assert info["kind"] == "hypointense_lesion" and p["lesion"]["contrast"] >= 0.2
+    mask = read_nifti(tmp_path / "masks" / "lesion_003.nii.gz")
+    np.testing.assert_allclose(mask.affine, vol.affine)
+    assert mask.data.shape == vol.data.shape and set(np.unique(mask.data)) == {0, 1}
+    # a lesion of 8-20 mm across at 2-4 mm voxels: tens to hundreds of voxels, darker than around it
+    voxel_ml = abs(np.linalg.det(vol.affine[:3, :3])) / 1000
+    assert 0.1 < mask.data.sum() * voxel_ml < 5.0
+    _lesion_subject((0, 4, "normal", tmp_path))
+    assert not (tmp_path / "masks" / "lesion_004.nii.gz").exists()
 
 
 @pytest.mark.slow

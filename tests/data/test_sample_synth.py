@@ -7,7 +7,14 @@ import pytest
 
 from medflow.data.geometry import axcodes, voxel_spacing
 from medflow.data.sample.build import SPACINGS, lesion_kinds, subject_seed
-from medflow.data.sample.synth import Template, draw_subject, output_grid, synthesize, tissue_labels
+from medflow.data.sample.synth import (
+    Template,
+    draw_subject,
+    output_grid,
+    synthesize,
+    synthesize_with_mask,
+    tissue_labels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +77,11 @@ def test_lesion_changes_intensity(tiny_template, kind, sign):
     diff = with_lesion - without
     assert sign * diff.sum() > 0
     assert np.abs(diff).max() > 0.1
+    _, _, mask, _ = synthesize_with_mask(tiny_template, base)
+    assert mask.dtype == np.uint8 and 0 < mask.sum() < mask.size // 10
+    # the mask is where the lesion is: the change inside it dwarfs the change outside it
+    assert sign * diff[mask == 1].mean() > 10 * abs(diff[mask == 0].mean())
+    assert synthesize_with_mask(tiny_template, plain)[2].sum() == 0
 
 
 def test_lesion_classes_balanced():
