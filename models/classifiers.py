@@ -10,6 +10,7 @@ import keras
 from keras import layers, regularizers
 
 from medflow.models.layers import batch_norm
+from medflow.models.pooling import GlobalLogSumExpPooling, GlobalTopKPooling
 from medflow.models.registry import register_model
 
 
@@ -19,14 +20,16 @@ def _layers(nd: int):
     return layers.Conv3D, layers.AveragePooling3D, layers.MaxPooling3D, layers.GlobalAveragePooling3D
 
 
-_POOLINGS = ("avg", "max", "avgmax")
+_POOLINGS = ("avg", "max", "avgmax", "topk", "lse")
 
 
-def _global_pool(x, nd: int, pooling: str):
+def _global_pool(x, nd: int, pooling: str, topk_fraction: float = 0.02, lse_r: float = 5.0):
     """Global pooling of (N, *spatial, C) features to (N, C), or (N, 2C) for 'avgmax'.
 
     A lesion covers a few voxels of a whole head: averaging dilutes its response
-    by the volume, while the maximum keeps it. 'avgmax' concatenates both.
+    by the volume, while the maximum keeps it. 'avgmax' concatenates both; 'topk'
+    (mean of the top ``topk_fraction`` positions) and 'lse' (LogSumExp, sharpness
+    ``lse_r``) are smooth maxima whose gradient reaches more than one voxel.
     """
     if pooling not in _POOLINGS:
         raise ValueError(f"pooling must be one of {_POOLINGS}. Received: pooling={pooling!r}")
@@ -36,6 +39,10 @@ def _global_pool(x, nd: int, pooling: str):
         return avg(name="gap")(x)
     if pooling == "max":
         return mx(name="gmp")(x)
+    if pooling == "topk":
+        return GlobalTopKPooling(topk_fraction, name="topk")(x)
+    if pooling == "lse":
+        return GlobalLogSumExpPooling(lse_r, name="lse")(x)
     return layers.Concatenate(name="gap_gmp")([avg(name="gap")(x), mx(name="gmp")(x)])
 
 
@@ -87,7 +94,7 @@ def mlp(input_shape, n_classes, downsample=4, units=(256, 64), dropout=0.3, l1=0
 
 @register_model("cnn", task="classification")
 def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e-4, pooling="avgmax",
-        bn_momentum=0.9, norm="batch"):
+        bn_momentum=0.9, norm="batch", topk_fraction=0.02, lse_r=5.0):
     """VGG-style: ``blocks`` x (conv-BN-ReLU x2, max-pool), global pooling, dense softmax.
 
     ``bn_momentum`` 0.9 (Keras: 0.99) lets the running statistics follow the weights
@@ -105,13 +112,13 @@ def cnn(input_shape, n_classes, filters=16, blocks=4, dropout=0.3, l1=0.0, l2=1e
             x = _bn(f"block{b}_bn{i}", bn_momentum, norm)(x)
             x = layers.Activation("relu", name=f"block{b}_relu{i}")(x)
         x = maxpool(2, padding="same", name=f"block{b}_pool")(x)
-    x = _global_pool(x, nd, pooling)
+    x = _global_pool(x, nd, pooling, topk_fraction, lse_r)
     return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="cnn")
 
 
 @register_model("resnet", task="classification")
 def resnet(input_shape, n_classes, filters=16, stages=(2, 2, 2), dropout=0.3, l1=0.0, l2=1e-4, pooling="avgmax",
-           bn_momentum=0.9, norm="batch"):
+           bn_momentum=0.9, norm="batch", topk_fraction=0.02, lse_r=5.0):
     """ResNet-style: a stem, then stages of basic residual blocks (stride 2 between stages), global pooling."""
     nd = _check(input_shape)
     conv = _layers(nd)[0]
@@ -132,5 +139,5 @@ def resnet(input_shape, n_classes, filters=16, stages=(2, 2, 2), dropout=0.3, l1
                 x = conv(f, 1, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg,
                          name=f"{name}_proj")(x)
             x = layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, y]))
-    x = _global_pool(x, nd, pooling)
+    x = _global_pool(x, nd, pooling, topk_fraction, lse_r)
     return keras.Model(inputs, _head(x, n_classes, dropout, l1, l2), name="resnet")

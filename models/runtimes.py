@@ -26,7 +26,7 @@ RUNTIMES = ("keras", "saved_model", "onnx")
 
 def load_custom_objects() -> None:
     """Import the modules that register custom layers, so a .keras file names resolve."""
-    from medflow.models import ct_ops, layers, losses, reconstruction, unet  # noqa: F401
+    from medflow.models import ct_ops, layers, losses, pooling, reconstruction, unet  # noqa: F401
 
 
 def load_keras(path, compile: bool = False):

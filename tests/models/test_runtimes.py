@@ -16,6 +16,8 @@ BUILDERS = [
     ("cnn", (16, 16, 16, 1), 3, {"filters": 4, "blocks": 2}),
     ("resnet", (16, 16, 16, 1), 2, {"filters": 4, "stages": [1, 1]}),
     ("mlp", (8, 8, 8, 1), 2, {"downsample": 2, "units": [8]}),
+    ("cnn-topk", (16, 16, 16, 1), 3, {"filters": 4, "blocks": 2, "pooling": "topk", "topk_fraction": 0.1}),
+    ("resnet-lse", (16, 16, 16, 1), 2, {"filters": 4, "stages": [1, 1], "pooling": "lse"}),
 ]
 
 
@@ -30,7 +32,7 @@ def _randomize(model, seed=0):
 
 @pytest.mark.parametrize("name,shape,classes,params", BUILDERS, ids=[b[0] for b in BUILDERS])
 def test_saved_model_and_onnx_match_keras(tmp_path, name, shape, classes, params):
-    model = _randomize(build_model(name, shape, classes, params))
+    model = _randomize(build_model(name.split("-")[0], shape, classes, params))
     written = export_formats(model, tmp_path)
     assert written == {"keras": KERAS, "saved_model": SAVED_MODEL, "onnx": ONNX}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
