@@ -197,9 +197,14 @@ class EvaluateConfig(_Strict):
     report_classes: list[str] | None = Field(
         default=None, description="classes averaged into mean_dice; default: every foreground class"
     )
-    baseline: Literal["none", "multi_otsu"] = Field(
-        default="none", description="segmentation: none or multi_otsu, scored beside the network"
+    baseline: Literal["none", "multi_otsu", "normative"] = Field(
+        default="none",
+        description="scored beside the network: multi_otsu (segmentation) or normative (classification: "
+        "z-map against the normal training subjects, top-k z, logistic regression)",
     )
+    normative_class: str = Field(default="normal", description="normative: the class of normal subjects")
+    normative_sigma_mm: float = Field(default=4.0, gt=0, description="normative: z-map smoothing (lesion scale)")
+    normative_top_k: int = Field(default=10, ge=1, description="normative: voxels averaged at each z tail")
     baseline_labels: list[int] = Field(
         default_factory=list, description="multi_otsu: label of each intensity class, darkest first"
     )

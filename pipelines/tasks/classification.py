@@ -92,9 +92,11 @@ class Classification(Task):
         """Accuracy figures per split."""
         lines = []
         for split, r in s["reports"].items():
-            lines += ["", f"  {split} set, {r['n']} cases: accuracy {r['accuracy']:.4f}  "
-                          f"balanced accuracy {r['balanced_accuracy']:.4f}  macro F1 {r['macro_f1']:.4f}  "
-                          f"AUC (macro OvR) {r['roc_auc_macro_ovr']:.4f}"]
+            lines += ["", f"  {split} set, {r['n']} cases:"]
+            for method, rep in [("network", r), *((m, b[split]) for m, b in s.get("baselines", {}).items())]:
+                lines.append(f"    {method:<10} accuracy {rep['accuracy']:.4f}  balanced accuracy "
+                             f"{rep['balanced_accuracy']:.4f}  macro F1 {rep['macro_f1']:.4f}  "
+                             f"AUC (macro OvR) {rep['roc_auc_macro_ovr']:.4f}")
         return lines
 
     def evaluate(self, cfg, upstream, out, ctx, plan, train):

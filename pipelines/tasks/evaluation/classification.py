@@ -92,6 +92,34 @@ def evaluate_split(split: str, ids, y, probs, classes, views, out: StageDir) -> 
     return report
 
 
+def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, artifacts) -> dict:
+    """Fit the normative baseline on the fold's training cases (their crops as the network sees them) and
+    score it on each split like the network; returns {split: report}."""
+    from medflow.models.normative import fit_normative
+
+    ev, classes = cfg.evaluate, list(plan.classes)
+    if ev.normative_class not in classes:
+        raise StageFailed(f"evaluate.normative_class: {ev.normative_class!r} is not one of {classes}")
+    train = sorted(info["train_cases"])
+    volumes = [task.crops(plan, read_case(json.loads(ingest.file(ingest.cases[c]["file"]).read_text())))[0][..., 0]
+               for c in train]
+    sigma = [ev.normative_sigma_mm / s for s in plan.preprocess.spacing]
+    try:
+        model = fit_normative(np.stack(volumes), [classes.index(pre.cases[c]["target"]) for c in train],
+                              len(classes), classes.index(ev.normative_class), sigma_vox=sigma, k=ev.normative_top_k)
+    except ValueError as err:
+        raise StageFailed(f"normative baseline: {err}") from None
+    reports = {}
+    for name, ids in splits.items():
+        y = [classes.index(pre.cases[c]["target"]) for c in ids]
+        probs = model.predict([views[c][..., 0] for c in ids])
+        reports[name] = evaluate_split(f"{name}/normative", ids, y, probs, classes, views, out)
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr"):
+            metrics[f"normative_{name}_{key}"] = reports[name][key]
+        artifacts += [f"{name}/normative/{f}" for f in FILES]
+    return reports
+
+
 FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "confusion.png", "misclassified.png")
 
 
@@ -129,8 +157,12 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
                 for key in ("precision", "recall", "f1"):
                     metrics[f"{name}_{key}_{cname}"] = stats[key]
             artifacts += [f"{name}/{f}" for f in FILES]
+    baselines = {}
+    if cfg.evaluate.baseline == "normative":
+        baselines["normative"] = _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics,
+                                            artifacts)
     out.write_json("summary.json", {"classes": classes, "splits": splits, "reports": summary,
-                                    "primary": cfg.evaluate.split})
+                                    "primary": cfg.evaluate.split, "baselines": baselines})
     primary = cfg.evaluate.split
     return out.finish(cfg, upstream, {
         "cases": {c: {"split": s} for s, ids in splits.items() for c in ids},

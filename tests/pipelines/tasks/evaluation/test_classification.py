@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from medflow.core.loading import load_config
 from medflow.tracking.runs import MlflowTracker
@@ -50,6 +51,40 @@ def test_classification_evaluation(tmp_path):
             "stage/test/confusion.csv", "stage/test/misclassified.png"} <= logged
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["test_balanced_accuracy"] == run.data.metrics["test_balanced_accuracy"]
+
+
+def test_normative_baseline_is_scored_beside_the_network(tmp_path):
+    root = make_cls_dataset(tmp_path / "cls", n=16)
+    store, cfg, ev = run_evaluation(tmp_path, root, EXTRA + "evaluate: {baseline: normative, normative_top_k: 4}\n",
+                                    ["dataset.classes=[normal, lesion]"], layout="csv")
+    folder = Path(ev.path)
+    summary = json.loads((folder / "summary.json").read_text())
+    for name in ("val", "test"):
+        rows = list(csv.DictReader((folder / name / "normative" / "predictions.csv").open()))
+        assert sorted(r["case_id"] for r in rows) == sorted(summary["splits"][name])
+        assert summary["baselines"]["normative"][name]["n"] == len(rows)
+    # the toy lesion is a bright cube: z-tails against the normal subjects find it
+    assert summary["baselines"]["normative"]["test"]["balanced_accuracy"] >= 0.75
+    run = MlflowClient(store).get_run(ev.run_id)
+    assert "normative_test_balanced_accuracy" in run.data.metrics
+    from medflow.tasks import TASKS
+
+    lines = TASKS["classification"].summary_lines(folder)
+    assert any(line.strip().startswith("normative") for line in lines)
+
+
+def test_normative_class_must_be_a_class(tmp_path):
+    root = make_cls_dataset(tmp_path / "cls", n=16)
+    cfg = load_config(write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages=EVAL_STAGES,
+                                     extra=EXTRA + "evaluate: {baseline: normative, normative_class: healthy}\n"),
+                      ["dataset.classes=[normal, lesion]"])
+    from medflow.core.engine import StageFailed
+    from medflow.core.runner import run_pipeline
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDFLOW_WORKSPACE", str(tmp_path / "ws"))
+        with pytest.raises(StageFailed, match="evaluate.normative_class: 'healthy' is not one of"):
+            run_pipeline(cfg)
 
 
 COMPARE = """

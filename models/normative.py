@@ -1,0 +1,120 @@
+"""A normative-model baseline for lesion classification, with no deep learning.
+
+Fit: the voxelwise mean and standard deviation of the training set's normal
+subjects (on the classifier's input grid, after preprocessing). Score a case:
+its z-map against them, smoothed at lesion scale, inside the brain of the mean;
+the means of its ``k`` most positive and ``k`` most negative z (a bright and a
+dark lesion) and its extreme z are the features of a multinomial logistic
+regression fitted on the training cases. Reported beside the networks, as
+multi-Otsu is for segmentation: a network that cannot beat it has learned little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, optimize
+
+from medflow.data.intensity import foreground_mask
+
+
+@dataclass
+class NormativeBaseline:
+    """A fitted baseline. Arrays are on the classifier's input grid (X, Y, Z).
+
+    Attributes:
+        mean, sd: voxelwise statistics of the normal training subjects (sd floored).
+        brain: where z is read: the foreground of ``mean``, eroded by one voxel.
+        sigma: Gaussian smoothing of the z-map, in voxels per axis.
+        k: voxels averaged at each tail.
+        centre, scale: feature standardization from the training cases.
+        weights: (F + 1, K) logistic-regression weights (last row: bias).
+    """
+
+    mean: np.ndarray
+    sd: np.ndarray
+    brain: np.ndarray
+    sigma: tuple[float, ...]
+    k: int
+    centre: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    def features(self, volume: np.ndarray) -> np.ndarray:
+        """(4,) features of one (X, Y, Z) volume: top-k mean z, -bottom-k mean z, max z, -min z."""
+        z = ndimage.gaussian_filter((np.asarray(volume, np.float64) - self.mean) / self.sd, self.sigma)[self.brain]
+        k = min(self.k, z.size)
+        part = np.partition(z, (k, z.size - k - 1))
+        return np.array([part[-k:].mean(), -part[:k].mean(), z.max(), -z.min()])
+
+    def predict(self, volumes) -> np.ndarray:
+        """(N, K) class probabilities of (N, X, Y, Z) volumes."""
+        f = (np.stack([self.features(v) for v in volumes]) - self.centre) / self.scale
+        return _softmax(np.hstack([f, np.ones((len(f), 1))]) @ self.weights)
+
+
+def fit_normative(volumes: np.ndarray, targets, n_classes: int, normal: int, *, sigma_vox, k: int,
+                  l2: float = 1e-2) -> NormativeBaseline:
+    """Fit the baseline on training volumes (N, X, Y, Z) with class indices ``targets``.
+
+    Args:
+        normal: the class index of normal subjects (their statistics are the norm).
+        sigma_vox: smoothing in voxels (a float or one per axis).
+        k: voxels averaged at each tail (about one lesion's volume).
+        l2: ridge penalty of the logistic regression.
+
+    A class without training cases keeps a near-zero probability (the ridge holds its weights at 0
+    while the others' logits grow).
+
+    Raises:
+        ValueError: fewer than two normal subjects.
+    """
+    volumes, targets = np.asarray(volumes, np.float64), np.asarray(targets, dtype=int)
+    normals = volumes[targets == normal]
+    if len(normals) < 2:
+        raise ValueError(f"the normative baseline needs at least 2 normal training subjects, got {len(normals)}")
+    mean, sd = normals.mean(0), normals.std(0, ddof=1)
+    sd = np.maximum(sd, 0.1 * float(np.median(sd[sd > 0])) if np.any(sd > 0) else 1.0)
+    brain = ndimage.binary_erosion(foreground_mask(mean.astype(np.float32)))
+    if not brain.any():
+        brain = np.ones(mean.shape, bool)
+    sigma = tuple(float(s) for s in np.broadcast_to(sigma_vox, (mean.ndim,)))
+    model = NormativeBaseline(mean, sd, brain, sigma, int(k))
+    # Leave-one-out z for the normal subjects' own features: scored against the norm they helped make,
+    # they would look more normal than any unseen normal subject.
+    feats, which = [], np.cumsum(targets == normal) - 1  # each normal subject's row in ``normals``
+    for i, v in enumerate(volumes):
+        if targets[i] == normal:
+            rest = np.delete(normals, which[i], axis=0)
+            loo = NormativeBaseline(rest.mean(0), np.maximum(rest.std(0, ddof=1), sd.min()), brain, sigma, int(k))
+            feats.append(loo.features(v))
+        else:
+            feats.append(model.features(v))
+    feats = np.stack(feats)
+    model.centre, model.scale = feats.mean(0), feats.std(0) + 1e-9
+    x = np.hstack([(feats - model.centre) / model.scale, np.ones((len(feats), 1))])
+    model.weights = _fit_softmax(x, targets, n_classes, l2)
+    return model
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float) -> np.ndarray:
+    """(F + 1, K) weights of a ridge-penalized multinomial logistic regression (L-BFGS); bias unpenalized."""
+    onehot = np.eye(n_classes)[y]
+    penalty = np.ones((x.shape[1], n_classes))
+    penalty[-1] = 0.0
+
+    def loss(w):
+        w = w.reshape(x.shape[1], n_classes)
+        p = _softmax(x @ w)
+        value = -np.mean(np.sum(onehot * np.log(p + 1e-12), axis=1)) + 0.5 * l2 * np.sum(penalty * w**2)
+        grad = x.T @ (p - onehot) / len(x) + l2 * penalty * w
+        return value, grad.ravel()
+
+    res = optimize.minimize(loss, np.zeros(x.shape[1] * n_classes), jac=True, method="L-BFGS-B")
+    return res.x.reshape(x.shape[1], n_classes)
