@@ -15,6 +15,7 @@ space, whatever runtime executes the network:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,19 +65,31 @@ class Bundle:
 
 def read_plan(folder: Path) -> InferencePlan:
     """The plan of a bundle folder, of a family medflow knows."""
-    import json
-
-    from medflow.tasks import task_for
+    from medflow.tasks import TASKS, task_for
 
     folder = Path(folder)
     if not (folder / PLAN).is_file():
         raise BundleError(f"{folder}: not an export bundle (no {PLAN})")
     try:
-        family = json.loads((folder / PLAN).read_text()).get("family")
-        task_for(family, str(folder / PLAN))  # an unknown family says so before any missing key does
-        return load_plan(folder)
-    except (PlanError, ValueError, AttributeError) as err:
-        raise BundleError(str(err) if not isinstance(err, AttributeError) else f"{folder / PLAN}: not a JSON object") from None
+        plan = load_plan(folder)
+    except PlanError as err:
+        family = _declared_family(folder / PLAN)
+        if family is not None and family not in TASKS:  # say the family is unknown, not what it lacks
+            raise BundleError(f"{folder / PLAN}: unknown model family {family!r}; known: {', '.join(TASKS)}") from None
+        raise BundleError(str(err)) from None
+    try:
+        task_for(plan.family, str(folder / PLAN))
+    except ValueError as err:
+        raise BundleError(str(err)) from None
+    return plan
+
+
+def _declared_family(path: Path):
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("family") if isinstance(doc, dict) else None
 
 
 def load_bundle(folder: Path, runtime: str = "keras", *, threads: int = 0) -> Bundle:

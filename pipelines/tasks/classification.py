@@ -59,7 +59,10 @@ class Classification(Task):
 
     def infer(self, plan: InferencePlan, net: Net, case: VolumeCase) -> np.ndarray:
         """(K,) class probabilities: the mean over the plan's crops."""
-        x = self.crops(plan, case)
+        return self.probabilities(plan, net, self.crops(plan, case))
+
+    def probabilities(self, plan: InferencePlan, net: Net, x: np.ndarray) -> np.ndarray:
+        """(K,) class probabilities of one case's (N, *patch, C) crops: the mean over them."""
         batch = plan.inference.batch_size
         probs = [np.asarray(net(x[i:i + batch]), dtype=np.float64) for i in range(0, len(x), batch)]
         return np.concatenate(probs).mean(axis=0)

@@ -143,8 +143,9 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
     with ctx.progress(len(ids_all), "evaluate") as bar:
         for case_id in ids_all:
             case = read_case(json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text()))
-            probs_by_case[case_id] = task.infer(plan, net, case)
-            views[case_id] = task.crops(plan, case)[0]
+            crops = task.crops(plan, case)  # preprocessed once: the same as task.infer(plan, net, case)
+            probs_by_case[case_id] = task.probabilities(plan, net, crops)
+            views[case_id] = crops[0]
             bar.update(1)
         for name, ids in splits.items():
             y = [classes.index(pre.cases[c]["target"]) for c in ids]
