@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from medflow.data.native import plan_from_json
 from medflow.data.preprocess import PreprocessPlan
 
 PLAN = "plan.json"
@@ -125,7 +126,7 @@ class InferencePlan:
                 input_shape=tuple(int(v) for v in doc["input_shape"]),
                 classes=tuple(doc.get("classes", ())),
                 channels=tuple(doc.get("channels", ())),
-                preprocess=None if pre is None else _dataclass(PreprocessPlan, pre),
+                preprocess=None if pre is None else plan_from_json(pre),
                 window=None if doc.get("window") is None else _dataclass(Window, doc["window"]),
                 inference=None if doc.get("inference") is None else _dataclass(InferenceSettings, doc["inference"]),
                 geometry=doc.get("geometry"),

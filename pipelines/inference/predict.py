@@ -29,15 +29,13 @@ class PredictError(ValueError):
     """A problem with the model or the input set as a whole (one line)."""
 
 
-def _trained_model(folder: Path, runtime: str, model_file: str | None = None) -> Bundle:
-    """A bundle around a train stage's folder (plan.json beside the model it names), on Keras."""
+def _trained_model(folder: Path, runtime: str, model_file: str) -> Bundle:
+    """A bundle around a train stage's folder (``model_file`` with plan.json beside it), on Keras."""
     from medflow.models.inference import keras_predictor
     from medflow.models.runtimes import load_keras
 
     if runtime != "keras":
         raise PredictError(f"{folder}: a train folder runs on the keras runtime only; export it for {runtime}")
-    if model_file is None:
-        model_file = json.loads((folder / "manifest.json").read_text())["inference_model"]
     plan = read_plan(folder)
     return Bundle(folder, plan, "keras", keras_predictor(load_keras(folder / model_file)))
 
@@ -55,9 +53,8 @@ def open_model(spec: str, runtime: str = "keras") -> Bundle:
     path = Path(spec)
     if path.is_dir() and (path / "plan.json").exists():
         manifest = path / "manifest.json"
-        if manifest.exists() and "inference_model" in json.loads(manifest.read_text()):
-            return _trained_model(path, runtime)
-        return load_bundle(path, runtime)
+        trained = json.loads(manifest.read_text()).get("inference_model") if manifest.exists() else None
+        return _trained_model(path, runtime, trained) if trained else load_bundle(path, runtime)
     if path.is_file() and path.suffix == ".keras":
         if not (path.parent / "plan.json").exists():
             raise PredictError(f"{path}: no plan.json beside it (a train folder's model, or an export bundle)")

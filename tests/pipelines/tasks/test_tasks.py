@@ -37,14 +37,17 @@ def test_classifier_averages_its_crops():
     case = VolumeCase([np.random.default_rng(0).normal(size=(12, 10, 8)).astype(np.float32)], make_affine())
     seen = []
 
-    def net(x):
+    def net(x):  # a "probability" that differs per crop: the crop's mean squashed into (0, 1)
         seen.append(x.shape)
-        return np.stack([np.full(len(x), 0.25), np.full(len(x), 0.75)], axis=1)
+        p = 1 / (1 + np.exp(-x.mean(axis=(1, 2, 3, 4))))
+        return np.stack([p, 1 - p], axis=1)
     probs = TASKS["classification"].infer(plan, net, case)
     assert seen == [(2, 6, 6, 4, 1), (2, 6, 6, 4, 1)]  # batch_size 2, 4 crops
-    np.testing.assert_allclose(probs, [0.25, 0.75])
     crops = TASKS["classification"].crops(plan, case)
     assert crops.shape == (4, 6, 6, 4, 1) and not np.allclose(crops[0], crops[1])
+    per_crop = net(crops)
+    assert np.ptp(per_crop[:, 0]) > 1e-4  # the crops disagree, so a wrong reduction would show
+    np.testing.assert_allclose(probs, per_crop.mean(axis=0), rtol=1e-6)
 
 
 def test_volume_rows_and_their_errors(tmp_path):
