@@ -25,6 +25,8 @@ from medflow.data.augment import Chain, sample_seed
 from medflow.data.casefile import read_case
 from medflow.data.sampling import SamplerConfig, cut_sample, draw_centre, foreground_points
 
+IGNORE = 255  # a voxel without a target (medflow.models.losses.IGNORE)
+
 
 class CaseStore:
     """Preprocessed cases, cached in memory or memory-mapped from disk.
@@ -142,9 +144,36 @@ class SampleSource:
                       self.store.targets.get(case_id), seed, centre, applied)
 
 
+@dataclass
+class MaskTargets:
+    """Voxel lesion targets beside the class target, for a classifier that segments (segcls).
+
+    A sample's mask is its case's lesion mask moved with the image. A case without one is
+    either normal (class ``normal``: the mask is all zero) or weakly labelled (every voxel is
+    :data:`IGNORE`, so only the class head learns from it).
+
+    Attributes:
+        normal: the class index of normal subjects, or None when no class is lesion-free.
+        class_weight: class index -> sample weight (Keras's class_weight, which it refuses for
+            models with two outputs); empty for unweighted.
+    """
+
+    normal: int | None
+    class_weight: dict[int, float]
+
+    def mask(self, s: Sample) -> np.ndarray:
+        if s.label is not None:
+            return np.ascontiguousarray(s.label, dtype=np.uint8)
+        fill = 0 if s.target == self.normal else IGNORE
+        return np.full(s.image.shape[:-1], fill, dtype=np.uint8)
+
+    def weight(self, target: int) -> float:
+        return self.class_weight.get(int(target), 1.0)
+
+
 def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, batch_size: int,
                  augment: bool = True, parallel: int = 0, samples_per_epoch: int | None = None,
-                 worker: tuple[int, int] | None = None):
+                 worker: tuple[int, int] | None = None, masks: MaskTargets | None = None):
     """A ``tf.data.Dataset`` of (image, label-or-target) batches over ``epochs``.
 
     Args:
@@ -159,6 +188,8 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
         worker: (index, count) for multi-worker training: ``batch_size`` is the global batch, and
             this worker yields rows [index * b, (index + 1) * b) of each, b = batch_size / count,
             so the workers' batches together are exactly the single-worker batch.
+        masks: for a classifier that also segments the lesion (segcls): batches are then
+            (image, {"lesion": mask, "probabilities": target}, sample weight); see :class:`MaskTargets`.
     """
     import tensorflow as tf
 
@@ -176,16 +207,26 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
 
     def produce(case_idx, epoch, index):
         s = source.sample(ids[int(case_idx)], int(epoch), int(index), augment=augment)
+        if masks is not None:
+            return s.image, masks.mask(s), np.int32(s.target), np.float32(masks.weight(s.target))
         second = s.label if seg else np.int32(s.target)
         return s.image, second
 
-    out_types = (tf.float32, tf.uint8 if seg else tf.int32)
+    if masks is not None:
+        def mapped(case_idx, epoch, index):
+            image, mask, target, weight = tf.numpy_function(
+                produce, [case_idx, epoch, index], (tf.float32, tf.uint8, tf.int32, tf.float32), stateful=False)
+            return (tf.ensure_shape(image, (*patch, channels)),
+                    {"lesion": tf.ensure_shape(mask, patch), "probabilities": tf.ensure_shape(target, ())},
+                    tf.ensure_shape(weight, ()))
+    else:
+        out_types = (tf.float32, tf.uint8 if seg else tf.int32)
 
-    def mapped(case_idx, epoch, index):
-        image, second = tf.numpy_function(produce, [case_idx, epoch, index], out_types, stateful=False)
-        image = tf.ensure_shape(image, (*patch, channels))
-        second = tf.ensure_shape(second, patch if seg else ())
-        return image, second
+        def mapped(case_idx, epoch, index):
+            image, second = tf.numpy_function(produce, [case_idx, epoch, index], out_types, stateful=False)
+            image = tf.ensure_shape(image, (*patch, channels))
+            second = tf.ensure_shape(second, patch if seg else ())
+            return image, second
 
     cores = os.cpu_count() or 1
     columns = tuple(np.array([p[i] for p in plan], dtype=np.int64) for i in range(3))

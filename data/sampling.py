@@ -89,3 +89,22 @@ def cut_sample(image: np.ndarray, label: np.ndarray | None, centre: list[int], c
     out = np.stack([_cut(ch, bounds, f) for ch, f in zip(image, fill)])
     lab = _cut(label, bounds, 0) if label is not None else None
     return out, lab
+
+
+def paste_sample(patch: np.ndarray, shape: tuple[int, ...], centre: list[int], cfg: SamplerConfig,
+                 fill: float = 0.0) -> np.ndarray:
+    """The inverse of :func:`cut_sample` for a 3D patch map: (*P) -> (*shape), ``fill`` outside the patch.
+
+    A map computed on a patch (an explanation, a lesion probability) goes back onto the
+    preprocessed grid it was cut from; parts of the patch that were padding are dropped.
+    """
+    if cfg.mode == "2d":
+        raise ValueError("paste_sample takes 3D patches")
+    bounds = [_window(c, p, n) for c, p, n in zip(centre, cfg.patch_size, shape)]
+    out = np.full(shape, fill, dtype=patch.dtype)
+    src, dst = [], []
+    for (a, b), n in zip(bounds, shape):
+        dst.append(slice(max(a, 0), min(b, n)))
+        src.append(slice(max(a, 0) - a, max(a, 0) - a + max(min(b, n) - max(a, 0), 0)))
+    out[tuple(dst)] = patch[tuple(src)]
+    return out

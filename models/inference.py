@@ -97,7 +97,10 @@ def sliding_window(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarra
 
 
 def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict`` for :func:`sliding_window` from a Keras model (inference mode, no per-call retracing)."""
-    def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(x))
+    """``predict(x) -> y`` from a Keras model (inference mode, no per-call retracing); ``y`` is
+    ``{output name: array}`` for a model with several outputs, as every runtime returns it."""
+    def predict(x: np.ndarray):
+        y = model.predict_on_batch(np.asarray(x, dtype=np.float32))
+        return {k: np.asarray(v) for k, v in y.items()} if isinstance(y, dict) else np.asarray(y)
+    predict.model = model  # explanations that need gradients (Grad-CAM) reach the model through it
     return predict

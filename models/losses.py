@@ -94,3 +94,76 @@ class ForegroundDice(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "n_classes": self.n_classes}
+
+
+IGNORE = 255  # a voxel target that says "unknown": no lesion mask for this case
+
+
+@keras.saving.register_keras_serializable(package="medflow")
+class MaskedDiceBCELoss(keras.losses.Loss):
+    """Binary soft Dice plus binary cross-entropy over the voxels whose target is known.
+
+    y_true: (B, *S) or (B, *S, 1) uint8 in {0, 1, 255}; 255 (:data:`IGNORE`) marks a voxel
+    without a target, e.g. every voxel of a lesion case that has no mask (a weakly labelled
+    case adds nothing to this loss). y_pred: (B, *S, 1) lesion probability.
+
+    Dice is the batch Dice (sums over every known voxel of the batch), so a batch of normal
+    cases with no lesion anywhere still has a defined value: 1 - smooth / (sum p + smooth),
+    which pushes their false positives down. The result is one value per sample (the batch's
+    Dice term plus the sample's mean BCE over its known voxels), so sample weights apply.
+    """
+
+    def __init__(self, smooth: float = 1.0, ce_weight: float = 1.0, pos_weight: float = 20.0, name="lesion_dice_bce",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smooth, self.ce_weight, self.pos_weight = float(smooth), float(ce_weight), float(pos_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        p = ops.clip(y_pred[..., 0], 1e-6, 1.0 - 1e-6)
+        known = ops.cast(ops.not_equal(y_true, IGNORE), p.dtype)
+        t = ops.cast(ops.equal(y_true, 1), p.dtype)
+        axes = tuple(range(1, len(p.shape)))
+        # A lesion is ~1e-3 of the voxels: weighting its voxels keeps their gradient from drowning.
+        bce = -(self.pos_weight * t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p)) * known
+        n_known = ops.sum(known, axis=axes)
+        bce = ops.sum(bce, axis=axes) / ops.maximum(n_known, 1.0)
+        inter = ops.sum(p * t * known)
+        denom = ops.sum(p * known) + ops.sum(t)
+        dice_term = 1.0 - (2.0 * inter + self.smooth) / (denom + self.smooth)
+        # A batch with no known voxel (all weakly labelled) has no Dice term either.
+        dice_term = dice_term * ops.cast(ops.sum(n_known) > 0, p.dtype)
+        return self.ce_weight * bce + dice_term
+
+    def get_config(self):
+        return {**super().get_config(), "smooth": self.smooth, "ce_weight": self.ce_weight,
+                "pos_weight": self.pos_weight}
+
+
+@keras.saving.register_keras_serializable(package="medflow")
+class LesionDice(keras.metrics.Metric):
+    """Hard Dice of the lesion map (p > 0.5) over the known voxels, accumulated over an epoch.
+
+    y_true as :class:`MaskedDiceBCELoss` (255 = unknown); an epoch with no lesion voxel and
+    no prediction scores 1.
+    """
+
+    def __init__(self, name="dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.inter = self.add_weight(shape=(), initializer="zeros", name="inter")
+        self.total = self.add_weight(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        known = ops.cast(ops.not_equal(y_true, IGNORE), "float32")
+        pred = ops.cast(y_pred[..., 0] > 0.5, "float32") * known
+        true = ops.cast(ops.equal(y_true, 1), "float32")
+        self.inter.assign_add(ops.sum(pred * true))
+        self.total.assign_add(ops.sum(pred) + ops.sum(true))
+
+    def result(self):
+        return ops.where(self.total > 0, 2.0 * self.inter / ops.maximum(self.total, 1e-8), 1.0)
+
+    def reset_state(self):
+        self.inter.assign(0.0)
+        self.total.assign(0.0)

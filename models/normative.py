@@ -44,8 +44,10 @@ class NormativeBaseline:
     def features(self, volume: np.ndarray) -> np.ndarray:
         """(4,) features of one (X, Y, Z) volume: top-k mean z, -bottom-k mean z, max z, -min z."""
         z = ndimage.gaussian_filter((np.asarray(volume, np.float64) - self.mean) / self.sd, self.sigma)[self.brain]
-        k = min(self.k, z.size)
-        part = np.partition(z, (k, z.size - k - 1))
+        if z.size < 2:
+            raise ValueError(f"the brain mask has {z.size} voxel(s) in the crop; the baseline needs at least 2")
+        k = min(self.k, z.size // 2)  # both tails fit, however small the brain
+        part = np.partition(z, (k - 1, z.size - k))
         return np.array([part[-k:].mean(), -part[:k].mean(), z.max(), -z.min()])
 
     def predict(self, volumes) -> np.ndarray:

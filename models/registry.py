@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 MODELS: dict[str, Callable] = {}
 
+# Output names the tasks read from a model with several outputs (a one-output model's names are free).
+LESION, PROBABILITIES = "lesion", "probabilities"
+
 
 def register_model(name: str, task: str):
     """Register ``fn(input_shape, n_classes, **params) -> keras.Model`` under ``name`` for ``task``."""
@@ -26,7 +29,7 @@ def register_model(name: str, task: str):
 
 
 def _load_all() -> None:
-    from medflow.models import classifiers, reconstruction, unet  # noqa: F401  (registration)
+    from medflow.models import classifiers, mil, reconstruction, segcls, unet  # noqa: F401  (registration)
 
 
 def check_model(name: str, params: dict) -> Callable:

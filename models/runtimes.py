@@ -26,7 +26,7 @@ RUNTIMES = ("keras", "saved_model", "onnx")
 
 def load_custom_objects() -> None:
     """Import the modules that register custom layers, so a .keras file names resolve."""
-    from medflow.models import ct_ops, layers, losses, pooling, reconstruction, unet  # noqa: F401
+    from medflow.models import ct_ops, layers, losses, mil, pooling, reconstruction, segcls, unet  # noqa: F401
 
 
 def load_keras(path, compile: bool = False):
@@ -73,6 +73,9 @@ def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> 
 def load_runtime(folder: Path, runtime: str = "keras", *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """``predict(x) -> y`` over float32 batches, from the export folder's ``runtime`` file.
 
+    ``y`` is an array for a one-output model, and ``{output name: array}`` for a model with
+    several (segcls: ``lesion`` and ``probabilities``), the same from every runtime.
+
     Args:
         folder: an export folder written by :func:`export_formats`.
         runtime: 'keras', 'saved_model' or 'onnx'.
@@ -88,18 +91,20 @@ def load_runtime(folder: Path, runtime: str = "keras", *, threads: int = 0) -> C
     if not path.exists():
         raise FileNotFoundError(f"{folder}: no {path.name} for the {runtime} runtime")
     if runtime == "keras":
-        model = load_keras(path)
-        return lambda x: np.asarray(model.predict_on_batch(np.asarray(x, dtype=np.float32)))
+        from medflow.models.inference import keras_predictor
+
+        return keras_predictor(load_keras(path))
     if runtime == "saved_model":
         import tensorflow as tf
 
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures["serving_default"]
         key = next(iter(serve.structured_input_signature[1]))
-        out_key = next(iter(serve.structured_outputs))
+        out_keys = list(serve.structured_outputs)
 
         def predict_sm(x):
-            return serve(**{key: tf.constant(np.asarray(x, dtype=np.float32))})[out_key].numpy()
+            y = serve(**{key: tf.constant(np.asarray(x, dtype=np.float32))})
+            return {k: y[k].numpy() for k in out_keys} if len(out_keys) > 1 else y[out_keys[0]].numpy()
         predict_sm.keepalive = loaded  # the signature's variables die with the loaded object
         return predict_sm
     import onnxruntime as ort
@@ -109,7 +114,12 @@ def load_runtime(folder: Path, runtime: str = "keras", *, threads: int = 0) -> C
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.asarray(x, dtype=np.float32)})[0]
+    out_names = [o.name for o in session.get_outputs()]
+
+    def predict_onnx(x):
+        y = session.run(None, {name: np.asarray(x, dtype=np.float32)})
+        return dict(zip(out_names, y)) if len(out_names) > 1 else y[0]
+    return predict_onnx
 
 
 def parity(folder: Path, x: np.ndarray, runtimes: tuple[str, ...] = ("saved_model", "onnx")) -> dict:
@@ -121,5 +131,12 @@ def parity(folder: Path, x: np.ndarray, runtimes: tuple[str, ...] = ("saved_mode
         7 digits, so 1e-4 absolute is below rounding for values in the thousands.
     """
     reference = load_runtime(folder, "keras")(x)
-    return {"max_abs_diff": {rt: float(np.max(np.abs(load_runtime(folder, rt)(x) - reference))) for rt in runtimes},
-            "scale": max(1.0, float(np.max(np.abs(reference))))}
+
+    def arrays(y) -> list[np.ndarray]:  # a multi-output model's outputs, in name order
+        return [np.asarray(y[k]) for k in sorted(y)] if isinstance(y, dict) else [np.asarray(y)]
+
+    def drift(rt: str) -> float:
+        return max(float(np.max(np.abs(a - b))) for a, b in zip(arrays(load_runtime(folder, rt)(x)), arrays(reference)))
+
+    return {"max_abs_diff": {rt: drift(rt) for rt in runtimes},
+            "scale": max(1.0, max(float(np.max(np.abs(a))) for a in arrays(reference)))}

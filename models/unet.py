@@ -18,20 +18,20 @@ from medflow.models.registry import register_model
 _NORMS = (*BATCH_NORMS, "group", "none")
 
 
-def _norm(x, kind: str, name: str):
+def _norm(x, kind: str, name: str, momentum: float = 0.99):
     if kind in BATCH_NORMS:
-        return batch_norm(kind, name)(x)
+        return batch_norm(kind, name, momentum=momentum)(x)
     if kind == "group":
         return layers.GroupNormalization(groups=min(8, x.shape[-1]), name=name)(x)
     return x
 
 
-def _block(x, filters: int, nd: int, norm: str, dropout: float, residual: bool, name: str):
+def _block(x, filters: int, nd: int, norm: str, dropout: float, residual: bool, name: str, momentum: float = 0.99):
     conv = layers.Conv2D if nd == 2 else layers.Conv3D
     skip = x
     for i in (1, 2):
         x = conv(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv{i}")(x)
-        x = _norm(x, norm, f"{name}_norm{i}")
+        x = _norm(x, norm, f"{name}_norm{i}", momentum)
         if i == 1 or not residual:
             x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
         if i == 1 and dropout > 0:
@@ -45,7 +45,7 @@ def _block(x, filters: int, nd: int, norm: str, dropout: float, residual: bool, 
 
 
 def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch", dropout: float = 0.0,
-                  residual: bool = False, max_filters: int = 320):
+                  residual: bool = False, max_filters: int = 320, bn_momentum: float = 0.99):
     """The U-Net body: encoder, bottleneck and decoder, returning the last decoder level's features.
 
     Args:
@@ -55,6 +55,7 @@ def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch"
         norm: 'batch' (fused kernel), 'keras_batch' (Keras's own layer), 'group' or 'none'.
         dropout: spatial dropout rate inside each encoder block.
         residual: residual blocks (Res-U-Net) instead of plain double convolutions.
+        bn_momentum: batch norm's running-statistics momentum (training itself uses batch statistics).
 
     Returns:
         (B, *S, filters) features at the input resolution.
@@ -71,15 +72,15 @@ def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch"
     up = layers.Conv2DTranspose if nd == 2 else layers.Conv3DTranspose
     x, skips = inputs, []
     for level in range(depth):
-        x = _block(x, min(filters * 2**level, max_filters), nd, norm, dropout, residual, f"enc{level}")
+        x = _block(x, min(filters * 2**level, max_filters), nd, norm, dropout, residual, f"enc{level}", bn_momentum)
         skips.append(x)
         x = pool(2, name=f"pool{level}")(x)
-    x = _block(x, min(filters * 2**depth, max_filters), nd, norm, dropout, residual, "bottleneck")
+    x = _block(x, min(filters * 2**depth, max_filters), nd, norm, dropout, residual, "bottleneck", bn_momentum)
     for level in reversed(range(depth)):
         f = min(filters * 2**level, max_filters)
         x = up(f, 2, strides=2, name=f"up{level}")(x)
         x = layers.Concatenate(name=f"cat{level}")([x, skips[level]])
-        x = _block(x, f, nd, norm, 0.0, residual, f"dec{level}")
+        x = _block(x, f, nd, norm, 0.0, residual, f"dec{level}", bn_momentum)
     return x
 
 

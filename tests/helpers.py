@@ -86,12 +86,15 @@ workers: 1
     return path
 
 
-def make_cls_dataset(root, n=16, shape=(12, 10, 8)):
-    """A CSV classification dataset: class 'lesion' has a bright cube, 'normal' has none; 2 cases per patient."""
+def make_cls_dataset(root, n=16, shape=(12, 10, 8), masks=False, weak=()):
+    """A CSV classification dataset: class 'lesion' has a bright cube, 'normal' has none; 2 cases per patient.
+
+    ``masks``: lesion cases get their cube's mask (a ``mask`` column), except those numbered in ``weak``.
+    """
     root = Path(root)
-    rows = ["path,label,patient_id"]
+    rows = ["path,label,patient_id" + (",mask" if masks else "")]
     for i in range(n):
-        img, _ = cube_case(shape, lo=(3, 3, 2), hi=(7, 7, 5), seed=i)
+        img, cube = cube_case(shape, lo=(3, 3, 2), hi=(7, 7, 5), seed=i)
         label = "lesion" if i % 2 else "normal"
         if label == "normal":
             img = np.random.default_rng(100 + i).normal(100, 5, shape).astype(np.float32)
@@ -99,7 +102,11 @@ def make_cls_dataset(root, n=16, shape=(12, 10, 8)):
         else:
             img[1:-1, 1:-1, 1:-1] += 50
         save(root / "images" / f"s{i:02d}.nii.gz", img, make_affine((2.0, 2.0, 3.0), "LAS"), np.int16)
-        rows.append(f"images/s{i:02d}.nii.gz,{label},pat{i // 2}")
+        mask = ""
+        if masks and label == "lesion" and i not in weak:
+            mask = f"masks/s{i:02d}.nii.gz"
+            save(root / mask, (cube > 0).astype(np.uint8), make_affine((2.0, 2.0, 3.0), "LAS"), np.uint8)
+        rows.append(f"images/s{i:02d}.nii.gz,{label},pat{i // 2}" + (f",{mask}" if masks else ""))
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root
 

@@ -13,14 +13,17 @@ def cmd_predict(args) -> int:
     from medflow.core.progress import Progress
     from medflow.inference.bundle import BundleError
     from medflow.inference.predict import PredictError, list_inputs, open_model, predict_files
+    from medflow.tasks.explanations import ExplainSettings
 
+    explain = None if args.explain is None else ExplainSettings(args.explain, args.explain_layer)
     try:
         shard = parse_shard(args.shard) if args.shard else None
         bundle = open_model(args.model, args.runtime)
         files = list_inputs(args.input, bundle)
         total = len(files) if shard is None else len(files[shard[0]::shard[1]])
         with Progress(total, "predict", unit="file") as bar:
-            report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar, shard=shard)
+            report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar, shard=shard,
+                                   explain=explain)
     except (PredictError, BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -34,6 +37,7 @@ def add_parser(sub, fmt, examples) -> None:
                        formatter_class=fmt, epilog=examples("""
                            medflow predict --model models:/segmentation@champion --input scans/ --output labels/
                            medflow predict --model workspace/exports/classification/<version> --input scans/ --output cls/
+                           medflow predict --model models:/classification@champion --input scans/ --output cls/ --explain
                            medflow predict --model models:/reconstruction@champion --input sinograms/ --output recon/ \\
                                --runtime onnx
                        """))
@@ -44,6 +48,10 @@ def add_parser(sub, fmt, examples) -> None:
     p.add_argument("--runtime", choices=("keras", "saved_model", "onnx"), default="keras",
                    help="what runs the network (the bundle holds all three)")
     p.add_argument("--batch", type=int, default=16, help="sinograms per model call (reconstruction)")
+    p.add_argument("--explain", nargs="?", const="auto", choices=("auto", "hirescam", "gradcam", "occlusion"),
+                   help="classifiers: also write <name>_explanation.nii.gz on the input's grid (auto: HiResCAM on the "
+                        "keras runtime, occlusion on the others)")
+    p.add_argument("--explain-layer", help="the Grad-CAM layer (default: the deepest with voxels of at most 8 mm)")
     p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of the inputs (N machines, one "
                                                            "output folder)")
     p.set_defaults(func=cmd_predict)

@@ -33,6 +33,10 @@ class DatasetConfig(_Strict):
         default=None, min_length=2, description="csv: class names in target order (default: sorted labels)"
     )
     include_unlabeled: bool = Field(default=False, description="msd: ingest imagesTs/ too (inference-only cases)")
+    normal_class: str | None = Field(
+        default=None, description="csv: the class of subjects without a lesion (an all-zero lesion mask; "
+        "the normative baseline's reference)"
+    )
 
 
 class IngestConfig(_Strict):
@@ -202,13 +206,22 @@ class EvaluateConfig(_Strict):
         description="scored beside the network: multi_otsu (segmentation) or normative (classification: "
         "z-map against the normal training subjects, top-k z, logistic regression)",
     )
-    normative_class: str = Field(default="normal", description="normative: the class of normal subjects")
     normative_sigma_mm: float = Field(default=4.0, gt=0, description="normative: z-map smoothing (lesion scale)")
     normative_top_k: int = Field(default=10, ge=1, description="normative: voxels averaged at each z tail")
     baseline_labels: list[int] = Field(
         default_factory=list, description="multi_otsu: label of each intensity class, darkest first"
     )
     hd95: bool = Field(default=True, description="surface distances (the slowest metric)")
+    explain: Literal["auto", "hirescam", "gradcam", "occlusion", "none"] = Field(
+        default="auto", description="classification: explanation maps (auto: HiResCAM where a layer is fine "
+        "enough, else occlusion), their mass in the lesion and the montage"
+    )
+    explain_layer: str | None = Field(default=None, description="Grad-CAM layer (default: the deepest fine enough)")
+    explain_max_voxel_mm: float = Field(
+        default=8.0, gt=0, description="Grad-CAM: the coarsest feature voxel that still shows the smallest lesion"
+    )
+    occlusion_size: int = Field(default=8, ge=1, description="occlusion: cube edge and stride, in voxels")
+    montage_cases: int = Field(default=4, ge=1, description="classification: correct and wrong cases in the montage")
     fbp_filters: list[Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]] = Field(
         default_factory=lambda: ["ramp", "hann"], description="reconstruction: FBP baselines scored beside the network"
     )

@@ -59,6 +59,18 @@ def _table(rows: list[dict]) -> tuple[str, str]:
     return buf.getvalue(), "\n".join(md) + "\n"
 
 
+def _scores(reports: dict, primary: str) -> dict:
+    """A comparison row's figures: METRICS on val and test, then the primary split's recall per class."""
+    row = {}
+    for split in ("val", "test"):
+        rep = reports.get(split)
+        for m in METRICS:
+            row[f"{split}_{m}"] = rep[m] if rep else float("nan")
+    for cname, stats in (reports.get(primary) or {}).get("per_class", {}).items():
+        row[f"{primary}_recall_{cname}"] = stats["recall"]
+    return row
+
+
 def _per_run(cfg):
     return [s for s in plan_stages(cfg) if s.name in PER_RUN]
 
@@ -164,21 +176,24 @@ def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, f
             train = next(r for r in results if r.name == "train")
             info = json.loads((Path(train.path) / "train.json").read_text())
             params = build_model(variant.name, info["input_shape"], len(info["classes"]), variant.params).count_params()
-            row = {"model": variant.name, "parameters": params, "best_epoch": info["best_epoch"]}
-            for split in ("val", "test"):
-                rep = summary["reports"].get(split)
-                for m in METRICS:
-                    row[f"{split}_{m}"] = rep[m] if rep else float("nan")
+            row = {"model": variant.name, "parameters": params, "best_epoch": info["best_epoch"],
+                   **_scores(summary["reports"], cfg.evaluate.split)}
             with open(Path(train.path) / "history.csv") as fh:  # the training's own time, also when reused
                 row["train_seconds"] = round(sum(float(h.get("epoch_seconds") or 0) for h in csv.DictReader(fh)), 1)
             rows.append(row)
+        # The baselines (normative) are fit on the same fold's training cases whatever the network: one row each.
+        for name, reports in summary.get("baselines", {}).items():
+            rows.append({"model": f"{name} (baseline)", "parameters": "", "best_epoch": "",
+                         **_scores(reports, cfg.evaluate.split), "train_seconds": ""})
         csv_text, md = _table(rows)
         dest = _save({"comparison.csv": csv_text, "comparison.md": md, "comparison.json": json.dumps(rows, indent=1)},
                      tracker, parent_id, f"comparison/{cfg.name}-{parent_id or 'local'}")
         primary = cfg.evaluate.split
-        best = max(rows, key=lambda r: -1 if np.isnan(r[f"{primary}_balanced_accuracy"])
+        networks = rows[:len(variants)]
+        best = max(networks, key=lambda r: -1 if np.isnan(r[f"{primary}_balanced_accuracy"])
                    else r[f"{primary}_balanced_accuracy"])
         if parent_id:
-            tracker.log_to(parent_id, {f"{r['model']}_{primary}_balanced_accuracy": r[f"{primary}_balanced_accuracy"]
-                                       for r in rows if np.isfinite(r[f"{primary}_balanced_accuracy"])})
+            tracker.log_to(parent_id, {  # "normative (baseline)" logs as normative_...: MLflow names take no brackets
+                f"{r['model'].split(' ')[0]}_{primary}_balanced_accuracy": r[f"{primary}_balanced_accuracy"]
+                for r in rows if np.isfinite(r[f"{primary}_balanced_accuracy"])})
     return {"rows": rows, "best": best["model"], "parent_run_id": parent_id, "report_dir": str(dest), "table_md": md}

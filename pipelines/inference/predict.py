@@ -7,7 +7,8 @@ from the tracking store once and cached), or a train stage's folder (its
 post-processing, so the outputs are:
 
 - segmentation: ``<name>.nii.gz`` label maps with each input's affine and header;
-- classification: ``predictions.csv`` (case, class, one probability per class);
+- classification: ``predictions.csv`` (case, class, one probability per class); with ``--explain``
+  also ``<name>_explanation.nii.gz`` (Grad-CAM or occlusion) and, for segcls, ``<name>_lesion.nii.gz``;
 - reconstruction: ``<name>.npy`` and ``<name>.nii.gz`` images.
 
 Every file is written atomically. A bad input is reported in one line naming
@@ -76,8 +77,11 @@ def list_inputs(path: Path, bundle: Bundle) -> list[Path]:
 
 
 def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size: int = 16, progress=None,
-                  shard: tuple[int, int] | None = None) -> dict:
+                  shard: tuple[int, int] | None = None, explain=None) -> dict:
     """Run the bundle on every file into ``output``.
+
+    ``explain`` (an ExplainSettings, classifiers only) also writes ``<name>_explanation.nii.gz`` (and, for a
+    model that segments the lesion, ``<name>_lesion.nii.gz``) on each input's own grid.
 
     With ``shard`` (index, count) only that share of the files is done, and the shard's table and
     quarantine list get their own names (``predictions-<i>-of-<n>.csv``), so N processes can write
@@ -86,6 +90,8 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
     Returns:
         {"model", "family", "written": [names], "quarantine": [{"path", "problem"}]}.
     """
+    if explain is not None and not bundle.task.explains:
+        raise PredictError(f"{bundle.folder}: --explain is for classifiers; this is a {bundle.family} model")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     quarantine = []
@@ -103,7 +109,7 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
         print(f"{path}: {problem}", file=sys.stderr, flush=True)
 
     written = bundle.task.predict_files(bundle.plan, bundle.net, files, output, bad=bad, progress=progress,
-                                        batch_size=batch_size, suffix=suffix)
+                                        batch_size=batch_size, suffix=suffix, explain=explain)
     with write_atomic(output / f"quarantine{suffix}.json") as tmp:
         tmp.write_text(json.dumps(quarantine, indent=1))
     return {"model": str(bundle.folder), "family": bundle.family, "written": written, "quarantine": quarantine}

@@ -50,20 +50,41 @@ def _family(cfg, pre, stage: str):
     return task, [plan["classes"][k] for k in sorted(plan["classes"], key=int)], plan
 
 
-def _datasets(cfg, source, train_ids, val_ids, epochs: range, steps: int, shard):
-    """(training dataset, cached validation dataset) for ``epochs``; ``shard`` = (worker, workers) or None."""
+def _datasets(cfg, source, train_ids, val_ids, epochs: range, steps: int, shard, masks=None):
+    """(training dataset, cached validation dataset) for ``epochs``; ``shard`` = (worker, workers) or None;
+    ``masks``: a :class:`MaskTargets` for a model with a lesion output (validation is unweighted)."""
+    from dataclasses import replace
+
     from medflow.data.augment import Chain
     from medflow.data.loader import SampleSource, make_dataset
 
     batch = cfg.loader.batch_size
     try:
         train_ds = make_dataset(source, train_ids, epochs, batch_size=batch, parallel=cfg.loader.parallel_calls,
-                                samples_per_epoch=steps * batch, worker=shard)
+                                samples_per_epoch=steps * batch, worker=shard, masks=masks)
     except ValueError as err:
         raise StageFailed(f"loader.batch_size: {err}") from None
     val_source = SampleSource(source.store, source.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
                               samples_per_case=cfg.train.val_samples_per_case)
-    return train_ds, make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False).cache()
+    val_masks = None if masks is None else replace(masks, class_weight={})
+    return train_ds, make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False,
+                                  masks=val_masks).cache()
+
+
+def _mask_targets(cfg, model, classes: list[str], weights):
+    """A :class:`MaskTargets` when the model segments the lesion beside classifying (segcls), else None."""
+    from medflow.data.loader import MaskTargets
+    from medflow.models.registry import LESION
+
+    if LESION not in model.output_names:
+        return None
+    if cfg.train.distribute == "multi_worker":
+        raise StageFailed(f"train.distribute: multi_worker trains one-output models; {cfg.model.name!r} has "
+                          f"outputs {model.output_names}")
+    normal = cfg.dataset.normal_class
+    if normal is not None and normal not in classes:
+        raise StageFailed(f"dataset.normal_class: {normal!r} is not one of {classes}")
+    return MaskTargets(None if normal is None else classes.index(normal), weights or {})
 
 
 def run(cfg, upstream, out: StageDir, ctx):
@@ -102,11 +123,14 @@ def run(cfg, upstream, out: StageDir, ctx):
         save_figure(fig, out.path / "preview.png")
         ctx.log_artifact(out.path / "preview.png", "augment")
     if start is not None:
-        train_ds, val_ds = _datasets(cfg, source, train_ids, val_ids, range(start, cfg.train.epochs), steps,
-                                     (worker, workers) if multi else None)
         weights = None
         if family.class_targets and cfg.train.class_weights == "balanced":
             weights = trainer.class_weights([source.store.targets[c] for c in train_ids], len(classes))
+        masks = _mask_targets(cfg, model, classes, weights) if family.class_targets else None
+        if masks is not None:
+            weights = None  # they travel as sample weights (Keras refuses class_weight for two outputs)
+        train_ds, val_ds = _datasets(cfg, source, train_ids, val_ids, range(start, cfg.train.epochs), steps,
+                                     (worker, workers) if multi else None, masks)
         fit = dict(steps=steps, start_epoch=start, folder=folder, state=state, class_weight=weights,
                    log_metrics=ctx.log_metrics if chief else (lambda metrics, step: None))
         if multi:

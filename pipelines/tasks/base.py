@@ -57,9 +57,10 @@ class Task:
     class_targets: bool = False  # cases carry a class target (stratified splits, class weights)
     trained_by: str = "train"  # the stage that trains this family's models
     voxel_targets: bool = False  # the target is a map per voxel (a label map), not one value per sample
+    explains: bool = False  # :meth:`explain` gives maps of why (`medflow predict --explain`)
 
     # -- training ------------------------------------------------------------------------------
-    def loss_and_metrics(self, tc, n_classes: int) -> tuple:
+    def loss_and_metrics(self, tc, n_classes: int, outputs: list[str] | None = None) -> tuple:
         raise NotImplementedError
 
     def sgd_momentum(self, tc) -> float:
@@ -97,14 +98,22 @@ class Task:
     def infer(self, plan: InferencePlan, net: Net, case) -> Any:
         raise NotImplementedError
 
+    def explain(self, plan: InferencePlan, net: Net, case, settings) -> Any:
+        """:meth:`infer` plus maps of why (classifiers); ``settings`` an ExplainSettings."""
+        raise ValueError(f"{self.family} models have no explanations (--explain is for classifiers)")
+
     def predict_files(self, plan: InferencePlan, net: Net, files: list[Path], output: Path, *, bad, progress=None,
-                      batch_size: int = 16, suffix: str = "") -> list[str]:
-        """Run every file into ``output``; ``bad(path, err)`` records a file that failed. Returns names written."""
+                      batch_size: int = 16, suffix: str = "", explain=None) -> list[str]:
+        """Run every file into ``output``; ``bad(path, err)`` records a file that failed. Returns names written.
+
+        ``explain``: ExplainSettings to write explanation maps beside the results (:meth:`explain`).
+        """
         written, rows = [], []
         for path in files:
             try:
                 case = self.read_input(plan, path)
-                row = self.write_result(plan, self.infer(plan, net, case), output, self.case_name(path), case)
+                result = self.infer(plan, net, case) if explain is None else self.explain(plan, net, case, explain)
+                row = self.write_result(plan, result, output, self.case_name(path), case)
                 if row is not None:
                     rows.append(row)
                 written.append(self.case_name(path))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medflow.inference.plan import InferencePlan
+from medflow.models.registry import LESION, PROBABILITIES
 from medflow.tasks.base import Net, Task, VolumeCase, as_channels
 from medflow.tasks.volumes import volume_card, volume_export_data, volume_plan
 
@@ -33,11 +34,22 @@ class Classification(Task):
     family = "classification"
     selection = {"metric": "val_balanced_accuracy", "stage": "evaluate", "greater_is_better": True}
     class_targets = True
+    explains = True
 
-    def loss_and_metrics(self, tc, n_classes: int) -> tuple:
+    def loss_and_metrics(self, tc, n_classes: int, outputs: list[str] | None = None) -> tuple:
+        """Cross-entropy on the class probabilities; a model with a ``lesion`` output (segcls) adds
+        Dice + BCE on its voxel map, over the voxels with a known target."""
         import keras
 
-        return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        from medflow.models.losses import LesionDice, MaskedDiceBCELoss
+
+        accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if not outputs or len(outputs) == 1:
+            return keras.losses.SparseCategoricalCrossentropy(), accuracy
+        if set(outputs) != {LESION, PROBABILITIES}:
+            raise ValueError(f"a classifier's outputs are {PROBABILITIES!r} and optionally {LESION!r}, got {outputs}")
+        return ({LESION: MaskedDiceBCELoss(), PROBABILITIES: keras.losses.SparseCategoricalCrossentropy()},
+                {LESION: [LesionDice(name="dice")], PROBABILITIES: accuracy})
 
     def inference_plan(self, cfg, facts: dict) -> InferencePlan:
         return volume_plan(self, cfg, facts)
@@ -47,31 +59,73 @@ class Classification(Task):
 
     def crops(self, plan: InferencePlan, case: VolumeCase) -> np.ndarray:
         """(N, *patch, C) float32: the plan's unaugmented crops of one raw case."""
+        return self.prepared_crops(plan, case)[0]
+
+    def prepared_crops(self, plan: InferencePlan, case: VolumeCase):
+        """(crops (N, *patch, C), centres, preprocessed (X', Y', Z') shape, preprocessing meta) of a raw case."""
         from medflow.data.native import prepare
         from medflow.data.sampling import SamplerConfig, cut_sample
 
         win = plan.window
-        image, _ = prepare(as_channels(plan, case.channels), case.affine, plan.preprocess)
+        image, meta = prepare(as_channels(plan, case.channels), case.affine, plan.preprocess)
         sampler = SamplerConfig(mode=win.mode, patch_size=tuple(win.patch_size), slice_axis=win.slice_axis,
                                 foreground_ratio=0.0, crop=win.crop)
-        return np.stack([np.moveaxis(cut_sample(image, None, c, sampler)[0], 0, -1)
-                         for c in crop_centres(plan, image.shape[1:])]).astype(np.float32)
+        centres = crop_centres(plan, image.shape[1:])
+        crops = np.stack([np.moveaxis(cut_sample(image, None, c, sampler)[0], 0, -1) for c in centres])
+        return crops.astype(np.float32), centres, image.shape[1:], meta
+
+    def explain(self, plan: InferencePlan, net: Net, case: VolumeCase, settings) -> dict:
+        """Probabilities and maps on the input's grid: ``explanation`` (X, Y, Z) in [0, 1] (see
+        :mod:`medflow.tasks.explanations`), and ``lesion`` (X, Y, Z) probabilities for segcls."""
+        from medflow.tasks.explanations import explain_crops, to_input_grid
+
+        if plan.window.mode != "3d":
+            raise ValueError("explanations are for 3D classifiers")
+        crops, centres, shape, meta = self.prepared_crops(plan, case)
+        out = self.forward(plan, net, crops)
+        maps, method, layer = explain_crops(plan, net, crops, settings)
+        result = {"probabilities": out[PROBABILITIES].mean(axis=0), "method": method, "layer": layer,
+                  "explanation": to_input_grid(maps, centres, shape, meta, plan)}
+        if LESION in out:
+            result[LESION] = to_input_grid(out[LESION], centres, shape, meta, plan)
+        return result
 
     def infer(self, plan: InferencePlan, net: Net, case: VolumeCase) -> np.ndarray:
         """(K,) class probabilities: the mean over the plan's crops."""
         return self.probabilities(plan, net, self.crops(plan, case))
 
+    def forward(self, plan: InferencePlan, net: Net, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The network on one case's (N, *patch, C) crops, in batches: ``probabilities`` (N, K) and, for a
+        model that segments the lesion (segcls), ``lesion`` (N, *patch) probabilities."""
+        batch = plan.inference.batch_size
+        parts = [net(x[i:i + batch]) for i in range(0, len(x), batch)]
+        if not isinstance(parts[0], dict):
+            return {PROBABILITIES: np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])}
+        out = {PROBABILITIES: np.concatenate([np.asarray(p[PROBABILITIES], dtype=np.float64) for p in parts])}
+        if LESION in parts[0]:
+            out[LESION] = np.concatenate([np.asarray(p[LESION], dtype=np.float32)[..., 0] for p in parts])
+        return out
+
     def probabilities(self, plan: InferencePlan, net: Net, x: np.ndarray) -> np.ndarray:
         """(K,) class probabilities of one case's (N, *patch, C) crops: the mean over them."""
-        batch = plan.inference.batch_size
-        probs = [np.asarray(net(x[i:i + batch]), dtype=np.float64) for i in range(0, len(x), batch)]
-        return np.concatenate(probs).mean(axis=0)
+        return self.forward(plan, net, x)[PROBABILITIES].mean(axis=0)
 
     def row(self, plan: InferencePlan, probs: np.ndarray) -> dict:
         return {"class": plan.classes[int(np.argmax(probs))], **{f"p_{c}": float(p) for c, p in zip(plan.classes, probs)}}
 
-    def write_result(self, plan, result: np.ndarray, output: Path, name: str, case) -> dict:
-        return {"case": name, **self.row(plan, result)}
+    def write_result(self, plan, result, output: Path, name: str, case) -> dict:
+        """The case's row; an explained result (a dict from :meth:`explain`) also writes its maps as NIfTI
+        with the input's header: ``<name>_explanation.nii.gz`` and ``<name>_lesion.nii.gz``."""
+        if not isinstance(result, dict):
+            return {"case": name, **self.row(plan, result)}
+        from medflow.data.native import write_like
+
+        if case.reference is None:
+            raise ValueError("explanation maps are written beside a NIfTI input; this case has no file")
+        for key in ("explanation", LESION):
+            if key in result:
+                write_like(Path(output) / f"{name}_{key}.nii.gz", result[key], case.reference, dtype=np.float32)
+        return {"case": name, **self.row(plan, result["probabilities"]), "explanation": result["method"]}
 
     def finish_outputs(self, output: Path, rows: list[dict], suffix: str = "") -> None:
         if rows:
@@ -100,6 +154,16 @@ class Classification(Task):
                 lines.append(f"    {method:<10} accuracy {rep['accuracy']:.4f}  balanced accuracy "
                              f"{rep['balanced_accuracy']:.4f}  macro F1 {rep['macro_f1']:.4f}  "
                              f"AUC (macro OvR) {rep['roc_auc_macro_ovr']:.4f}")
+            les, expl = r.get("lesions"), r.get("explanation")
+            if les:
+                lines.append(f"    lesions    Dice {les['lesion_dice']:.4f}  detection sensitivity "
+                             f"{les['detection_sensitivity']:.4f}  false positives per case "
+                             f"{les['false_positives_per_case']:.3f} ({les['lesions']} lesions, "
+                             f"{les['cases_with_masks']} cases with masks)")
+            if expl:
+                lines.append(f"    {expl['method']:<10} explanation mass in the lesion "
+                             f"{expl['explanation_mass_in_lesion']:.3f} (chance {expl['explanation_mass_chance']:.4f}),"
+                             f" peak in the lesion {expl['explanation_peak_in_lesion']:.3f} ({expl['cases']} cases)")
         return lines
 
     def evaluate(self, cfg, upstream, out, ctx, plan, train):

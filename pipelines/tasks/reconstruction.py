@@ -22,7 +22,7 @@ class Reconstruction(Task):
     trained_by = "train_recon"
     selection = {"metric": "best_val_loss", "stage": "train_recon", "greater_is_better": False}
 
-    def loss_and_metrics(self, tc, n_classes: int) -> tuple:
+    def loss_and_metrics(self, tc, n_classes: int, outputs: list[str] | None = None) -> tuple:
         import keras
 
         l1 = tc.loss == "l1"
@@ -66,8 +66,9 @@ class Reconstruction(Task):
         return np.concatenate(out).astype(np.float32)
 
     def predict_files(self, plan, net, files, output, *, bad, progress=None, batch_size: int = 16,
-                      suffix: str = "") -> list[str]:
-        """Sinograms go through the network ``batch_size`` at a time; a bad file leaves its batch going."""
+                      suffix: str = "", explain=None) -> list[str]:
+        """Sinograms go through the network ``batch_size`` at a time; a bad file leaves its batch going.
+        (``explain`` is for classifiers; predict refuses it before this runs.)"""
         written = []
         for start in range(0, len(files), batch_size):
             good, arrays = [], []

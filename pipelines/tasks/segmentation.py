@@ -31,7 +31,7 @@ class Segmentation(Task):
     voxel_targets = True
     selection = {"metric": "best_val_dice", "stage": "train", "greater_is_better": True}
 
-    def loss_and_metrics(self, tc, n_classes: int) -> tuple:
+    def loss_and_metrics(self, tc, n_classes: int, outputs: list[str] | None = None) -> tuple:
         from medflow.models.losses import DiceCELoss, ForegroundDice
 
         return DiceCELoss(n_classes), [ForegroundDice(n_classes)]

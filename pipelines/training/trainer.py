@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from medflow.data.atomic import write_atomic
-from medflow.models.registry import build_model
+from medflow.models.registry import PROBABILITIES, build_model
 from medflow.models.runtimes import load_keras
 
 POINTER = "last.json"
@@ -47,16 +47,35 @@ def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int)
     if tc.optimizer == "sgd":
         kwargs["momentum"] = tc.momentum
         kwargs["nesterov"] = True
-    loss, metrics = loss_and_metrics(tc, task, n_classes)
+    loss, metrics = loss_and_metrics(tc, task, n_classes, model.output_names)
     model.compile(optimizer=opt(learning_rate=lr, **kwargs), loss=loss, metrics=metrics)
     return model
 
 
-def loss_and_metrics(tc, task: str, n_classes: int) -> tuple:
-    """Fresh (loss, [metrics]) of a task family; ``tc`` is the train config section."""
+def loss_and_metrics(tc, task: str, n_classes: int, outputs: list[str] | None = None) -> tuple:
+    """Fresh (loss, metrics) of a task family for a model with ``outputs`` (names; one output if None);
+    ``tc`` is the train config section. Several outputs get a loss and metrics per output name."""
     from medflow.tasks import task_for
 
-    return task_for(task).loss_and_metrics(tc, n_classes)
+    return task_for(task).loss_and_metrics(tc, n_classes, outputs)
+
+
+MAIN_OUTPUT = PROBABILITIES  # the output whose metrics keep single-output names in logs and monitors
+
+
+def flat_logs(logs: dict) -> dict:
+    """Epoch logs of a model with several outputs, named as a one-output model's where they are the main
+    output's: ``probabilities_accuracy`` is ``accuracy`` (so ``train.monitor: val_accuracy`` means the same for
+    every classifier), ``probabilities_loss`` is ``class_loss``; other outputs keep their prefixed names."""
+    out = {}
+    for key, value in logs.items():
+        prefix = "val_" if key.startswith("val_") else ""
+        name = key[len(prefix):]
+        if name.startswith(MAIN_OUTPUT + "_"):
+            rest = name[len(MAIN_OUTPUT) + 1:]
+            name = "class_loss" if rest == "loss" else rest
+        out[prefix + name] = value
+    return out
 
 
 def load_resume(folder: Path):
@@ -89,7 +108,7 @@ class StageCheckpoint(keras.callbacks.Callback):
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs = flat_logs({k: float(v) for k, v in (logs or {}).items()})
         if self._epoch_start is not None:  # wall time includes validation; samples/s counts training samples
             logs["epoch_seconds"] = time.perf_counter() - self._epoch_start
             if self.samples_per_epoch:

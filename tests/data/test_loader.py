@@ -119,3 +119,52 @@ def test_workers_split_every_global_batch(case_files):
         np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), batch)
     with pytest.raises(ValueError, match="does not split over 3 workers"):
         make_dataset(src, ids, range(1), batch_size=4, worker=(0, 3))
+
+
+def test_mask_targets_beside_the_class(tmp_path):
+    """segcls batches: the lesion mask moved with the image, zeros for normal cases, IGNORE for weak ones,
+    class weights as sample weights."""
+    from medflow.data.loader import IGNORE, MaskTargets
+
+    files = {}
+    for i, has_mask in enumerate((True, False, False)):
+        image = np.random.default_rng(i).normal(0, 0.1, (1, 12, 12, 12)).astype(np.float32)
+        arrays = {"image": image}
+        if has_mask:
+            label = np.zeros((12, 12, 12), np.uint8)
+            label[2:5, 3:6, 4:7] = 1
+            image[0][label == 1] += 3.0
+            arrays["label"] = label
+        files[f"c{i}"] = tmp_path / f"c{i}.npz"
+        write_case(files[f"c{i}"], arrays, {"case_id": f"c{i}"})
+    store = CaseStore(files, {"c0": 1, "c1": 0, "c2": 1})  # c1 normal, c2 a lesion case without a mask
+    src = SampleSource(store, sampler("3d", (12, 12, 12), crop="center"), Chain.from_config(CHAIN_3D, 3),
+                       run_seed=3)
+    ds = make_dataset(src, ["c0", "c1", "c2"], range(1), batch_size=3,
+                      masks=MaskTargets(normal=0, class_weight={0: 0.5, 1: 2.0}))
+    x, y, w = next(iter(ds))
+    order = [int(t) for t in y["probabilities"].numpy()]
+    masks = y["lesion"].numpy()
+    replay = {cid: src.sample(cid, 0, 0) for cid in files}
+    for row, cid in enumerate(c for c, _ in src.plan(["c0", "c1", "c2"], 0)):
+        s = replay[cid]
+        np.testing.assert_array_equal(x.numpy()[row], s.image)
+        expected = s.label if cid == "c0" else np.full((12, 12, 12), 0 if cid == "c1" else IGNORE, np.uint8)
+        np.testing.assert_array_equal(masks[row], expected)
+        assert order[row] == store.targets[cid] and w.numpy()[row] == (0.5 if cid == "c1" else 2.0)
+    # the mask moved with the image: the bright voxels are the mask's
+    row = [c for c, _ in src.plan(["c0", "c1", "c2"], 0)].index("c0")
+    assert x.numpy()[row][..., 0][masks[row] == 1].mean() > 2.0
+
+
+def test_paste_sample_inverts_a_cut():
+    from medflow.data.sampling import paste_sample
+
+    vol = np.random.default_rng(0).normal(size=(20, 18, 9)).astype(np.float32)
+    for centre, patch in (([10, 9, 4], (8, 8, 8)), ([2, 17, 4], (8, 8, 12)), ([10, 9, 4], (24, 22, 12))):
+        cfg = sampler("3d", patch, crop="center")
+        cut = cut_sample(vol[None], None, centre, cfg)[0][0]
+        back = paste_sample(cut, vol.shape, centre, cfg, fill=np.nan)
+        inside = ~np.isnan(back)
+        np.testing.assert_array_equal(back[inside], vol[inside])  # every voxel that was cut goes home
+        assert inside.sum() == np.prod([min(p, s) for p, s in zip(patch, vol.shape)])

@@ -20,6 +20,15 @@ import numpy as np
 
 from medflow.core.engine import StageDir, StageFailed
 from medflow.models.metrics import classification_report, row_normalize
+from medflow.models.registry import LESION, PROBABILITIES
+from medflow.tasks.evaluation.lesions import (
+    explanation_figures,
+    lesion_figures,
+    montage_figure,
+    montage_rows,
+    true_masks,
+)
+from medflow.tasks.explanations import ExplainSettings, explain_crops
 
 
 def read_case(record: dict):
@@ -98,15 +107,16 @@ def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, 
     from medflow.models.normative import fit_normative
 
     ev, classes = cfg.evaluate, list(plan.classes)
-    if ev.normative_class not in classes:
-        raise StageFailed(f"evaluate.normative_class: {ev.normative_class!r} is not one of {classes}")
+    normal = cfg.dataset.normal_class
+    if normal not in classes:
+        raise StageFailed(f"evaluate.baseline: normative needs dataset.normal_class, one of {classes}; got {normal!r}")
     train = sorted(info["train_cases"])
     volumes = [task.crops(plan, read_case(json.loads(ingest.file(ingest.cases[c]["file"]).read_text())))[0][..., 0]
                for c in train]
     sigma = [ev.normative_sigma_mm / s for s in plan.preprocess.spacing]
     try:
         model = fit_normative(np.stack(volumes), [classes.index(pre.cases[c]["target"]) for c in train],
-                              len(classes), classes.index(ev.normative_class), sigma_vox=sigma, k=ev.normative_top_k)
+                              len(classes), classes.index(normal), sigma_vox=sigma, k=ev.normative_top_k)
     except ValueError as err:
         raise StageFailed(f"normative baseline: {err}") from None
     reports = {}
@@ -118,6 +128,29 @@ def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, 
             metrics[f"normative_{name}_{key}"] = reports[name][key]
         artifacts += [f"{name}/normative/{f}" for f in FILES]
     return reports
+
+
+def _lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, masks, known, method, per_group, out,
+                    metrics, artifacts) -> dict:
+    """The split's lesion and explanation figures (in its report and metrics) and its explanation montage."""
+    from medflow.tasks.figures import save_figure
+
+    extra = {}
+    if known and lesion_maps:
+        extra["lesions"] = lesion_figures({c: lesion_maps[c] for c in ids}, {c: masks[c] for c in ids})
+    if known and maps:
+        extra["explanation"] = {"method": method, **explanation_figures({c: maps[c] for c in ids},
+                                                                          {c: masks[c] for c in ids})}
+    for group in extra.values():
+        for key, value in group.items():
+            if isinstance(value, float):
+                metrics[f"{name}_{key}"] = value
+    if maps:
+        rows = montage_rows(ids, y, probs, classes, views, maps, lesion_maps, masks, per_group)
+        save_figure(montage_figure(rows, method, f"{name}: explanations ({method})"),
+                    out.path / name / "explanations.png", dpi=80)
+        artifacts.append(f"{name}/explanations.png")
+    return extra
 
 
 FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "confusion.png", "misclassified.png")
@@ -138,15 +171,28 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
         raise StageFailed(f"no {cfg.evaluate.split} cases to evaluate (split.test_fraction is 0?)")
     out.prepare()
     ids_all = sorted({c for v in splits.values() for c in v})
-    probs_by_case, views = {}, {}
+    probs_by_case, views, lesion_maps, maps = {}, {}, {}, {}
     metrics, artifacts, summary = {}, [], {}
+    settings = None if cfg.evaluate.explain == "none" else ExplainSettings.from_config(cfg.evaluate)
+    method = None
     with ctx.progress(len(ids_all), "evaluate") as bar:
         for case_id in ids_all:
             case = read_case(json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text()))
             crops = task.crops(plan, case)  # preprocessed once: the same as task.infer(plan, net, case)
-            probs_by_case[case_id] = task.probabilities(plan, net, crops)
+            out_net = task.forward(plan, net, crops)
+            probs_by_case[case_id] = out_net[PROBABILITIES].mean(axis=0)
             views[case_id] = crops[0]
+            if LESION in out_net:
+                lesion_maps[case_id] = out_net[LESION][0]
+            if settings is not None and plan.window.mode == "3d":
+                try:
+                    explained, method, layer = explain_crops(plan, net, crops[:1], settings)
+                except ValueError as err:
+                    raise StageFailed(f"evaluate.explain: {err}") from None
+                maps[case_id] = explained[0]
             bar.update(1)
+        masks = true_masks(cfg, plan, pre, ids_all) if plan.window.mode == "3d" else {}
+        known = any(m is not None and m.any() for m in masks.values())
         for name, ids in splits.items():
             y = [classes.index(pre.cases[c]["target"]) for c in ids]
             probs = np.stack([probs_by_case[c] for c in ids])
@@ -158,6 +204,8 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
                 for key in ("precision", "recall", "f1"):
                     metrics[f"{name}_{key}_{cname}"] = stats[key]
             artifacts += [f"{name}/{f}" for f in FILES]
+            report.update(_lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, masks, known,
+                                          method, cfg.evaluate.montage_cases, out, metrics, artifacts))
     baselines = {}
     if cfg.evaluate.baseline == "normative":
         baselines["normative"] = _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics,

@@ -33,7 +33,7 @@ def test_bench_train_prints_figures(capsys):
 
 
 def test_bench_train_other_model_takes_its_compare_params(capsys):
-    # classification.yaml's model is the CNN; resnet's parameters come from its compare.models entry
+    # classification.yaml's model is segcls; resnet's parameters come from its compare.models entry
     sets = ["loader.patch_size=[16,16,16]"]
     assert bench_train("resnet", sets=sets, batch=1, steps=1)["model"] == "resnet"
     out = capsys.readouterr().out

@@ -56,7 +56,7 @@ def test_classification_evaluation(tmp_path):
 def test_normative_baseline_is_scored_beside_the_network(tmp_path):
     root = make_cls_dataset(tmp_path / "cls", n=16)
     store, cfg, ev = run_evaluation(tmp_path, root, EXTRA + "evaluate: {baseline: normative, normative_top_k: 4}\n",
-                                    ["dataset.classes=[normal, lesion]"], layout="csv")
+                                    ["dataset.classes=[normal, lesion]", "dataset.normal_class=normal"], layout="csv")
     folder = Path(ev.path)
     summary = json.loads((folder / "summary.json").read_text())
     for name in ("val", "test"):
@@ -76,14 +76,14 @@ def test_normative_baseline_is_scored_beside_the_network(tmp_path):
 def test_normative_class_must_be_a_class(tmp_path):
     root = make_cls_dataset(tmp_path / "cls", n=16)
     cfg = load_config(write_pipeline(tmp_path / "p.yaml", root, layout="csv", stages=EVAL_STAGES,
-                                     extra=EXTRA + "evaluate: {baseline: normative, normative_class: healthy}\n"),
-                      ["dataset.classes=[normal, lesion]"])
+                                     extra=EXTRA + "evaluate: {baseline: normative}\n"),
+                      ["dataset.classes=[normal, lesion]", "dataset.normal_class=healthy"])
     from medflow.core.engine import StageFailed
     from medflow.core.runner import run_pipeline
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDFLOW_WORKSPACE", str(tmp_path / "ws"))
-        with pytest.raises(StageFailed, match="evaluate.normative_class: 'healthy' is not one of"):
+        with pytest.raises(StageFailed, match="needs dataset.normal_class, one of"):
             run_pipeline(cfg)
 
 
@@ -131,9 +131,14 @@ def test_cross_validation_and_comparison(tmp_path):
     assert not (tmp_path / "workspace/exports").exists()  # folds are scored, not exported
     assert not client.search_registered_models()
 
-    cmp = run_compare(cfg, tracker=MlflowTracker(store))
-    assert [r["model"] for r in cmp["rows"]] == ["logistic", "mlp"] and cmp["best"] in ("logistic", "mlp")
+    cmp_cfg = load_config(path, ["dataset.classes=[normal, lesion]", "split.folds=3", "train.epochs=2",
+                                 "dataset.normal_class=normal", "evaluate.baseline=normative"])
+    cmp = run_compare(cmp_cfg, tracker=MlflowTracker(store))
+    names = ["logistic", "mlp", "normative (baseline)"]
+    assert [r["model"] for r in cmp["rows"]] == names and cmp["best"] in ("logistic", "mlp")
     table = client.download_artifacts(cmp["parent_run_id"], "comparison/comparison.csv")
     rows = list(csv.DictReader(open(table)))
-    assert [r["model"] for r in rows] == ["logistic", "mlp"] and "test_balanced_accuracy" in rows[0]
+    assert [r["model"] for r in rows] == names and "test_balanced_accuracy" in rows[0]
+    assert {"test_recall_normal", "test_recall_lesion"} <= set(rows[0])
+    assert "normative_test_balanced_accuracy" in client.get_run(cmp["parent_run_id"]).data.metrics
     assert int(rows[0]["parameters"]) == 8 * 8 * 8 * 2 + 2  # logistic: one weight per voxel and class

@@ -1,0 +1,80 @@
+"""segcls: shapes, the lesion evidence it pools, its masked loss, serialization and export parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medflow.models.losses import IGNORE, LesionDice, MaskedDiceBCELoss
+from medflow.models.registry import LESION, PROBABILITIES, build_model
+from medflow.models.runtimes import export_formats, load_keras, load_runtime, parity
+from medflow.models.segcls import LesionEvidence
+
+SMALL = {"depth": 2, "filters": 4, "max_filters": 8}
+
+
+def test_outputs_and_shapes():
+    model = build_model("segcls", (16, 16, 8, 1), 3, SMALL)
+    assert sorted(model.output_names) == [LESION, PROBABILITIES]
+    out = model.predict_on_batch(np.zeros((2, 16, 16, 8, 1), np.float32))
+    assert out[LESION].shape == (2, 16, 16, 8, 1) and out[PROBABILITIES].shape == (2, 3)
+    np.testing.assert_allclose(out[PROBABILITIES].sum(axis=1), 1.0, atol=1e-5)
+    # the lesion head starts at a small prior, not at p = 0.5 everywhere
+    assert float(out[LESION].max()) < 0.05
+    with pytest.raises(ValueError, match="divisible"):
+        build_model("segcls", (18, 16, 8, 1), 3, SMALL)
+    assert build_model("segcls", (16, 16, 2), 2, SMALL).output_names  # 2D works too
+
+
+def test_evidence_reads_presence_volume_and_signed_contrast():
+    image = np.zeros((2, 12, 12, 12, 1), np.float32)
+    p = np.zeros((2, 12, 12, 12, 1), np.float32)
+    image[0, 5:7, 5:7, 5:7] = 3.0   # bright lesion
+    image[1, 5:7, 5:7, 5:7] = -3.0  # dark lesion
+    p[:, 5:7, 5:7, 5:7] = 1.0
+    feats = np.asarray(LesionEvidence(topk_fraction=8 / 12**3, context=5)([p, image]))
+    assert feats.shape == (2, 4)
+    np.testing.assert_allclose(feats[:, 0], 1.0)  # max p
+    np.testing.assert_allclose(feats[:, 1], 1.0)  # mean of the top 8: the lesion
+    np.testing.assert_allclose(feats[:, 2], np.log(9.0), rtol=1e-5)  # log(1 + 8 voxels)
+    assert feats[0, 3] > 1.0 and feats[1, 3] < -1.0  # bright vs dark under the lesion
+    np.testing.assert_allclose(feats[0, 3], -feats[1, 3], rtol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        LesionEvidence(context=4)
+
+
+def test_masked_loss_ignores_unknown_voxels():
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(0.01, 0.99, (2, 6, 6, 6, 1)).astype(np.float32)
+    truth = np.zeros((2, 6, 6, 6), np.uint8)
+    truth[0, 2:4, 2:4, 2:4] = 1
+    loss = MaskedDiceBCELoss()
+    weak = truth.copy()
+    weak[1] = IGNORE
+    other = pred.copy()
+    other[1] = rng.uniform(0.01, 0.99, (6, 6, 6, 1))
+    # with case 1 unknown, what the network predicts there changes nothing
+    a, b = float(loss(weak, pred)), float(loss(weak, other))
+    assert a == pytest.approx(b, rel=1e-6)
+    assert float(loss(truth, pred)) != pytest.approx(a, rel=1e-3)
+    perfect = np.where(truth[..., None] == 1, 0.999, 0.001).astype(np.float32)
+    assert float(loss(truth, perfect)) < 0.05
+    assert float(loss(np.full_like(truth, IGNORE), pred)) == 0.0  # a batch of weak cases adds nothing
+    dice = LesionDice()
+    dice.update_state(truth, perfect)
+    assert float(dice.result()) == pytest.approx(1.0)
+
+
+def test_round_trip_and_export_parity(tmp_path):
+    model = build_model("segcls", (16, 16, 8, 1), 3, SMALL)
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 8, 1)).astype(np.float32)
+    export_formats(model, tmp_path)
+    again = load_keras(tmp_path / "model.keras")  # safe_mode=True
+    ref = model.predict_on_batch(x)
+    for runtime in ("keras", "saved_model", "onnx"):
+        y = load_runtime(tmp_path, runtime)(x)
+        assert sorted(y) == [LESION, PROBABILITIES]
+        np.testing.assert_allclose(y[PROBABILITIES], ref[PROBABILITIES], atol=1e-5)
+    np.testing.assert_allclose(again.predict_on_batch(x)[LESION], ref[LESION], atol=1e-6)
+    drift = parity(tmp_path, x)
+    assert max(drift["max_abs_diff"].values()) < 1e-4

@@ -1,0 +1,61 @@
+"""segcls through the pipeline: masks and weak cases train it, evaluate adds lesion and explanation figures and
+the montage, and `medflow predict --explain` writes the maps on each input's own grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mlflow import MlflowClient
+from tests.helpers import make_cls_dataset, run_evaluation
+
+EXTRA = """
+preprocess: {spacing: [2.0, 2.0, 2.0], crop_to_foreground: false}
+loader: {mode: 3d, patch_size: [8, 8, 8], crop: center, samples_per_case: 1, batch_size: 4}
+augment: {seed: 1, transforms: [{name: flip, p: 0.5, axes: [0]}]}
+model: {name: segcls, params: {depth: 2, filters: 4, max_filters: 8}}
+train: {epochs: 3, learning_rate: 0.01, monitor: val_loss, class_weights: balanced, preview_cases: 1}
+evaluate: {montage_cases: 2}
+"""
+
+
+def test_segcls_pipeline_and_explained_predictions(tmp_path):
+    root = make_cls_dataset(tmp_path / "cls", n=16, masks=True, weak=(5,))
+    store, cfg, ev = run_evaluation(tmp_path, root, EXTRA, ["dataset.classes=[normal, lesion]",
+                                                            "dataset.normal_class=normal"], layout="csv")
+    folder = Path(ev.path)
+    summary = json.loads((folder / "summary.json").read_text())
+    test = summary["reports"]["test"]
+    assert test["lesions"]["cases_with_masks"] == sum(1 for c in summary["splits"]["test"] if c != "s05")
+    assert 0.0 <= test["lesions"]["detection_sensitivity"] <= 1.0
+    assert test["explanation"]["method"] == "hirescam" and test["explanation"]["cases"] >= 1
+    assert (folder / "test" / "explanations.png").stat().st_size > 0
+    train = json.loads(next((tmp_path / "workspace/stages/train").glob("*/history.csv")).parent.joinpath(
+        "train.json").read_text())
+    history = next((tmp_path / "workspace/stages/train").glob("*/history.csv")).read_text().splitlines()[0]
+    assert {"val_accuracy", "lesion_dice", "val_lesion_dice", "class_loss"} <= set(history.split(","))
+    assert train["model"]["name"] == "segcls"
+    run = MlflowClient(store).get_run(ev.run_id)
+    assert {"test_lesion_dice", "test_detection_sensitivity", "test_explanation_mass_in_lesion"} <= set(
+        run.data.metrics)
+
+    from medflow.inference.predict import open_model, predict_files
+    from medflow.tasks.explanations import ExplainSettings
+
+    bundle = open_model(str(next((tmp_path / "workspace/stages/train").glob("*/plan.json")).parent))
+    images = sorted((root / "images").glob("*.nii.gz"))[:2]
+    report = predict_files(bundle, images, tmp_path / "out", explain=ExplainSettings())
+    assert report["quarantine"] == [] and len(report["written"]) == 2
+    for image in images:
+        name = image.name.removesuffix(".nii.gz")
+        ref = nib.load(image)
+        for kind in ("explanation", "lesion"):
+            out = nib.load(tmp_path / "out" / f"{name}_{kind}.nii.gz")
+            assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
+            data = out.get_fdata()
+            assert np.all(np.isfinite(data)) and data.min() >= 0 and data.max() <= 1 + 1e-6
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "explanation" and rows[1].endswith("hirescam")
