@@ -100,7 +100,7 @@ def montage_rows(ids, y, probs, classes, views, maps, lesion_maps, masks, per_gr
         else:
             z = int(np.unravel_index(np.argmax(expl), expl.shape)[2])
         verdict = "correct" if pred[i] == y[i] else "WRONG"
-        rows.append({"title": f"{cid} ({verdict}) true {classes[y[i]]}, pred {classes[pred[i]]} {probs[i][pred[i]]:.2f}",
+        rows.append({"title": f"{cid} ({verdict})\ntrue {classes[y[i]]}\npred {classes[pred[i]]} {probs[i][pred[i]]:.2f}",
                      "image": views[cid][..., 0][:, :, z], "explanation": expl[:, :, z],
                      "lesion": None if cid not in lesion_maps else lesion_maps[cid][:, :, z],
                      "mask": None if mask is None else mask[:, :, z]})
@@ -113,7 +113,7 @@ def montage_figure(rows: list[dict], method: str, title: str = ""):
 
     plt = pyplot()
     panels = ["image", "explanation", "lesion", "mask"]
-    fig, axes = plt.subplots(max(1, len(rows)), 4, figsize=(11, 3.0 * max(1, len(rows))), squeeze=False,
+    fig, axes = plt.subplots(max(1, len(rows)), 4, figsize=(11, 3.3 * max(1, len(rows))), squeeze=False,
                              constrained_layout=True)
     for ax in axes.ravel():
         ax.axis("off")
