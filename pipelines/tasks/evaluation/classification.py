@@ -130,8 +130,8 @@ def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, 
     return reports
 
 
-def _lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, masks, known, method, per_group, out,
-                    metrics, artifacts) -> dict:
+def _lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, masks, known, method, layer, per_group,
+                    out, metrics, artifacts) -> dict:
     """The split's lesion and explanation figures (in its report and metrics) and its explanation montage."""
     from medflow.tasks.figures import save_figure
 
@@ -139,7 +139,7 @@ def _lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, mask
     if known and lesion_maps:
         extra["lesions"] = lesion_figures({c: lesion_maps[c] for c in ids}, {c: masks[c] for c in ids})
     if known and maps:
-        extra["explanation"] = {"method": method, **explanation_figures({c: maps[c] for c in ids},
+        extra["explanation"] = {"method": method, "layer": layer, **explanation_figures({c: maps[c] for c in ids},
                                                                           {c: masks[c] for c in ids})}
     for group in extra.values():
         for key, value in group.items():
@@ -147,7 +147,7 @@ def _lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, mask
                 metrics[f"{name}_{key}"] = value
     if maps:
         rows = montage_rows(ids, y, probs, classes, views, maps, lesion_maps, masks, per_group)
-        save_figure(montage_figure(rows, method, f"{name}: explanations ({method})"),
+        save_figure(montage_figure(rows, method, f"{name}: explanations ({method}{f' on {layer}' if layer else ''})"),
                     out.path / name / "explanations.png", dpi=80)
         artifacts.append(f"{name}/explanations.png")
     return extra
@@ -174,7 +174,7 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
     probs_by_case, views, lesion_maps, maps = {}, {}, {}, {}
     metrics, artifacts, summary = {}, [], {}
     settings = None if cfg.evaluate.explain == "none" else ExplainSettings.from_config(cfg.evaluate)
-    method = None
+    method = layer = None
     with ctx.progress(len(ids_all), "evaluate") as bar:
         for case_id in ids_all:
             case = read_case(json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text()))
@@ -205,7 +205,7 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
                     metrics[f"{name}_{key}_{cname}"] = stats[key]
             artifacts += [f"{name}/{f}" for f in FILES]
             report.update(_lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, masks, known,
-                                          method, cfg.evaluate.montage_cases, out, metrics, artifacts))
+                                          method, layer, cfg.evaluate.montage_cases, out, metrics, artifacts))
     baselines = {}
     if cfg.evaluate.baseline == "normative":
         baselines["normative"] = _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics,

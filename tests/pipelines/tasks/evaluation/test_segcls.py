@@ -32,6 +32,7 @@ def test_segcls_pipeline_and_explained_predictions(tmp_path):
     assert test["lesions"]["cases_with_masks"] == sum(1 for c in summary["splits"]["test"] if c != "s05")
     assert 0.0 <= test["lesions"]["detection_sensitivity"] <= 1.0
     assert test["explanation"]["method"] == "hirescam" and test["explanation"]["cases"] >= 1
+    assert test["explanation"]["layer"] == "lesion"  # segcls: the map its class head reads
     assert (folder / "test" / "explanations.png").stat().st_size > 0
     train = json.loads(next((tmp_path / "workspace/stages/train").glob("*/history.csv")).parent.joinpath(
         "train.json").read_text())
