@@ -44,6 +44,13 @@ class Window:
     slice_axis: int
     crop: str
 
+    def sampler(self):
+        """The unaugmented SamplerConfig that cuts this window (no foreground draws)."""
+        from medflow.data.sampling import SamplerConfig
+
+        return SamplerConfig(mode=self.mode, patch_size=tuple(self.patch_size), slice_axis=self.slice_axis,
+                             foreground_ratio=0.0, crop=self.crop)
+
 
 @dataclass(frozen=True)
 class InferenceSettings:

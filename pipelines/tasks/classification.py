@@ -64,12 +64,10 @@ class Classification(Task):
     def prepared_crops(self, plan: InferencePlan, case: VolumeCase):
         """(crops (N, *patch, C), centres, preprocessed (X', Y', Z') shape, preprocessing meta) of a raw case."""
         from medflow.data.native import prepare
-        from medflow.data.sampling import SamplerConfig, cut_sample
+        from medflow.data.sampling import cut_sample
 
-        win = plan.window
         image, meta = prepare(as_channels(plan, case.channels), case.affine, plan.preprocess)
-        sampler = SamplerConfig(mode=win.mode, patch_size=tuple(win.patch_size), slice_axis=win.slice_axis,
-                                foreground_ratio=0.0, crop=win.crop)
+        sampler = plan.window.sampler()
         centres = crop_centres(plan, image.shape[1:])
         crops = np.stack([np.moveaxis(cut_sample(image, None, c, sampler)[0], 0, -1) for c in centres])
         return crops.astype(np.float32), centres, image.shape[1:], meta

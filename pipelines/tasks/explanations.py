@@ -82,11 +82,9 @@ def to_input_grid(maps: np.ndarray, centres: list[list[int]], shape: tuple[int, 
     orientation) to the input's grid.
     """
     from medflow.data.native import to_native
-    from medflow.data.sampling import SamplerConfig, paste_sample
+    from medflow.data.sampling import paste_sample
 
-    win = plan.window
-    sampler = SamplerConfig(mode=win.mode, patch_size=tuple(win.patch_size), slice_axis=win.slice_axis,
-                            foreground_ratio=0.0, crop=win.crop)
+    sampler = plan.window.sampler()
     total, count = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     for m, c in zip(maps, centres):
         total += paste_sample(np.asarray(m, np.float32), shape, c, sampler)

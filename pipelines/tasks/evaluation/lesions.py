@@ -23,12 +23,10 @@ _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 def true_masks(cfg, plan, pre, ids: list[str]) -> dict[str, np.ndarray | None]:
     """case id -> (*P) uint8 mask on the first crop, zeros for normal subjects, None where unknown."""
     from medflow.data.casefile import read_case
-    from medflow.data.sampling import SamplerConfig, cut_sample
+    from medflow.data.sampling import cut_sample
     from medflow.tasks.classification import crop_centres
 
-    win = plan.window
-    sampler = SamplerConfig(mode=win.mode, patch_size=tuple(win.patch_size), slice_axis=win.slice_axis,
-                            foreground_ratio=0.0, crop=win.crop)
+    win, sampler = plan.window, plan.window.sampler()
     normal = cfg.dataset.normal_class
     masks = {}
     for cid in ids:
