@@ -14,12 +14,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow test-all bench lock ui mlflow-run clean-workspace help
+.PHONY: install run test test-slow test-browser test-all bench lock ui mlflow-run clean-workspace help
 
 help:
 	@echo "make run        install, build demo sample data, run the main job, print a summary"
 	@echo "make test       fast test suite"
 	@echo "make test-slow  slow end-to-end tests"
+	@echo "make test-browser  MLflow UI and report.html in headless Chromium (installs Debian chromium, selenium)"
 	@echo "make bench      medflow bench suite: ingest, augment, train, infer; medians to JSON + Markdown"
 	@echo "make ui         MLflow UI on 127.0.0.1"
 	@echo "make mlflow-run PIPELINE=segmentation   the pipeline as an MLflow project run (mlflow run mlflow/)"
@@ -45,7 +46,17 @@ test: install
 	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m "slow and not browser" -q
+
+# Debian's chromium and chromium-driver (apt, as root or with sudo) and the `browser` extra (selenium);
+# Selenium drives the system chromedriver, nothing is downloaded at run time.
+test-browser: install
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
+	$(BIN)/python -m pip install -q "selenium==$$(sed -n 's/^browser = \["selenium==\([0-9.]*\)".*/\1/p' pyproject.toml)"
+	MEDFLOW_BROWSER_SHOTS=$${MEDFLOW_BROWSER_SHOTS:-workspace/browser-shots} $(BIN)/python -m pytest -m browser -q -p no:cacheprovider
 
 test-all: install
 	$(BIN)/python -m pytest -q

@@ -42,9 +42,14 @@ def cmd_sample_data(args) -> int:
 def _print_summary(name: str, results, parent_id, tracker) -> None:
     from medflow.inference.plan import PLAN, load_plan
     from medflow.tasks import TASKS
+    from medflow.tracking.runs import ui_url
 
     exp = f" (experiment {tracker.experiment_name}, parent run {parent_id})" if parent_id else ""
     print(f"\npipeline {name}{exp}")
+    if parent_id:
+        exp_id = tracker.client.get_run(parent_id).info.experiment_id
+        print(f"  review: {ui_url(experiment_id=exp_id, run_id=parent_id)}  (report.html under Artifacts; "
+              f"or medflow report {parent_id} --out DIR)")
     print(f"  {'stage':<14} {'state':<8} {'cases':>6} {'quarantined':>11} {'seconds':>8}  output")
     for r in results:
         print(f"  {r.name:<14} {r.state:<8} {r.cases:>6} {r.quarantined:>11} {r.seconds:>8.1f}  {r.path}")
@@ -112,8 +117,10 @@ def cmd_run(args) -> int:
         _print_summary(cfg.name, results, parent, tracker)
     if tracker is None:
         return status
+    from medflow.tracking.runs import ui_url
+
     print(f"\ntracking store: {tracker.uri}")
-    print("open the MLflow UI:  medflow ui    (then browse http://127.0.0.1:5000)")
+    print(f"open the MLflow UI:  medflow ui    (then browse {ui_url()})")
     return status
 
 
@@ -149,19 +156,6 @@ def cmd_status(args) -> int:
         if r["path"]:
             print(f"  {'':<14} {r['path']}")
     return 0
-
-
-def cmd_ui(args) -> int:
-    from medflow.tracking.runs import default_artifact_root, tracking_uri
-
-    uri = tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port), "--workers", "1"]
-    if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", default_artifact_root()]
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
-    os.execv(sys.executable, cmd)
-    return 0  # not reached
 
 
 def cmd_augment_preview(args) -> int:
@@ -291,14 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub, fmt, _examples)
 
-    p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the project's store", formatter_class=fmt,
-                       epilog=_examples("""
-                           medflow ui
-                           medflow ui --port 5001
-                           MLFLOW_TRACKING_URI=sqlite:////data/other.db medflow ui
-                       """))
-    p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=cmd_ui)
+    from medflow.cli.review import add_parsers as add_review_parsers
+
+    add_review_parsers(sub, fmt, _examples)
 
     from medflow.cli.bench import add_parser as add_bench_parser
 

@@ -19,8 +19,9 @@ import numpy as np
 from medflow.core.catalog import STAGES
 from medflow.core.engine import StageFailed
 from medflow.core.progress import log
-from medflow.core.runner import NullTracker, make_context, plan_stages, run_stages
+from medflow.core.runner import NullTracker, log_report, make_context, plan_stages, run_stages
 from medflow.data.atomic import write_atomic
+from medflow.review.spec import SEP, run_label
 
 PER_RUN = ("train", "evaluate")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr")
@@ -116,16 +117,18 @@ def run_cv(cfg, *, tracker=None, strict=False, workers=None, force=False, config
         raise StageFailed(f"cross-validation needs split.folds >= 2 (it is {cfg.split.folds})")
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
-    with tracker.pipeline(cfg, config_path, profile, run_name=f"{cfg.name} cv", kind="cv") as parent:
+    label = SEP.join([cfg.name, cfg.model.name, f"{cfg.split.folds}-fold cv"])
+    with tracker.pipeline(cfg, config_path, profile, run_name=label, kind="cv") as parent:
         parent_id = parent.info.run_id if parent is not None else None
         outputs, _ = _shared(cfg, tracker, ctx, force)
         folds, confusion, classes = [], None, None
         for f in range(cfg.split.folds):
             cfg_f = _with(_with(cfg, "train", fold=f), "evaluate", split="val")
             log(f"[cv] fold {f + 1}/{cfg.split.folds}")
-            with tracker.group(f"fold {f}", {"medflow.fold": str(f), "medflow.kind": "cv-fold"}) as run:
-                summary, _ = _report(run_stages(cfg_f, _per_run(cfg_f), dict(outputs), tracker,
-                                                ctx, force=force))
+            with tracker.group(run_label(cfg_f), {"medflow.fold": str(f), "medflow.kind": "cv-fold"}) as run:
+                fold_outputs = dict(outputs)
+                summary, _ = _report(run_stages(cfg_f, _per_run(cfg_f), fold_outputs, tracker, ctx, force=force))
+                log_report(cfg_f, fold_outputs, tracker, run.info.run_id if run is not None else None)
                 report = summary["reports"]["val"]
                 if run is not None:
                     tracker.log_to(run.info.run_id, {f"val_{m}": report[m] for m in METRICS
@@ -163,15 +166,18 @@ def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, f
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
     rows = []
-    with tracker.pipeline(cfg, config_path, profile, run_name=f"{cfg.name} comparison", kind="comparison") as parent:
+    label = SEP.join([cfg.name, f"comparison of {len(variants)} models"])
+    with tracker.pipeline(cfg, config_path, profile, run_name=label, kind="comparison") as parent:
         parent_id = parent.info.run_id if parent is not None else None
         outputs, _ = _shared(cfg, tracker, ctx, force)
         for variant in variants:
             cfg_m = cfg.model_copy(update={"model": variant})
             log(f"[compare] {variant.name}")
-            with tracker.group(variant.name, {"medflow.model": variant.name, "medflow.kind": "comparison-model"}):
-                results = run_stages(cfg_m, _per_run(cfg_m), dict(outputs), tracker, ctx,
-                                     force=force)
+            with tracker.group(run_label(cfg_m), {"medflow.model": variant.name,
+                                                  "medflow.kind": "comparison-model"}) as run:
+                model_outputs = dict(outputs)
+                results = run_stages(cfg_m, _per_run(cfg_m), model_outputs, tracker, ctx, force=force)
+                log_report(cfg_m, model_outputs, tracker, run.info.run_id if run is not None else None)
             summary, _ = _report(results)
             train = next(r for r in results if r.name == "train")
             info = json.loads((Path(train.path) / "train.json").read_text())

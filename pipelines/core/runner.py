@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from medflow.core.catalog import STAGES
 from medflow.core.engine import RunContext, ShardOutput, StageFailed, StageOutput
 from medflow.core.progress import log
+from medflow.review.spec import run_label
 
 
 @dataclass
@@ -45,8 +46,13 @@ class NullTracker:
     def log_to(self, run_id, metrics=None, artifacts=(), folder=None):
         pass
 
-    def stage(self, name, key, path):
+    review_run_id = None
+
+    def stage(self, name, key, path, run_name=None):
         return nullcontext(None)
+
+    def log_report(self, page, run_id=None):
+        pass
 
     def log_stage(self, output, skipped, seconds):
         pass
@@ -129,10 +135,24 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
                                   f"(worker 0) runs the rest")
             ctx.shard = None
             ctx.worker = True
-    with tracker.pipeline(cfg, config_path, profile) as parent:
+    with tracker.pipeline(cfg, config_path, profile, run_name=run_label(cfg)) as parent:
         parent_id = parent.info.run_id if parent is not None else None
-        results = run_stages(cfg, plan_stages(cfg, target), {}, tracker, ctx, force=force, target=target)
+        outputs: dict[str, StageOutput] = {}
+        results = run_stages(cfg, plan_stages(cfg, target), outputs, tracker, ctx, force=force, target=target)
+        log_report(cfg, outputs, tracker, parent_id)
     return results, parent_id
+
+
+def log_report(cfg, outputs: dict, tracker, run_id: str | None, title: str | None = None) -> None:
+    """Build ``report.html`` from the finished stages and put it on ``run_id`` (nothing without tracking)."""
+    if run_id is None:
+        return
+    from medflow.core.loading import dump_yaml
+    from medflow.review.report import build_report
+
+    finished = {n: o for n, o in outputs.items() if isinstance(o, StageOutput)}
+    tracker.log_report(build_report(title or run_label(cfg), finished, description=cfg.description,
+                                    config_yaml=dump_yaml(cfg.resolved()), run_id=run_id), run_id)
 
 
 def make_context(cfg, tracker, strict: bool = False, workers: int | None = None) -> RunContext:
@@ -153,7 +173,7 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
         out = stage.output_dir(cfg, key)
         redo = force and (target is None or stage.name == target)
         start = time.perf_counter()
-        with tracker.stage(stage.name, key, out.path) as run:
+        with tracker.stage(stage.name, key, out.path, run_name=run_label(cfg, stage.name)) as run:
             run_id = run.info.run_id if run is not None else None
             try:
                 if out.complete and not redo:

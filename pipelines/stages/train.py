@@ -2,6 +2,7 @@
 
 Reads:  preprocess (case files, plan.json) and split (splits.json)
 Writes: <workspace>/stages/train/<key>/preview.png (augmentation preview, logged when training starts),
+        training_curves.png,
         ckpt-<epoch>/ + last.json (resume points), best.keras, model.keras (the best epoch),
         plan.json (the typed inference plan), history.csv, train.json, then manifest.json (last)
 
@@ -156,5 +157,6 @@ def run(cfg, upstream, out: StageDir, ctx):
         "quarantine": [],
         "model": "model.keras", "inference_model": "model.keras",
         "artifacts": ["history.csv", "train.json", "plan.json"],
+        "figures": {"training_curves.png": "training_curves.png", "augmentation_preview.png": "preview.png"},
         "metrics": trainer.training_metrics(state),
     })

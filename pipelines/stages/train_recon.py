@@ -115,5 +115,6 @@ def run(cfg, upstream, out: StageDir, ctx):
         "cases": {}, "quarantine": [], "model": "model.keras", "reconstructor": "reconstructor.keras",
         "inference_model": "reconstructor.keras",
         "artifacts": ["history.csv", "train.json", "geometry.json", "plan.json"],
+        "figures": {"training_curves.png": "training_curves.png"},
         "metrics": trainer.training_metrics(state),
     })

@@ -1,4 +1,5 @@
-"""Evaluation figures: confusion matrices and image | truth | prediction montages (matplotlib, no display)."""
+"""Evaluation figures: confusion matrices and reconstruction comparisons (matplotlib, no display); the review
+figures (montages, case grids, training curves) are in :mod:`medflow.review.figures`."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
     plt = pyplot()
     cm = np.asarray(cm)
     k = len(classes)
-    size = max(4.0, 0.6 * k + 2.5)
+    size = max(5.0, 0.9 * k + 2.5)  # big enough that the counts read at the UI's artifact preview size
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size), constrained_layout=True)
     for ax, data, name in ((axes[0], cm.astype(np.float64), "counts"), (axes[1], row_normalize(cm), "row-normalized")):
         im = ax.imshow(data if name != "counts" else np.log10(1 + data), cmap="Blues")
@@ -48,37 +49,8 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
             for j in range(k):
                 text = f"{int(data[i, j]):,}" if name == "counts" else f"{data[i, j]:.3f}"
                 shade = im.get_array()[i, j]
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                ax.text(j, i, text, ha="center", va="center", fontsize=max(7, 14 - k),
                         color="white" if hi and shade > 0.6 * hi else "black")
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def _overlay(ax, image: np.ndarray, label: np.ndarray | None, n_classes: int):
-    ax.imshow(image.T, cmap="gray", origin="lower")
-    if label is not None:
-        masked = np.ma.masked_where(label.T == 0, label.T)
-        ax.imshow(masked, cmap="tab10", vmin=0, vmax=max(9, n_classes - 1), alpha=0.45, origin="lower",
-                  interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def montage_figure(rows: Sequence[dict], n_classes: int, title: str = ""):
-    """One row per case: image | truth overlay | prediction overlay.
-
-    Args:
-        rows: dicts with 'title' (str), 'image', 'truth', 'pred': 2D (H, W) arrays in RAS
-            order (first axis to the right, second to the front), shown radiologically upright.
-        n_classes: K, for a fixed colour per class.
-    """
-    plt = pyplot()
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False, constrained_layout=True)
-    for r, row in enumerate(rows):
-        for c, (name, label) in enumerate((("image", None), ("truth", row["truth"]), ("prediction", row["pred"]))):
-            _overlay(axes[r, c], row["image"], label, n_classes)
-            axes[r, c].set_title(f"{row['title']}: {name}" if c == 0 else name, fontsize=9)
     if title:
         fig.suptitle(title)
     return fig

@@ -11,7 +11,9 @@ relative to the working directory.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,23 @@ from medflow.core.keys import code_version
 from medflow.core.loading import dump_yaml, flatten
 from medflow.core.workspace import mlflow_dir, project_root  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17's tag value for a model-training experiment
+UI_QUERY = "workflowType=machine_learning"  # MLflow 3.17's UI opens GenAI pages without it (see ui_url)
+
+
+def ui_url(base: str = "http://127.0.0.1:5000", experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens the model-training views.
+
+    MLflow 3.17 decides between its GenAI and machine-learning pages by a sidebar switch (default GenAI)
+    and not by the experiment's ``mlflow.experimentKind`` tag; ``?workflowType=machine_learning`` sets
+    the switch for that page load, so every link medflow prints carries it.
+    """
+    path = "/#/experiments"
+    if experiment_id is not None:
+        path += f"/{experiment_id}"
+        path += f"/runs/{run_id}" if run_id else "/runs"
+    return f"{base.rstrip('/')}{path}?{UI_QUERY}"
 
 
 def default_uri() -> str:
@@ -80,13 +99,23 @@ class MlflowTracker:
         self.experiment_name: str | None = None
         self._parent_id: str | None = None
         self._experiment_id: str | None = None
+        self._groups: list[str] = []  # nested group runs (a fold, a compared model), innermost last
 
     def experiment_id(self, name: str) -> str:
+        """The experiment's id, created as a model-training experiment (``mlflow.experimentKind``) if new."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get("mlflow.experimentKind") is None:  # made before medflow set it, or by MLflow
+                self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
             return exp.experiment_id
         root = default_artifact_root(self.uri)  # only local stores need a location; a server decides its own
-        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                             tags={"mlflow.experimentKind": EXPERIMENT_KIND})
+
+    @property
+    def review_run_id(self) -> str | None:
+        """Where a reviewer looks first: the innermost group run (a fold, a model), else the pipeline run."""
+        return self._groups[-1] if self._groups else self._parent_id
 
     @contextmanager
     def pipeline(self, cfg, config_path=None, profile=None, run_name=None, kind="pipeline"):
@@ -119,16 +148,21 @@ class MlflowTracker:
                 self._parent_id = None
 
     @contextmanager
-    def stage(self, name, key, path):
+    def stage(self, name, key, path, run_name: str | None = None):
         tags = {"medflow.stage": name, "medflow.key": key, "medflow.stage_dir": str(path)}
-        with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags) as run:
+        with mlflow.start_run(run_name=run_name or name, nested=True, experiment_id=self._experiment_id,
+                              tags=tags) as run:
             yield run
 
     @contextmanager
     def group(self, name: str, tags: dict | None = None):
         """A nested run holding further stage runs: one fold of a cross-validation, one model of a comparison."""
         with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags or {}) as run:
-            yield run
+            self._groups.append(run.info.run_id)
+            try:
+                yield run
+            finally:
+                self._groups.pop()
 
     def log_to(self, run_id: str, metrics: dict | None = None, artifacts=(), folder: str | None = None) -> None:
         """Metrics and files for a run that is not the active one (a parent after its children)."""
@@ -159,6 +193,38 @@ class MlflowTracker:
             mlflow.log_artifact(str(output.file(name)), "/".join(["stage", *Path(name).parts[:-1]]))
         if "dataset" in output.manifest and output.file("cases.csv").exists():
             self._log_dataset(output)
+        self._log_review(output)
+
+    def _log_review(self, output) -> None:
+        """What a reviewer opens first: ``figures/<name>`` and the per-case table on the stage run and on the
+        review run (fold, model or pipeline), and the headline-versus-baseline figures on the latter."""
+        from medflow.review.spec import parent_metrics
+
+        review = output.manifest.get("review", {})
+        figures = {**output.manifest.get("figures", {}), **review.get("figures", {})}
+        targets = [mlflow.active_run().info.run_id] + [r for r in (self.review_run_id,) if r]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, rel in figures.items():
+                if output.file(rel).exists():
+                    shutil.copyfile(output.file(rel), Path(tmp) / name)  # logged under its review name
+                    for run_id in targets:
+                        self.client.log_artifact(run_id, str(Path(tmp) / name), "figures")
+        if review.get("table") and output.file(review["table"]).exists():
+            table = pd.read_csv(output.file(review["table"]))
+            for run_id in targets:
+                mlflow.log_table(table, artifact_file="tables/per_case.json", run_id=run_id)
+        if review and self.review_run_id:
+            for name, value in parent_metrics(review).items():
+                self.client.log_metric(self.review_run_id, name, value)
+
+    def log_report(self, page: str, run_id: str | None = None) -> None:
+        """``report.html`` on the review run (shown inline by MLflow's artifact viewer)."""
+        run_id = run_id or self.review_run_id
+        if run_id:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "report.html"
+                path.write_text(page, encoding="utf-8")
+                self.client.log_artifact(run_id, str(path))
 
     def log_shard(self, output, seconds: float) -> None:
         """One shard's share of a stage: its counts and report (the stage's manifest comes with the merge)."""

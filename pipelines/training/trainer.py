@@ -195,10 +195,17 @@ def resume_epoch(cfg, state: dict | None) -> int | None:
 
 
 def publish_model(out, state: dict) -> None:
-    """End of training: the best epoch's model becomes ``model.keras``; ``history.csv`` beside it."""
+    """End of training: the best epoch's model becomes ``model.keras``; ``history.csv`` and
+    ``training_curves.png`` beside it."""
+    from medflow.review.figures import training_curves_figure
+    from medflow.tasks.figures import save_figure
+
     with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:
         shutil.copyfile(out.path / "best.keras", tmp)
     out.write_text("history.csv", history_csv(state["history"]))
+    with write_atomic(out.path / "training_curves.png") as tmp:
+        save_figure(training_curves_figure(state["history"], f"training curves (best epoch {state['best_epoch']})"),
+                    tmp)
 
 
 def training_metrics(state: dict) -> dict:

@@ -6,8 +6,8 @@ model: preprocessing without a label, the plan's crops, the mean probability.
 Writes, per split, under ``<split>/``:
 predictions.csv (case, true, predicted, per-class probabilities), metrics.json,
 confusion.json / confusion.csv / confusion.png (counts and row-normalized, class
-names on the axes) and misclassified.png (each wrong case with both classes and
-its probabilities).
+names on the axes), misclassified.png (each wrong case with both classes and
+its probabilities) and cases.png (every case, right or wrong).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from medflow.core.engine import StageDir, StageFailed
 from medflow.models.metrics import classification_report, row_normalize
 from medflow.models.registry import LESION, PROBABILITIES
+from medflow.review.spec import comparison
 from medflow.tasks.evaluation.lesions import (
     explanation_figures,
     lesion_figures,
@@ -98,7 +99,23 @@ def evaluate_split(split: str, ids, y, probs, classes, views, out: StageDir) -> 
              f"balanced {report['balanced_accuracy']:.3f}")
     save_figure(confusion_figure(cm, classes, title), out.path / split / "confusion.png")
     save_figure(_misclassified_figure(views, ids, y, probs, classes), out.path / split / "misclassified.png", dpi=80)
+    save_figure(_cases_figure(views, ids, y, probs, classes, split), out.path / split / "cases.png", dpi=80)
     return report
+
+
+def _cases_figure(views, ids, y, probs, classes, split: str, limit: int = 36):
+    """Every case of the split (up to ``limit``): central slice, true and predicted class, its probability."""
+    from medflow.review.figures import case_grid_figure
+
+    shown = list(range(len(ids)))[:limit]
+    titles, correct = [], []
+    for i in shown:
+        k = int(np.argmax(probs[i]))
+        titles.append(f"{ids[i]}\ntrue {classes[y[i]]}\npred {classes[k]} (p {probs[i][k]:.2f})")
+        correct.append(k == y[i])
+    return case_grid_figure([views[ids[i]][..., 0] for i in shown], titles, correct,
+                            f"{split}: {sum(correct)}/{len(shown)} right"
+                            + (f" (first {limit} of {len(ids)} shown)" if len(ids) > limit else ""))
 
 
 def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, artifacts) -> dict:
@@ -153,7 +170,9 @@ def _lesion_outputs(name, ids, y, probs, classes, views, maps, lesion_maps, mask
     return extra
 
 
-FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "confusion.png", "misclassified.png")
+FILES = ("predictions.csv", "metrics.json", "confusion.json", "confusion.csv", "confusion.png", "misclassified.png",
+         "cases.png")
+REVIEWED = (("balanced_accuracy", True), ("roc_auc_macro_ovr", True), ("accuracy", True), ("macro_f1", True))
 
 
 def run(cfg, upstream, out: StageDir, ctx, plan, net):
@@ -213,7 +232,17 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
     out.write_json("summary.json", {"classes": classes, "splits": splits, "reports": summary,
                                     "primary": cfg.evaluate.split, "baselines": baselines})
     primary = cfg.evaluate.split
+    base = next(iter(baselines), None)
+    review = {"split": primary, "baseline": base, "table": f"{primary}/predictions.csv",
+              "metrics": [comparison(k, summary[primary][k], baselines[base][primary][k] if base else None, g)
+                          for k, g in REVIEWED]
+              + [comparison(f"recall_{c}", st["recall"], baselines[base][primary]["per_class"][c]["recall"]
+                            if base else None) for c, st in summary[primary]["per_class"].items()],
+              "figures": {"confusion.png": f"{primary}/confusion.png", "cases.png": f"{primary}/cases.png",
+                          **({"explanations.png": f"{primary}/explanations.png"}
+                             if f"{primary}/explanations.png" in artifacts else {})}}
     return out.finish(cfg, upstream, {
+        "review": review,
         "cases": {c: {"split": s} for s, ids in splits.items() for c in ids},
         "quarantine": [],
         "artifacts": ["summary.json", "plan.json", *artifacts],

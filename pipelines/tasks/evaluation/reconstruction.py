@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from medflow.core.engine import StageDir
+from medflow.review.spec import comparison
 
 
 def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
@@ -54,6 +55,18 @@ def _figure_rows(order: np.ndarray, n: int) -> list[int]:
     """Up to ``n`` images spread over the network's PSNR ranking: worst, ..., median, ..., best."""
     picks = np.unique(np.round(np.linspace(0, len(order) - 1, min(n, len(order)))).astype(int))
     return [int(order[p]) for p in picks]
+
+
+def _per_image_csv(index, scores: dict[str, list[dict]]) -> str:
+    """One row per test image (the review table): PSNR and SSIM of every method."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    methods = list(scores)
+    writer.writerow(["image", *(f"psnr_{m}" for m in methods), *(f"ssim_{m}" for m in methods)])
+    for i, image in enumerate(index):
+        writer.writerow([int(image), *(f"{scores[m][i]['psnr']:.4f}" for m in methods),
+                         *(f"{scores[m][i]['ssim']:.5f}" for m in methods)])
+    return buf.getvalue()
 
 
 def run(cfg, upstream, out: StageDir, ctx, plan, net):
@@ -104,9 +117,17 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
                                             f"{geometry['fbp_filter']}"), out.path / "comparison.png")
     metrics = {f"{m}_{k}": v for m, s in summary.items() for k, v in s.items() if k != "images"}
     metrics["predict_images_per_s"] = len(recon) / max(predict_seconds, 1e-9)
+    out.write_text("per_case.csv", _per_image_csv(test["index"], scores))
+    # The baseline is the best classical reconstruction on the test mean PSNR (the one to beat).
+    base = max((m for m in images if m != "network"), key=lambda m: summary[m]["psnr_mean"], default=None)
+    review = {"split": "test", "baseline": base, "table": "per_case.csv",
+              "metrics": [comparison(q, summary["network"][f"{q}_mean"], summary[base][f"{q}_mean"] if base else None)
+                          for q in ("psnr", "ssim")],
+              "figures": {"comparison.png": "comparison.png"}}
     return out.finish(cfg, upstream, {
+        "review": review,
         "cases": {}, "quarantine": [],
-        "artifacts": ["metrics.csv", "summary.json", "comparison.png", "plan.json"],
+        "artifacts": ["metrics.csv", "per_case.csv", "summary.json", "comparison.png", "plan.json"],
         "metrics": metrics,
         "headline": {"test_psnr": summary["network"]["psnr_mean"], "test_ssim": summary["network"]["ssim_mean"],
                      **{f"test_psnr_{m}": summary[m]["psnr_mean"] for m in images if m != "network"}},

@@ -3,7 +3,8 @@
 Reads:  ingest (the original files), split (which cases), train (model.keras, plan.json, train.json)
 Writes: <workspace>/stages/evaluate/<key>/predictions/<case>.nii.gz (label maps on each input's grid,
         with its affine and header), cases/<case>.json (per-case metrics and confusion, the resume
-        points), metrics.csv, summary.json, confusion.json, confusion.png, montage.png, then manifest.json
+        points), metrics.csv, per_case.csv (one row per case), summary.json, confusion.json, confusion.png,
+        montage.png (three planes, contours and difference maps), then manifest.json
 
 Every case goes through :meth:`Segmentation.infer`, what ``medflow predict`` runs:
 the raw NIfTI is preprocessed without its label, segmented by sliding windows, and
@@ -27,6 +28,7 @@ from medflow.core.engine import StageDir, StageFailed
 from medflow.data.nifti import CaseError, read_nifti
 from medflow.inference.plan import InferencePlan
 from medflow.models.metrics import case_metrics, row_normalize
+from medflow.review.spec import comparison
 
 FIELDS = ("dice", "iou", "hd95_mm", "volume_true_ml", "volume_pred_ml", "volume_diff_ml", "volume_diff_pct")
 
@@ -116,10 +118,30 @@ def _metrics_csv(results: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
-def _montage(results, records, report, n_classes, path) -> list[str]:
-    """Best, median and worst case (network mean Dice over the report classes), axial slice through the truth."""
+def _per_case_csv(results: dict[str, dict], report: list[str]) -> str:
+    """One row per case (the review table): mean Dice over the report classes and per-class Dice and HD95
+    of the network, and each baseline's mean Dice."""
+    methods = sorted({m for r in results.values() for m in r["methods"]} - {"network"})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case_id", "mean_dice", *(f"dice_{c}" for c in report), *(f"hd95_mm_{c}" for c in report),
+                *(f"{m}_mean_dice" for m in methods)])
+    for case_id in sorted(results):
+        methods_of = results[case_id]["methods"]
+        rows = {r["class"]: r for r in methods_of["network"]["rows"]}
+        w.writerow([case_id, f"{_mean_dice(methods_of['network']['rows'], report):.6g}",
+                    *(f"{rows[c]['dice']:.6g}" if c in rows else "" for c in report),
+                    *(f"{rows[c]['hd95_mm']:.6g}" if c in rows else "" for c in report),
+                    *(f"{_mean_dice(methods_of[m]['rows'], report):.6g}" if m in methods_of else "" for m in methods)])
+    return buf.getvalue()
+
+
+def _montage(results, records, report, classes, path) -> list[str]:
+    """Best, median and worst case (network mean Dice over the report classes): three planes through the
+    truth's centre, contours and difference maps, at native resolution."""
     from medflow.data.geometry import to_canonical
-    from medflow.tasks.figures import montage_figure, save_figure
+    from medflow.review.figures import ortho_montage_figure
+    from medflow.tasks.figures import save_figure
 
     ranked = sorted(results, key=lambda c: _mean_dice(results[c]["methods"]["network"]["rows"], report))
     picks = [("worst", ranked[0]), ("median", ranked[len(ranked) // 2]), ("best", ranked[-1])]
@@ -130,11 +152,12 @@ def _montage(results, records, report, n_classes, path) -> list[str]:
             image.data, read_nifti(records[case_id]["label"]).data, read_nifti(path.parent / "predictions"
                                                                                 / f"{case_id}.nii.gz").data)]
         fg = np.nonzero(vols[1] > 0)
-        z = int(np.median(fg[2])) if fg[2].size else vols[0].shape[2] // 2
+        centre = [int(np.median(a)) if a.size else n // 2 for a, n in zip(fg, vols[0].shape)]
         dice = _mean_dice(results[case_id]["methods"]["network"]["rows"], report)
-        rows.append({"title": f"{tag}: {case_id} (Dice {dice:.3f})", "image": vols[0][:, :, z],
-                     "truth": np.rint(vols[1][:, :, z]).astype(int), "pred": vols[2][:, :, z].astype(int)})
-    save_figure(montage_figure(rows, n_classes, "image | truth | prediction (axial, native resolution)"), path)
+        rows.append({"title": f"{tag}: {case_id} (Dice {dice:.3f})", "image": vols[0], "centre": centre,
+                     "truth": np.rint(vols[1]).astype(int), "pred": np.rint(vols[2]).astype(int)})
+    save_figure(ortho_montage_figure(rows, classes, "truth (solid) and prediction (dashed) contours, and where "
+                                                    "they differ; native resolution"), path, dpi=80)
     return [c for _, c in picks]
 
 
@@ -162,15 +185,16 @@ def run(cfg, upstream, out: StageDir, ctx, plan: InferencePlan, net):
     if not results:
         raise StageFailed(f"no {ev.split} case could be evaluated; first problem: {quarantine[0]['error']}")
     summary = summarize(results, classes, report)
-    picks = _montage(results, records, report, len(classes), out.path / "montage.png")
+    picks = _montage(results, records, report, classes, out.path / "montage.png")
     out.write_text("metrics.csv", _metrics_csv(results))
+    out.write_text("per_case.csv", _per_case_csv(results, report))
     out.write_json("summary.json", {"split": ev.split, "classes": classes, "report_classes": report,
                                     "montage": picks, "methods": summary, "quarantine": quarantine})
     out.write_json("confusion.json", {
         "classes": classes, "rows": "true class", "columns": "predicted class",
         **{m: {"counts": s["confusion"], "row_normalized": row_normalize(np.array(s["confusion"])).tolist()}
            for m, s in summary.items()}})
-    artifacts = ["metrics.csv", "summary.json", "confusion.json", "montage.png", "plan.json"]
+    artifacts = ["metrics.csv", "per_case.csv", "summary.json", "confusion.json", "montage.png", "plan.json"]
     for method, s in summary.items():
         name = "confusion.png" if method == "network" else f"confusion_{method}.png"
         save_figure(confusion_figure(np.array(s["confusion"]), classes,
@@ -186,7 +210,22 @@ def run(cfg, upstream, out: StageDir, ctx, plan: InferencePlan, net):
             for f in ("dice", "iou", "hd95_mm", "volume_abs_diff_pct"):
                 metrics[f"{prefix}{f}_{name}"] = stats[f]
     metrics["cases"], metrics["quarantined"] = len(results), len(quarantine)
+    base = next((m for m in summary if m != "network"), None)
+    compare = [("mean_dice", "mean_dice", True), ("mean_hd95_mm", "mean_hd95_mm", False)]
+    compare += [(f"dice_{c}", ("per_class", c, "dice"), True) for c in report]
+
+    def pick(method, key):
+        value = summary[method]
+        for part in (key,) if isinstance(key, str) else key:
+            value = value[part]
+        return value
+
+    review = {"split": ev.split, "baseline": base, "table": "per_case.csv",
+              "metrics": [comparison(name, pick("network", key), pick(base, key) if base else None, greater)
+                          for name, key, greater in compare],
+              "figures": {"confusion.png": "confusion.png", "montage.png": "montage.png"}}
     return out.finish(cfg, upstream, {
+        "review": review,
         "cases": {c: {"file": f"cases/{c}.json", "prediction": f"predictions/{c}.nii.gz"} for c in results},
         "quarantine": quarantine,
         "artifacts": artifacts,

@@ -1,0 +1,67 @@
+"""The review section of an evaluate manifest, and the names runs and metrics get in MLflow.
+
+An evaluate stage's manifest carries ``review``::
+
+    {"split": "test", "baseline": "multi_otsu",
+     "metrics": [{"name": "mean_dice", "value": 0.94, "baseline": 0.82, "greater_is_better": true}, ...],
+     "figures": {"confusion.png": "confusion.png", "montage.png": "montage.png"},   # figure name -> stage file
+     "table": "per_case.csv"}                                                       # one row per case
+
+A train stage's manifest carries ``figures`` only. The tracker logs the figures under
+``figures/<name>``, the table as an MLflow table, and the metrics on the parent run as
+``<split>/<name>`` and ``<split>/baseline/<name>``, so a network and its baseline sort together.
+"""
+
+from __future__ import annotations
+
+import math
+
+MODEL_STAGES = ("train", "train_recon", "evaluate", "evaluate_recon", "export")
+SEP = " · "
+
+
+def run_label(cfg, stage: str | None = None, fold: int | None = None) -> str:
+    """What a run is, in words: ``segmentation · unet2d · fold 0`` (parent), ``... · evaluate`` (stage).
+
+    Data stages (ingest, preprocess, split, simulate) do not depend on the model or fold, so their
+    names carry only the pipeline.
+    """
+    parts = [cfg.name]
+    if stage is None or stage in MODEL_STAGES:
+        parts += [cfg.model.name, f"fold {cfg.train.fold if fold is None else fold}"]
+    if stage is not None:
+        parts.append(stage)
+    return SEP.join(parts)
+
+
+def comparison(name: str, value: float, baseline: float | None = None, greater_is_better: bool = True) -> dict:
+    """One headline figure of the network beside its baseline's (None when there is no baseline)."""
+    return {"name": name, "value": float(value), "baseline": None if baseline is None else float(baseline),
+            "greater_is_better": bool(greater_is_better)}
+
+
+def parent_metrics(review: dict) -> dict[str, float]:
+    """``{split}/{name}`` and ``{split}/baseline/{name}`` for every finite figure of a review."""
+    split, out = review["split"], {}
+    for m in review.get("metrics", []):
+        for key, value in ((f"{split}/{m['name']}", m["value"]), (f"{split}/baseline/{m['name']}", m["baseline"])):
+            if value is not None and math.isfinite(value):
+                out[key] = float(value)
+    return out
+
+
+def verdict(review: dict) -> str:
+    """One line: does the network beat its baseline on the first (headline) figure?"""
+    if not review.get("metrics"):
+        return "no headline figures"
+    m = review["metrics"][0]
+    value, base = m["value"], m["baseline"]
+    if base is None or not review.get("baseline"):
+        return f"{m['name']} {value:.4g} on {review['split']}; no baseline to compare with"
+    if not (math.isfinite(value) and math.isfinite(base)):
+        return f"{m['name']}: not comparable (network {value}, {review['baseline']} {base})"
+    better = value > base if m["greater_is_better"] else value < base
+    diff = value - base
+    word = "beats" if better else ("ties with" if diff == 0 else "loses to")
+    return (f"the network {word} the {review['baseline']} baseline on {review['split']} {m['name']}: "
+            f"{value:.4g} vs {base:.4g} ({diff:+.4g})")
