@@ -72,7 +72,8 @@ def ortho_montage_figure(rows: Sequence[dict], class_names: Sequence[str], title
 
     Args:
         rows: dicts with ``title``, ``image`` (X, Y, Z) float, ``truth`` and ``pred`` (X, Y, Z) int
-            label maps on the image's grid in RAS order, and ``centre`` (3,) voxel indices.
+            label maps on the image's grid in RAS order, ``centre`` (3,) voxel indices and optionally
+            ``spacing`` (3,) mm, so anisotropic voxels are drawn at their true proportions.
         class_names: K names, index 0 background (not drawn).
     """
     plt = pyplot()
@@ -84,12 +85,15 @@ def ortho_montage_figure(rows: Sequence[dict], class_names: Sequence[str], title
     for r, row in enumerate(rows):
         image, truth, pred = row["image"], row["truth"], row["pred"]
         lo, hi = np.percentile(image, [1, 99.5])
+        spacing = row.get("spacing", (1.0, 1.0, 1.0))
         for p, (plane, axis) in enumerate(PLANES):
             idx = int(row["centre"][axis])
+            first, second = (a for a in range(3) if a != axis)  # shown along columns, rows
+            aspect = float(spacing[second]) / float(spacing[first])
             img, t, q = (_plane(v, axis, idx) for v in (image, truth, pred))
             ax_c, ax_d = axes[r, 2 * p], axes[r, 2 * p + 1]
             for ax in (ax_c, ax_d):
-                ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+                ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest", aspect=aspect)
                 ax.set_xticks([])
                 ax.set_yticks([])
             for k in range(1, len(class_names)):
@@ -100,7 +104,7 @@ def ortho_montage_figure(rows: Sequence[dict], class_names: Sequence[str], title
             overlay = np.zeros((*img.shape, 4))
             overlay[wrong] = (1.0, 0.15, 0.15, 0.8)
             overlay[missed] = (0.2, 0.5, 1.0, 0.8)
-            ax_d.imshow(overlay, origin="lower", interpolation="nearest")
+            ax_d.imshow(overlay, origin="lower", interpolation="nearest", aspect=aspect)
             ax_c.set_title(f"{row['title']}\n{plane} {idx}" if p == 0 else f"{plane} {idx}", fontsize=9)
             ax_d.set_title(f"{plane}: difference", fontsize=9)
     handles = [Line2D([], [], color=colors(k % 10), label=class_names[k]) for k in range(1, len(class_names))]

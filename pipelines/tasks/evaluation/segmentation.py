@@ -139,7 +139,7 @@ def _per_case_csv(results: dict[str, dict], report: list[str]) -> str:
 def _montage(results, records, report, classes, path) -> list[str]:
     """Best, median and worst case (network mean Dice over the report classes): three planes through the
     truth's centre, contours and difference maps, at native resolution."""
-    from medflow.data.geometry import to_canonical
+    from medflow.data.geometry import to_canonical, voxel_spacing
     from medflow.review.figures import ortho_montage_figure
     from medflow.tasks.figures import save_figure
 
@@ -148,6 +148,7 @@ def _montage(results, records, report, classes, path) -> list[str]:
     rows = []
     for tag, case_id in picks[::-1] if len(ranked) > 2 else [("case", c) for c in ranked]:
         image = read_nifti(records[case_id]["images"][0])
+        spacing = voxel_spacing(to_canonical(image.data, image.affine)[1])
         vols = [to_canonical(v, image.affine)[0] for v in (
             image.data, read_nifti(records[case_id]["label"]).data, read_nifti(path.parent / "predictions"
                                                                                 / f"{case_id}.nii.gz").data)]
@@ -155,6 +156,7 @@ def _montage(results, records, report, classes, path) -> list[str]:
         centre = [int(np.median(a)) if a.size else n // 2 for a, n in zip(fg, vols[0].shape)]
         dice = _mean_dice(results[case_id]["methods"]["network"]["rows"], report)
         rows.append({"title": f"{tag}: {case_id} (Dice {dice:.3f})", "image": vols[0], "centre": centre,
+                     "spacing": spacing,
                      "truth": np.rint(vols[1]).astype(int), "pred": np.rint(vols[2]).astype(int)})
     save_figure(ortho_montage_figure(rows, classes, "truth (solid) and prediction (dashed) contours, and where "
                                                     "they differ; native resolution"), path, dpi=80)

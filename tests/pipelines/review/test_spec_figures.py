@@ -67,8 +67,10 @@ def test_review_figures_draw(tmp_path):
     pred = np.roll(truth, 1, axis=0)
     row = {"title": "c", "image": np.random.default_rng(0).random((12, 10, 8)), "truth": truth, "pred": pred,
            "centre": [5, 5, 4]}
-    fig = ortho_montage_figure([row, row], ["background", "cube"])
+    fig = ortho_montage_figure([row, {**row, "spacing": (1.0, 1.0, 4.0)}], ["background", "cube"])
     assert len([ax for ax in fig.axes if ax.get_title()]) == 12  # 2 cases x 3 planes x (contours, difference)
+    # anisotropic voxels keep their proportions: the coronal plane (x across, z up) of 1 x 4 mm voxels
+    assert fig.axes[0].get_aspect() == 1.0 and fig.axes[8].get_aspect() == 4.0
     fig = case_grid_figure([np.ones((6, 6, 4))] * 3, ["a", "b", "c"], [True, False, True], cols=2)
     framed = [ax for ax in fig.axes if ax.axison]
     assert len(framed) == 3
