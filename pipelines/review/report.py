@@ -18,7 +18,8 @@ from medflow.review.spec import verdict
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d2430;max-width:1400px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde2ea;padding-bottom:4px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde2ea;padding-bottom:4px}
 .muted{color:#667085;font-size:13px} .verdict{padding:10px 14px;border-radius:6px;margin:14px 0;font-weight:600}
 .win{background:#e7f6ec;border:1px solid #9fd6b0} .loss{background:#fdecec;border:1px solid #f0a8a8}
 .none{background:#f1f3f7;border:1px solid #d0d5dd}

@@ -23,6 +23,7 @@ def run_outputs(run_id: str) -> tuple[str, dict[str, StageOutput], str | None, s
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise ValueError(f"no MLflow run {run_id} in {tracking_uri()}") from None
+
     def stage_runs(parent: str) -> list:
         found = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
                                    max_results=1000, order_by=["start_time ASC"])

@@ -213,18 +213,16 @@ def run(cfg, upstream, out: StageDir, ctx, plan: InferencePlan, net):
                 metrics[f"{prefix}{f}_{name}"] = stats[f]
     metrics["cases"], metrics["quarantined"] = len(results), len(quarantine)
     base = next((m for m in summary if m != "network"), None)
-    compare = [("mean_dice", "mean_dice", True), ("mean_hd95_mm", "mean_hd95_mm", False)]
-    compare += [(f"dice_{c}", ("per_class", c, "dice"), True) for c in report]
 
-    def pick(method, key):
-        value = summary[method]
-        for part in (key,) if isinstance(key, str) else key:
-            value = value[part]
-        return value
+    def headline(method: str) -> dict:
+        stats = summary[method]
+        return {"mean_dice": stats["mean_dice"], "mean_hd95_mm": stats["mean_hd95_mm"],
+                **{f"dice_{c}": stats["per_class"][c]["dice"] for c in report}}
 
+    ours, theirs = headline("network"), headline(base) if base else {}
     review = {"split": ev.split, "baseline": base, "table": "per_case.csv",
-              "metrics": [comparison(name, pick("network", key), pick(base, key) if base else None, greater)
-                          for name, key, greater in compare],
+              "metrics": [comparison(k, v, theirs.get(k), greater_is_better=k != "mean_hd95_mm")
+                          for k, v in ours.items()],
               "figures": {"confusion.png": "confusion.png", "montage.png": "montage.png"}}
     return out.finish(cfg, upstream, {
         "review": review,
