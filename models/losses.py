@@ -107,16 +107,22 @@ class MaskedDiceBCELoss(keras.losses.Loss):
     without a target, e.g. every voxel of a lesion case that has no mask (a weakly labelled
     case adds nothing to this loss). y_pred: (B, *S, 1) lesion probability.
 
-    Dice is the batch Dice (sums over every known voxel of the batch), so a batch of normal
+    ``dice="batch"``: the batch Dice (sums over every known voxel of the batch), so a batch of normal
     cases with no lesion anywhere still has a defined value: 1 - smooth / (sum p + smooth),
-    which pushes their false positives down. The result is one value per sample (the batch's
-    Dice term plus the sample's mean BCE over its known voxels), so sample weights apply.
+    which pushes their false positives down. ``dice="case"``: each sample's own Dice over its known
+    voxels, so a small or faint lesion missed costs as much as a large bright one found (in a batch
+    Dice the large lesion's voxels outweigh it); a weakly labelled sample adds no Dice term.
+    The result is one value per sample (the Dice term plus the sample's mean BCE over its known
+    voxels), so sample weights apply.
     """
 
-    def __init__(self, smooth: float = 1.0, ce_weight: float = 1.0, pos_weight: float = 20.0, name="lesion_dice_bce",
-                 **kwargs):
+    def __init__(self, smooth: float = 1.0, ce_weight: float = 1.0, pos_weight: float = 20.0, dice: str = "batch",
+                 name="lesion_dice_bce", **kwargs):
         super().__init__(name=name, **kwargs)
+        if dice not in ("batch", "case"):
+            raise ValueError(f"dice must be 'batch' or 'case'. Received: dice={dice!r}")
         self.smooth, self.ce_weight, self.pos_weight = float(smooth), float(ce_weight), float(pos_weight)
+        self.dice = dice
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
@@ -128,16 +134,17 @@ class MaskedDiceBCELoss(keras.losses.Loss):
         bce = -(self.pos_weight * t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p)) * known
         n_known = ops.sum(known, axis=axes)
         bce = ops.sum(bce, axis=axes) / ops.maximum(n_known, 1.0)
-        inter = ops.sum(p * t * known)
-        denom = ops.sum(p * known) + ops.sum(t)
+        over = axes if self.dice == "case" else None  # None: sums over the whole batch
+        inter = ops.sum(p * t * known, axis=over)
+        denom = ops.sum(p * known, axis=over) + ops.sum(t, axis=over)
         dice_term = 1.0 - (2.0 * inter + self.smooth) / (denom + self.smooth)
-        # A batch with no known voxel (all weakly labelled) has no Dice term either.
-        dice_term = dice_term * ops.cast(ops.sum(n_known) > 0, p.dtype)
+        # A sample (case Dice) or batch (batch Dice) with no known voxel, i.e. weakly labelled, has no Dice term.
+        dice_term = dice_term * ops.cast((n_known if over else ops.sum(n_known)) > 0, p.dtype)
         return self.ce_weight * bce + dice_term
 
     def get_config(self):
         return {**super().get_config(), "smooth": self.smooth, "ce_weight": self.ce_weight,
-                "pos_weight": self.pos_weight}
+                "pos_weight": self.pos_weight, "dice": self.dice}
 
 
 @keras.saving.register_keras_serializable(package="medflow")

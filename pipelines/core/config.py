@@ -176,6 +176,8 @@ class TrainConfig(_Strict):
         default=2, ge=1, description="validation samples per case (and classifier crops at inference)"
     )
     class_weights: Literal["none", "balanced"] = Field(default="none", description="classification: none or balanced")
+    lesion_dice: Literal["batch", "case"] = Field(
+        default="batch", description="segcls lesion loss: Dice over the batch, or per case (each lesion counts alike)")
     dihedral_augment: bool = Field(
         default=False,
         description="reconstruction: random flips and quarter turns of (FBP, truth) pairs, symmetries of the geometry",

@@ -48,7 +48,7 @@ class Classification(Task):
             return keras.losses.SparseCategoricalCrossentropy(), accuracy
         if set(outputs) != {LESION, PROBABILITIES}:
             raise ValueError(f"a classifier's outputs are {PROBABILITIES!r} and optionally {LESION!r}, got {outputs}")
-        return ({LESION: MaskedDiceBCELoss(), PROBABILITIES: keras.losses.SparseCategoricalCrossentropy()},
+        return ({LESION: MaskedDiceBCELoss(dice=tc.lesion_dice), PROBABILITIES: keras.losses.SparseCategoricalCrossentropy()},
                 {LESION: [LesionDice(name="dice")], PROBABILITIES: accuracy})
 
     def inference_plan(self, cfg, facts: dict) -> InferencePlan:

@@ -65,6 +65,26 @@ def test_masked_loss_ignores_unknown_voxels():
     assert float(dice.result()) == pytest.approx(1.0)
 
 
+def test_case_dice_counts_each_lesion_alike():
+    """A large lesion found and a small one missed: the batch Dice barely notices the miss, the case Dice
+    charges it a whole Dice; with every voxel known per case the two agree on a single case."""
+    truth = np.zeros((2, 8, 8, 8), np.uint8)
+    truth[0, 1:7, 1:7, 1:7] = 1  # 216 voxels, found
+    truth[1, 3:5, 3:5, 3:5] = 1  # 8 voxels, missed
+    pred = np.where(truth[..., None] == 1, 0.99, 0.01).astype(np.float32)
+    pred[1] = 0.01
+    batch, case = MaskedDiceBCELoss(ce_weight=0.0), MaskedDiceBCELoss(ce_weight=0.0, dice="case")
+    assert float(batch(truth, pred)) < 0.1
+    assert float(case(truth, pred)) > 0.45  # mean of ~0 and ~1
+    np.testing.assert_allclose(float(case(truth[:1], pred[:1])), float(batch(truth[:1], pred[:1])), rtol=1e-5)
+    weak = truth.copy()
+    weak[1] = IGNORE  # a weakly labelled case adds no Dice term of its own
+    assert float(case(weak, pred)) < 0.1
+    assert MaskedDiceBCELoss.from_config(case.get_config()).dice == "case"
+    with pytest.raises(ValueError, match="batch"):
+        MaskedDiceBCELoss(dice="voxel")
+
+
 def test_round_trip_and_export_parity(tmp_path):
     model = build_model("segcls", (16, 16, 8, 1), 3, SMALL)
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 8, 1)).astype(np.float32)
