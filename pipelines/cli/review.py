@@ -43,9 +43,8 @@ def cmd_report(args) -> int:
     source = args.source
     if source.endswith((".yaml", ".yml")) or Path(source).is_file():
         from medflow.core.config import ConfigError
-        from medflow.core.engine import StageFailed
         from medflow.core.loading import dump_yaml, load_config
-        from medflow.core.runner import finished_output
+        from medflow.core.runner import finished_outputs
         from medflow.review.spec import run_label
 
         try:
@@ -53,12 +52,7 @@ def cmd_report(args) -> int:
         except ConfigError as err:
             print(err, file=sys.stderr)
             return EXIT_CONFIG
-        outputs = {}
-        for name in cfg.stages:
-            try:
-                outputs[name] = finished_output(cfg, name)
-            except (StageFailed, OSError):
-                continue  # not run (yet) for this config: the page leaves its section out
+        outputs = finished_outputs(cfg)  # a stage not run (yet) for this config: the page leaves it out
         if not outputs:
             print(f"error: {source}: no stage of this pipeline has finished; run it first", file=sys.stderr)
             return EXIT_FAILED

@@ -240,6 +240,21 @@ def stage_states(cfg) -> list[dict]:
     return rows
 
 
+def finished_outputs(cfg) -> dict[str, StageOutput]:
+    """Every stage of the pipeline that has finished for this config (and whose upstream has), in one pass."""
+    outputs: dict[str, StageOutput] = {}
+    for st in plan_stages(cfg):
+        if not all(n in outputs for n in st.inputs):
+            continue
+        try:
+            out = st.output_dir(cfg, st.key(cfg, {n: outputs[n] for n in st.inputs}))
+        except OSError:  # an input the key hashes is gone (as stage_states reports it)
+            continue
+        if out.complete:
+            outputs[st.name] = out.load()
+    return outputs
+
+
 def finished_output(cfg, stage: str) -> StageOutput:
     """The finished output of ``stage`` for this config (its upstream must be finished too)."""
     outputs: dict[str, StageOutput] = {}

@@ -202,7 +202,7 @@ class MlflowTracker:
 
         review = output.manifest.get("review", {})
         figures = {**output.manifest.get("figures", {}), **review.get("figures", {})}
-        targets = [mlflow.active_run().info.run_id] + [r for r in (self.review_run_id,) if r]
+        targets = [mlflow.active_run().info.run_id] + ([self.review_run_id] if self.review_run_id else [])
         with tempfile.TemporaryDirectory() as tmp:
             for name, rel in figures.items():
                 if output.file(rel).exists():

@@ -148,15 +148,15 @@ def _montage(results, records, report, classes, path) -> list[str]:
     rows = []
     for tag, case_id in picks[::-1] if len(ranked) > 2 else [("case", c) for c in ranked]:
         image = read_nifti(records[case_id]["images"][0])
-        spacing = voxel_spacing(to_canonical(image.data, image.affine)[1])
-        vols = [to_canonical(v, image.affine)[0] for v in (
-            image.data, read_nifti(records[case_id]["label"]).data, read_nifti(path.parent / "predictions"
-                                                                                / f"{case_id}.nii.gz").data)]
+        canonical, affine = to_canonical(image.data, image.affine)
+        vols = [canonical] + [to_canonical(v, image.affine)[0] for v in (
+            read_nifti(records[case_id]["label"]).data, read_nifti(path.parent / "predictions"
+                                                                   / f"{case_id}.nii.gz").data)]
         fg = np.nonzero(vols[1] > 0)
         centre = [int(np.median(a)) if a.size else n // 2 for a, n in zip(fg, vols[0].shape)]
         dice = _mean_dice(results[case_id]["methods"]["network"]["rows"], report)
         rows.append({"title": f"{tag}: {case_id} (Dice {dice:.3f})", "image": vols[0], "centre": centre,
-                     "spacing": spacing,
+                     "spacing": voxel_spacing(affine),
                      "truth": np.rint(vols[1]).astype(int), "pred": np.rint(vols[2]).astype(int)})
     save_figure(ortho_montage_figure(rows, classes, "truth (solid) and prediction (dashed) contours, and where "
                                                     "they differ; native resolution"), path, dpi=80)
