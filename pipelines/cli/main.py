@@ -295,8 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHT = {"ui"}  # starts a server and needs no TensorFlow: no import, no delay
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in LIGHT:
+        from medflow.cli.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -157,7 +157,11 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """The trainer: epochs, optimizer, schedule, checkpoints."""
 
-    epochs: int = Field(default=30, ge=1, description="training epochs")
+    epochs: int | None = Field(default=None, ge=1, description="training epochs (30 when train.budget is not given)")
+    budget: str | None = Field(
+        default=None, description="wall time for the train stage instead of epochs (90s, 4m, 45m, 2h): "
+        "the trainer times its steps and plans epochs x steps to end within it"
+    )
     fold: int = Field(default=0, ge=0, description="which cross-validation fold trains")
     optimizer: Literal["adam", "adamw", "sgd"] = Field(default="adam", description="adam, adamw or sgd")
     momentum: float = Field(
@@ -191,6 +195,25 @@ class TrainConfig(_Strict):
         description="tf.distribute: mirrored (this machine's devices, Keras fit) or "
         "multi_worker (TF_CONFIG workers; a distributed step, since Keras fit fails there)",
     )
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value):
+        from medflow.training.budget import parse_budget
+
+        if value is not None:
+            parse_budget(value)
+        return value
+
+    @model_validator(mode="after")
+    def _epochs_or_budget(self):
+        if self.epochs is not None and self.budget is not None:
+            raise ValueError(f"train.epochs ({self.epochs}) and train.budget ({self.budget}) are both set; give one "
+                             "(--set train.epochs=null to train to the budget)")
+        if self.budget is not None and self.distribute == "multi_worker":
+            raise ValueError("train.budget with train.distribute: multi_worker: each worker would time itself and "
+                             "plan its own run; give train.epochs")
+        return self
 
 
 class EvaluateConfig(_Strict):

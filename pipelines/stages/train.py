@@ -3,6 +3,7 @@
 Reads:  preprocess (case files, plan.json) and split (splits.json)
 Writes: <workspace>/stages/train/<key>/preview.png (augmentation preview, logged when training starts),
         training_curves.png,
+        train_plan.json (epochs x steps, and with train.budget what they were planned from),
         ckpt-<epoch>/ + last.json (resume points), best.keras, model.keras (the best epoch),
         plan.json (the typed inference plan), history.csv, train.json, then manifest.json (last)
 
@@ -51,25 +52,31 @@ def _family(cfg, pre, stage: str):
     return task, [plan["classes"][k] for k in sorted(plan["classes"], key=int)], plan
 
 
-def _datasets(cfg, source, train_ids, val_ids, epochs: range, steps: int, shard, masks=None):
-    """(training dataset, cached validation dataset) for ``epochs``; ``shard`` = (worker, workers) or None;
-    ``masks``: a :class:`MaskTargets` for a model with a lesion output (validation is unweighted)."""
+def _train_dataset(cfg, source, train_ids, epochs: range, steps: int, shard, masks=None):
+    """The training dataset for ``epochs`` of ``steps`` batches; ``shard`` = (worker, workers) or None;
+    ``masks``: a :class:`MaskTargets` for a model with a lesion output."""
+    from medflow.data.loader import make_dataset
+
+    batch = cfg.loader.batch_size
+    try:
+        return make_dataset(source, train_ids, epochs, batch_size=batch, parallel=cfg.loader.parallel_calls,
+                            samples_per_epoch=steps * batch, worker=shard, masks=masks)
+    except ValueError as err:
+        raise StageFailed(f"loader.batch_size: {err}") from None
+
+
+def _val_dataset(cfg, source, val_ids, masks=None):
+    """The cached, unaugmented validation dataset (lesion targets unweighted)."""
     from dataclasses import replace
 
     from medflow.data.augment import Chain
     from medflow.data.loader import SampleSource, make_dataset
 
-    batch = cfg.loader.batch_size
-    try:
-        train_ds = make_dataset(source, train_ids, epochs, batch_size=batch, parallel=cfg.loader.parallel_calls,
-                                samples_per_epoch=steps * batch, worker=shard, masks=masks)
-    except ValueError as err:
-        raise StageFailed(f"loader.batch_size: {err}") from None
     val_source = SampleSource(source.store, source.sampler, Chain([]), run_seed=cfg.augment.seed + 1,
                               samples_per_case=cfg.train.val_samples_per_case)
     val_masks = None if masks is None else replace(masks, class_weight={})
-    return train_ds, make_dataset(val_source, val_ids, range(1), batch_size=batch, augment=False,
-                                  masks=val_masks).cache()
+    return make_dataset(val_source, val_ids, range(1), batch_size=cfg.loader.batch_size, augment=False,
+                        masks=val_masks).cache()
 
 
 def _mask_targets(cfg, model, classes: list[str], weights):
@@ -90,14 +97,17 @@ def _mask_targets(cfg, model, classes: list[str], weights):
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) on ``cfg.train.fold``."""
+    import time
+
     import keras
 
     from medflow.data.preview import preview_figure
     from medflow.tasks import TASKS
     from medflow.tasks.figures import save_figure
-    from medflow.training import trainer
+    from medflow.training import budget, trainer
     from medflow.training.inputs import build_source
 
+    started = time.perf_counter()  # a budget counts from here: the whole stage ends within it
     pre, split = upstream["preprocess"], upstream["split"]
     task, classes, plan = _family(cfg, pre, out.name)
     family = TASKS[task]
@@ -111,29 +121,44 @@ def run(cfg, upstream, out: StageDir, ctx):
     keras.utils.set_random_seed(cfg.augment.seed)
     source = build_source(cfg, pre, train_ids + val_ids, cache_dir=folder / "cache")
     input_shape = (*cfg.loader.patch_size, len(plan["channels"]))
-    steps = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, cfg.loader.batch_size)
+    natural = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, cfg.loader.batch_size)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, state = trainer.load_resume(out.path)  # every worker resumes from the chief's checkpoint
-        if model is None:
-            model = trainer.compile_model(cfg, input_shape, len(classes), task, steps * cfg.train.epochs)
-    start = trainer.resume_epoch(cfg, state)
+    weights = None
+    if family.class_targets and cfg.train.class_weights == "balanced":
+        weights = trainer.class_weights([source.store.targets[c] for c in train_ids], len(classes))
+    build = lambda total: trainer.compile_model(cfg, input_shape, len(classes), task, total)  # noqa: E731
+    masks = _mask_targets(cfg, model or build(1), classes, weights) if family.class_targets else None
+    if masks is not None:
+        weights = None  # they travel as sample weights (Keras refuses class_weight for two outputs)
+    val_ds = _val_dataset(cfg, source, val_ids, masks)
+
+    def probe():
+        batches = iter(_train_dataset(cfg, source, train_ids, budget.probe_epochs(natural), natural, None, masks))
+        return budget.run_probe(build(1), batches, val_ds)
+
+    try:
+        run_plan = budget.resolve_plan(cfg.train, folder, natural, started, probe)
+    except budget.BudgetTooSmall as err:
+        raise StageFailed(str(err)) from None
+    print(f"[train] {budget.describe(run_plan)}", flush=True)
+    if model is None:
+        keras.utils.set_random_seed(cfg.augment.seed)  # the same initial weights whether or not a probe ran
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            model = build(run_plan.total_steps)
+    start = trainer.resume_epoch(run_plan.epochs, cfg.train.early_stopping_patience, state)
     if chief:
         shown = 0 if state is None else state["epoch"] + 1  # the epoch this run starts (or would start)
         fig = preview_figure(source, [(c, shown, 0) for c in train_ids[: cfg.train.preview_cases]],
                              classes if family.class_targets else None)
         save_figure(fig, out.path / "preview.png")
         ctx.log_artifact(out.path / "preview.png", "augment")
+        ctx.log_artifact(out.path / budget.PLAN_FILE, "stage")
     if start is not None:
-        weights = None
-        if family.class_targets and cfg.train.class_weights == "balanced":
-            weights = trainer.class_weights([source.store.targets[c] for c in train_ids], len(classes))
-        masks = _mask_targets(cfg, model, classes, weights) if family.class_targets else None
-        if masks is not None:
-            weights = None  # they travel as sample weights (Keras refuses class_weight for two outputs)
-        train_ds, val_ds = _datasets(cfg, source, train_ids, val_ids, range(start, cfg.train.epochs), steps,
-                                     (worker, workers) if multi else None, masks)
-        fit = dict(steps=steps, start_epoch=start, folder=folder, state=state, class_weight=weights,
-                   log_metrics=ctx.log_metrics if chief else (lambda metrics, step: None))
+        train_ds = _train_dataset(cfg, source, train_ids, range(start, run_plan.epochs), run_plan.steps,
+                                  (worker, workers) if multi else None, masks)
+        fit = dict(steps=run_plan.steps, epochs=run_plan.epochs, start_epoch=start, folder=folder, state=state,
+                   class_weight=weights, log_metrics=ctx.log_metrics if chief else (lambda metrics, step: None))
         if multi:
             state = trainer.fit_multi_worker(cfg, strategy, model, train_ds, val_ds, task=task,
                                              n_classes=len(classes), **fit)
@@ -158,5 +183,6 @@ def run(cfg, upstream, out: StageDir, ctx):
         "model": "model.keras", "inference_model": "model.keras",
         "artifacts": ["history.csv", "train.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png", "augmentation_preview.png": "preview.png"},
-        "metrics": trainer.training_metrics(state),
+        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started)},
+        "params": run_plan.params(),
     })

@@ -1,7 +1,7 @@
 """Reconstruction train stage: an image-to-image network on FBP inputs (FBPConvNet by default).
 
 Reads:  simulate (train and validation triples, geometry)
-Writes: <workspace>/stages/train_recon/<key>/ckpt-<epoch>/ + last.json (resume points), best.keras,
+Writes: <workspace>/stages/train_recon/<key>/train_plan.json, ckpt-<epoch>/ + last.json (resume points), best.keras,
         model.keras (FBP image -> image, the best epoch), reconstructor.keras (sinogram -> image: the
         FBP layer of the training geometry, then model.keras), plan.json (the inference plan: the
         geometry), geometry.json, history.csv, train.json, then manifest.json (last)
@@ -20,11 +20,13 @@ from medflow.data.atomic import write_atomic
 from medflow.models.runtimes import load_keras
 
 
-def epoch_batches(n: int, batch: int, seed: int, epochs: range):
-    """Index batches for ``epochs``: each epoch a permutation of range(n) drawn from (seed, epoch)."""
+def epoch_batches(n: int, batch: int, seed: int, epochs: range, steps: int | None = None):
+    """Index batches for ``epochs``: each epoch the first ``steps`` (default: all n // batch) full batches of a
+    permutation of range(n) drawn from (seed, epoch)."""
+    steps = n // batch if steps is None else steps
     for epoch in epochs:
         order = np.random.default_rng([seed, epoch]).permutation(n)
-        for start in range(0, n - batch + 1, batch):  # full batches only: steady batch-norm statistics
+        for start in range(0, min(n - batch + 1, steps * batch), batch):  # full batches: steady batch norm
             yield order[start:start + batch]
 
 
@@ -45,13 +47,11 @@ def dihedral(image: np.ndarray, element: int) -> np.ndarray:
     return np.ascontiguousarray(out[::-1] if element >= 4 else out)
 
 
-def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range, augment: bool):
+def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range, augment: bool, steps: int):
     import tensorflow as tf
 
-    steps = len(fbp) // batch
-
     def gen():
-        for i, idx in enumerate(epoch_batches(len(fbp), batch, seed, epochs)):
+        for i, idx in enumerate(epoch_batches(len(fbp), batch, seed, epochs, steps)):
             x, y = fbp[idx], gt[idx]
             if augment:
                 draw = dihedral_draw(seed, epochs.start + i // steps, i % steps, batch)
@@ -68,13 +68,16 @@ def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range, augment: bool)
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) the configured reconstruction model."""
+    import time
+
     import keras
 
     from medflow.data.ct.ellipses import load_split
     from medflow.models.reconstruction import sinogram_model
     from medflow.tasks import task_for
-    from medflow.training import trainer
+    from medflow.training import budget, trainer
 
+    started = time.perf_counter()  # a budget counts from here
     sim = upstream["simulate"]
     task = cfg.model.family
     family = task_for(task, cfg.model.name)
@@ -87,18 +90,32 @@ def run(cfg, upstream, out: StageDir, ctx):
     if len(train["fbp"]) < batch:
         raise StageFailed(f"{data}: {len(train['fbp'])} training images, fewer than one batch of {batch}")
     out.prepare()
-    keras.utils.set_random_seed(cfg.simulate.seed)
     size = train["fbp"].shape[1]
-    steps = len(train["fbp"]) // batch
+    natural = len(train["fbp"]) // batch
     model, state = trainer.load_resume(out.path)
+    build = lambda total: trainer.compile_model(cfg, (size, size, 1), 1, task, total)  # noqa: E731
+    data = lambda epochs, steps: _datasets(train["fbp"], train["gt"], val, batch, cfg.simulate.seed,  # noqa: E731
+                                           epochs, cfg.train.dihedral_augment, steps)
+    _, val_ds = data(range(0), natural)
+
+    def probe():
+        batches = iter(data(budget.probe_epochs(natural), natural)[0])
+        return budget.run_probe(build(1), batches, val_ds)
+
+    try:
+        run_plan = budget.resolve_plan(cfg.train, out.path, natural, started, probe)
+    except budget.BudgetTooSmall as err:
+        raise StageFailed(str(err)) from None
+    print(f"[train_recon] {budget.describe(run_plan)}", flush=True)
+    ctx.log_artifact(out.path / budget.PLAN_FILE, "stage")
     if model is None:
-        model = trainer.compile_model(cfg, (size, size, 1), 1, task, steps * cfg.train.epochs)
-    start = trainer.resume_epoch(cfg, state)
+        keras.utils.set_random_seed(cfg.simulate.seed)
+        model = build(run_plan.total_steps)
+    start = trainer.resume_epoch(run_plan.epochs, cfg.train.early_stopping_patience, state)
     if start is not None:
-        train_ds, val_ds = _datasets(train["fbp"], train["gt"], val, batch, cfg.simulate.seed,
-                                     range(start, cfg.train.epochs), cfg.train.dihedral_augment)
-        state = trainer.fit(cfg, model, train_ds, val_ds, steps=steps, start_epoch=start, folder=out.path,
-                            state=state, log_metrics=ctx.log_metrics)
+        train_ds, _ = data(range(start, run_plan.epochs), run_plan.steps)
+        state = trainer.fit(cfg, model, train_ds, val_ds, steps=run_plan.steps, epochs=run_plan.epochs,
+                            start_epoch=start, folder=out.path, state=state, log_metrics=ctx.log_metrics)
     trainer.publish_model(out, state)
     geometry = sim.manifest["geometry"]
     net = load_keras(out.path / "model.keras")
@@ -116,5 +133,6 @@ def run(cfg, upstream, out: StageDir, ctx):
         "inference_model": "reconstructor.keras",
         "artifacts": ["history.csv", "train.json", "geometry.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png"},
-        "metrics": trainer.training_metrics(state),
+        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started)},
+        "params": run_plan.params(),
     })

@@ -185,6 +185,8 @@ class MlflowTracker:
         mlflow.set_tag("medflow.skipped", str(skipped).lower())
         metrics = {k: float(v) for k, v in output.manifest.get("metrics", {}).items()}
         mlflow.log_metrics({**metrics, "seconds": seconds})
+        if output.manifest.get("params"):  # e.g. the train stage's plan (epochs x steps, and its budget)
+            mlflow.log_params(output.manifest["params"])
         if self._parent_id:  # a stage's headline figures also go on the pipeline run, for the runs table
             for name, value in output.manifest.get("headline", {}).items():
                 self.client.log_metric(self._parent_id, name, float(value))

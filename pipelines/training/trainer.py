@@ -156,42 +156,51 @@ def _callbacks(cfg, folder: Path, state, log_metrics, steps: int) -> list:
     return callbacks
 
 
-def fit_multi_worker(cfg, strategy, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state,
-                     log_metrics, task: str, n_classes: int, class_weight=None):
+def fit_multi_worker(cfg, strategy, model, train_ds, val_ds, *, steps: int, epochs: int, start_epoch: int,
+                     folder: Path, state, log_metrics, task: str, n_classes: int, class_weight=None):
     """:func:`fit` for MultiWorkerMirroredStrategy: the same callbacks around pipelines/distributed.py's step."""
     from medflow.training.distributed import fit_distributed
 
     callbacks = _callbacks(cfg, folder, state, log_metrics, steps)
     _, metrics = loss_and_metrics(cfg.train, task, n_classes)
-    fit_distributed(strategy, model, train_ds, val_ds, epochs=range(start_epoch, cfg.train.epochs), steps=steps,
+    fit_distributed(strategy, model, train_ds, val_ds, epochs=range(start_epoch, epochs), steps=steps,
                     callbacks=callbacks, val_metrics=metrics, class_weight=class_weight)
     return callbacks[0].state
 
 
-def fit(cfg, model, train_ds, val_ds, *, steps: int, start_epoch: int, folder: Path, state, log_metrics,
-        class_weight=None):
-    """Run Keras fit from ``start_epoch`` to ``cfg.train.epochs`` with the stage's checkpointing."""
-    tc = cfg.train
+def fit(cfg, model, train_ds, val_ds, *, steps: int, epochs: int, start_epoch: int, folder: Path, state,
+        log_metrics, class_weight=None):
+    """Run Keras fit from ``start_epoch`` to ``epochs`` (the run's plan) with the stage's checkpointing."""
     callbacks = _callbacks(cfg, folder, state, log_metrics, steps)
     with warnings.catch_warnings():
         # The dataset holds exactly steps x epochs batches (one plan per epoch, so seeds line up with
         # epochs); Keras warns when it probes past the last one.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=start_epoch,
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start_epoch,
                   steps_per_epoch=steps, callbacks=callbacks, class_weight=class_weight, shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2)
     return callbacks[0].state
 
 
-def resume_epoch(cfg, state: dict | None) -> int | None:
-    """The epoch training starts or resumes at, or None when it has finished (all epochs, or stopped early)."""
+def resume_epoch(epochs: int, patience: int, state: dict | None) -> int | None:
+    """The epoch training starts or resumes at, or None when it has finished (all ``epochs``, or stopped early
+    after ``patience`` epochs without improvement)."""
     if state is None:
-        return 0 if cfg.train.epochs > 0 else None
-    patience = cfg.train.early_stopping_patience
+        return 0 if epochs > 0 else None
     if patience and state["epoch"] - state["best_epoch"] >= patience:
         return None
     start = state["epoch"] + 1
-    return start if start < cfg.train.epochs else None
+    return start if start < epochs else None
+
+
+def plan_metrics(plan, started: float) -> dict:
+    """The train manifest's figures of the run's plan: planned epochs and steps, and with a budget the measured
+    step and validation times and the stage's wall time so far against the budget (``started``: perf_counter)."""
+    out = {"planned_epochs": plan.epochs, "planned_steps_per_epoch": plan.steps}
+    if plan.budget_seconds is not None:
+        out.update(budget_seconds=plan.budget_seconds, measured_step_seconds=plan.step_seconds,
+                   measured_val_seconds=plan.val_seconds, stage_seconds=time.perf_counter() - started)
+    return out
 
 
 def publish_model(out, state: dict) -> None:

@@ -52,6 +52,8 @@ def test_train_stage_logs_and_saves(tmp_path):
     run = client.get_run(train.run_id)
     assert len(client.get_metric_history(train.run_id, "val_dice")) == 3
     assert run.data.metrics["epochs_run"] == 3
+    assert run.data.params["plan.epochs"] == "3" and run.data.params["plan.reason"] == "train.epochs"
+    assert "stage/train_plan.json" in [a.path for a in client.list_artifacts(train.run_id, "stage")]
     assert [a.path for a in client.list_artifacts(train.run_id, "augment")] == ["augment/preview.png"]
     again, _ = run_pipeline(cfg)
     assert again[-1].state == "skipped"
