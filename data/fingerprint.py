@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medflow.data.geometry import axcodes, canonical_spacing, voxel_spacing
+from medflow.data.geometry import axcodes, canonical_spacing, foreground_bbox, voxel_spacing
+from medflow.data.intensity import foreground_mask
 
 # Foreground intensities kept per case for the dataset percentiles (nnU-Net keeps 10k too).
 SAMPLES_PER_CASE = 10_000
@@ -41,6 +42,7 @@ def case_fingerprint(
         "spacing": [round(float(s), 6) for s in voxel_spacing(affine)],
         "spacing_ras": [round(float(s), 6) for s in canonical_spacing(affine)],
         "axcodes": axcodes(affine),
+        "extent_mm": foreground_extent(image, affine),
         "intensity": {
             "min": float(values.min()), "max": float(values.max()),
             "mean": float(values.mean(dtype=np.float64)), "sd": float(values.std(dtype=np.float64)),
@@ -51,6 +53,17 @@ def case_fingerprint(
     if label is not None:
         counts = np.bincount(label.ravel().astype(np.int64), minlength=n_classes)
         out["class_voxels"] = [int(c) for c in counts]
+    return out
+
+
+def foreground_extent(image: np.ndarray, affine: np.ndarray) -> list[float]:
+    """Size in mm, along R, A and S, of the box around the foreground (the Otsu mask preprocessing crops to):
+    what the planner sizes patches from."""
+    box = foreground_bbox(foreground_mask(image)) or tuple(slice(0, n) for n in image.shape)
+    spacing = voxel_spacing(affine)
+    out = [0.0, 0.0, 0.0]
+    for b, s, code in zip(box, spacing, axcodes(affine)):
+        out["RASLPI".index(code) % 3] = round(float((b.stop - b.start) * s), 3)
     return out
 
 
@@ -78,6 +91,7 @@ def aggregate(records: list[dict], class_names: dict[int, str], label_maps: bool
                     "max": spacings.max(0).tolist()},
         "shape": {"median": np.median(shapes, axis=0).tolist(), "min": shapes.min(0).tolist(),
                   "max": shapes.max(0).tolist()},
+        "extent_mm": _stats([r["extent_mm"] for r in records if "extent_mm" in r]),
         "axcodes": dict(sorted(orient.items())),
         "intensity": {
             "mean": float(samples.mean()), "sd": float(samples.std()),
@@ -95,6 +109,13 @@ def aggregate(records: list[dict], class_names: dict[int, str], label_maps: bool
             counts[r["target"]] += 1
         out["class_counts"] = counts
     return out
+
+
+def _stats(rows: list) -> dict:
+    if not rows:
+        return {}
+    a = np.asarray(rows, dtype=np.float64)
+    return {"median": np.median(a, axis=0).tolist(), "min": a.min(0).tolist(), "max": a.max(0).tolist()}
 
 
 def _at(counts: list[int], value: int) -> int:

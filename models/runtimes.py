@@ -13,6 +13,7 @@ Layout of an export folder (the files this module owns):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> 
                 model.export(str(tmp), format="tf_saved_model", verbose=False)
             written[fmt] = SAVED_MODEL
         elif fmt == "onnx":
-            with write_atomic(folder / ONNX, suffix=".onnx") as tmp:
+            with write_atomic(folder / ONNX, suffix=".onnx") as tmp, warnings.catch_warnings():
+                # Keras's bundled tf2onnx probes np.object on import, which numpy 2 answers with a
+                # FutureWarning: noise in every export log, nothing the user can act on.
+                warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
                 model.export(str(tmp), format="onnx", verbose=False)
             written[fmt] = ONNX
         else:

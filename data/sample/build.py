@@ -36,7 +36,7 @@ from medflow.data.sample.synth import (
     tissue_labels,
 )
 
-SIZES = {"demo": {"brain_tissue": 10, "brain_lesion": 24}, "full": {"brain_tissue": 60, "brain_lesion": 150}}
+SIZES = {"demo": {"brain_tissue": 20, "brain_lesion": 60}, "full": {"brain_tissue": 60, "brain_lesion": 150}}
 TISSUE_CLASSES = {0: "background", 1: "csf_other", 2: "gray_matter", 3: "white_matter"}
 SPACINGS = {
     "brain_tissue": ((1.0, 1.0, 1.0), (1.2, 1.2, 1.2), (1.0, 1.0, 2.0)),

@@ -66,6 +66,22 @@ def _print_summary(name: str, results, parent_id, tracker) -> None:
             _print_export(folder)
 
 
+def _headline_row(cfg, results) -> dict:
+    """The closing table's row for one pipeline: its evaluate stage's headline beside the baseline."""
+    from medflow.review.spec import headline_row
+
+    for r in results:
+        manifest = Path(r.path) / "manifest.json"
+        if r.state != "failed" and manifest.exists():
+            review = json.loads(manifest.read_text()).get("review")
+            if review:
+                return headline_row(cfg.name, cfg.model.name, review)
+    row = headline_row(cfg.name, cfg.model.name, None)
+    if any(r.state == "failed" for r in results):
+        row["verdict"] = "failed"
+    return row
+
+
 def _print_export(folder: Path) -> None:
     """Where the bundle is, its registry version and champion decision, and how to use it."""
     reg = json.loads((folder / "manifest.json").read_text()).get("registry")
@@ -81,10 +97,19 @@ def cmd_run(args) -> int:
     from medflow.core.loading import load_config
     from medflow.core.runner import run_pipeline
 
+    from medflow.cli.plan import apply_plan, planning_config
+
+    spec, plans = getattr(args, "plan", None), {}
     try:  # validate every pipeline before any work starts
-        configs = [(p, load_config(p, args.set, args.profile)) for p in args.pipelines]
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+        load = planning_config if spec else load_config
+        configs = [(p, load(p, args.set, args.profile)) for p in args.pipelines]
+        if spec not in (None, "auto") and len(configs) > 1:
+            raise ConfigError(f"--plan {spec}: a plan file is for one pipeline; give one, or --plan auto")
+        for i, (p, _) in enumerate(configs if spec else []):
+            cfg, plans[p] = apply_plan(spec, p, args.set, args.profile)
+            configs[i] = (p, cfg)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}" if isinstance(err, ValueError) else err, file=sys.stderr)
         return EXIT_CONFIG
     from medflow.core.cases import parse_shard
     from medflow.tracking.runs import MlflowTracker
@@ -101,7 +126,7 @@ def cmd_run(args) -> int:
     tracker = MlflowTracker() if index == 0 else None
     if tracker is None:
         print(f"worker {index}/{count}: not the chief, MLflow tracking is the chief's", flush=True)
-    status = 0
+    status, rows = 0, []
     for path, cfg in configs:
         try:
             results, parent = run_pipeline(cfg, target=args.stage, force=args.force, strict=args.strict,
@@ -110,14 +135,21 @@ def cmd_run(args) -> int:
         except StageFailed as err:
             print(f"error: {err}", file=sys.stderr)
             status = EXIT_FAILED
+            rows.append({**_headline_row(cfg, []), "verdict": "failed"})
             continue
         if tracker is None:
             print("\n".join(f"  {r.name:<14} {r.state}" for r in results))
             continue
+        if path in plans and parent:
+            tracker.log_plan(parent, plans[path])
         _print_summary(cfg.name, results, parent, tracker)
+        rows.append(_headline_row(cfg, results))
     if tracker is None:
         return status
+    from medflow.review.spec import headline_table
     from medflow.tracking.runs import ui_url
+
+    print(f"\nsummary: the network against its baseline on held-out cases\n{headline_table(rows)}")
 
     print(f"\ntracking store: {tracker.uri}")
     print(f"open the MLflow UI:  medflow ui    (then browse {ui_url()})")
@@ -148,6 +180,11 @@ def cmd_status(args) -> int:
                     filter_string=f"tags.`medflow.key` = '{r['key']}'", max_results=5, order_by=["start_time DESC"])
                 run_ids[r["stage"]] = ",".join(run.info.run_id for run in found) or "-"
     print(f"pipeline {cfg.name}")
+    from medflow.cli.plan import plan_path
+
+    if plan_path(cfg.name).exists():
+        header = plan_path(cfg.name).read_text().splitlines()[:3]
+        print(f"  plan: {plan_path(cfg.name)}\n" + "\n".join(f"    {line.lstrip('# ')}" for line in header))
     print(f"  {'stage':<14} {'state':<34} {'cases':>6} {'quar.':>6}  {'key':<16}  mlflow runs (newest first)")
     for r in rows:
         print(f"  {r['stage']:<14} {r['state']:<34} {r['cases'] if r['cases'] is not None else '-':>6} "
@@ -233,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo finished stages (only --stage's when given)")
     p.add_argument("--strict", action="store_true", help="fail a stage on any bad case instead of quarantining it")
     p.add_argument("--workers", type=int, help="parallel case workers (default: config, 0 = all cores)")
+    p.add_argument("--plan", metavar="auto|FILE", help="apply a plan (medflow plan): auto makes one for this "
+                   "machine and the config's train.budget (else 30m); FILE applies a plan file; --set still wins")
     p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of --stage's cases (ingest, "
                                                            "preprocess); then `medflow merge`")
     p.set_defaults(func=cmd_run)
@@ -278,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", help="named profile(s) from the YAML (repeatable)")
     p.set_defaults(func=cmd_augment_preview)
 
+    from medflow.cli.plan import add_parser as add_plan_parser
+
+    add_plan_parser(sub, fmt, _examples)
     from medflow.cli.predict import add_parser as add_predict_parser
 
     add_predict_parser(sub, fmt, _examples)

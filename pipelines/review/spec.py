@@ -65,3 +65,36 @@ def verdict(review: dict) -> str:
     word = "beats" if better else ("ties with" if diff == 0 else "loses to")
     return (f"the network {word} the {review['baseline']} baseline on {review['split']} {m['name']}: "
             f"{value:.4g} vs {base:.4g} ({diff:+.4g})")
+
+
+def headline_row(pipeline: str, model: str, review: dict | None) -> dict:
+    """One row of the run's closing table: the headline figure of a pipeline's evaluate stage beside its
+    baseline's. ``margin`` is the network's advantage (positive when it is better, whichever way is better);
+    ``verdict`` is ``beats``, ``ties``, ``loses``, ``no baseline`` or, with no review, ``not evaluated``."""
+    row = {"pipeline": pipeline, "model": model, "metric": "", "network": None, "baseline": None,
+           "baseline_name": "", "margin": None, "verdict": "not evaluated"}
+    if not review or not review.get("metrics"):
+        return row
+    m = review["metrics"][0]
+    row.update(metric=f"{review['split']} {m['name']}", network=m["value"], baseline=m["baseline"],
+               baseline_name=review.get("baseline") or "")
+    if m["baseline"] is None or not review.get("baseline"):
+        row["verdict"] = "no baseline"
+    elif not (math.isfinite(m["value"]) and math.isfinite(m["baseline"])):
+        row["verdict"] = "not comparable"
+    else:
+        margin = (m["value"] - m["baseline"]) * (1 if m["greater_is_better"] else -1)
+        row.update(margin=margin, verdict="beats" if margin > 0 else ("ties" if margin == 0 else "loses"))
+    return row
+
+
+def headline_table(rows: list[dict]) -> str:
+    """The closing table, aligned for a terminal or a log: pipeline | model | headline | network | baseline |
+    margin | verdict (one line per pipeline of the invocation)."""
+    num = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
+    cells = [["pipeline", "model", "headline", "network", "baseline", "margin", "verdict"]]
+    cells += [[r["pipeline"], r["model"], r["metric"], num(r["network"]),
+               f"{num(r['baseline'])} {r['baseline_name']}".strip(),
+               "" if r["margin"] is None else f"{r['margin']:+.4g}", r["verdict"]] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)

@@ -134,7 +134,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     val_ds = _val_dataset(cfg, source, val_ids, masks)
 
     def probe():
-        batches = iter(_train_dataset(cfg, source, train_ids, budget.probe_epochs(natural), natural, None, masks))
+        def batches():
+            return iter(_train_dataset(cfg, source, train_ids, budget.probe_epochs(natural), natural, None, masks))
+
         return budget.run_probe(build(1), batches, val_ds)
 
     try:

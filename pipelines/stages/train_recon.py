@@ -99,8 +99,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     _, val_ds = data(range(0), natural)
 
     def probe():
-        batches = iter(data(budget.probe_epochs(natural), natural)[0])
-        return budget.run_probe(build(1), batches, val_ds)
+        return budget.run_probe(build(1), lambda: iter(data(budget.probe_epochs(natural), natural)[0]), val_ds)
 
     try:
         run_plan = budget.resolve_plan(cfg.train, out.path, natural, started, probe)

@@ -58,6 +58,7 @@ class Task:
     trained_by: str = "train"  # the stage that trains this family's models
     voxel_targets: bool = False  # the target is a map per voxel (a label map), not one value per sample
     explains: bool = False  # :meth:`explain` gives maps of why (`medflow predict --explain`)
+    planned_from_ingest: bool = True  # `medflow plan` reads the ingest stage's fingerprint
 
     # -- training ------------------------------------------------------------------------------
     def loss_and_metrics(self, tc, n_classes: int, outputs: list[str] | None = None) -> tuple:
@@ -67,6 +68,12 @@ class Task:
         return tc.momentum
 
     # -- the plan ------------------------------------------------------------------------------
+    def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
+        """``medflow plan``: {"choices": [rules.Choice, ...], "samples": affordable training samples,
+        "data": one line saying what the plan was made from} for ``cfg``'s data (``fingerprint``: the
+        ingest stage's, when :attr:`planned_from_ingest`), ``machine`` and the budget."""
+        raise NotImplementedError(f"{self.family}: no experiment planner")
+
     def inference_plan(self, cfg, facts: dict) -> InferencePlan:
         """The plan of a model trained with ``cfg``; ``facts`` are the train stage's (classes, shape, ...)."""
         raise NotImplementedError

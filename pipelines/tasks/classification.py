@@ -15,7 +15,7 @@ import numpy as np
 from medflow.inference.plan import InferencePlan
 from medflow.models.registry import LESION, PROBABILITIES
 from medflow.tasks.base import Net, Task, VolumeCase, as_channels
-from medflow.tasks.volumes import volume_card, volume_export_data, volume_plan
+from medflow.tasks.volumes import volume_card, volume_experiment_plan, volume_export_data, volume_plan
 
 
 def crop_centres(plan: InferencePlan, spatial: tuple[int, ...]) -> list[list[int]]:
@@ -50,6 +50,9 @@ class Classification(Task):
             raise ValueError(f"a classifier's outputs are {PROBABILITIES!r} and optionally {LESION!r}, got {outputs}")
         return ({LESION: MaskedDiceBCELoss(dice=tc.lesion_dice), PROBABILITIES: keras.losses.SparseCategoricalCrossentropy()},
                 {LESION: [LesionDice(name="dice")], PROBABILITIES: accuracy})
+
+    def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
+        return volume_experiment_plan(fingerprint, machine, budget_s, whole_volume=True)
 
     def inference_plan(self, cfg, facts: dict) -> InferencePlan:
         return volume_plan(self, cfg, facts)

@@ -18,6 +18,7 @@ from medflow.tasks.base import Net, Task, cell
 
 class Reconstruction(Task):
     family = "reconstruction"
+    planned_from_ingest = False  # the simulate section says what the data are
     input_kind = ".npy"
     trained_by = "train_recon"
     selection = {"metric": "best_val_loss", "stage": "train_recon", "greater_is_better": False}
@@ -28,6 +29,13 @@ class Reconstruction(Task):
         l1 = tc.loss == "l1"
         loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
         return loss, [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
+
+    def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
+        from medflow.planning.rules import plan_images
+
+        sim = cfg.simulate
+        out = plan_images(sim.size, sim.train, machine, budget_s)
+        return {**out, "data": f"{sim.train} simulated {sim.size} x {sim.size} images, {sim.angles} angles"}
 
     def inference_plan(self, cfg, facts: dict) -> InferencePlan:
         """``facts``: the geometry the model was trained for."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from medflow.inference.plan import InferencePlan
 from medflow.tasks.base import Net, Task, VolumeCase, as_channels
-from medflow.tasks.volumes import volume_card, volume_export_data, volume_plan
+from medflow.tasks.volumes import volume_card, volume_experiment_plan, volume_export_data, volume_plan
 
 
 @dataclass
@@ -35,6 +35,9 @@ class Segmentation(Task):
         from medflow.models.losses import DiceCELoss, ForegroundDice
 
         return DiceCELoss(n_classes), [ForegroundDice(n_classes)]
+
+    def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
+        return volume_experiment_plan(fingerprint, machine, budget_s, whole_volume=False)
 
     def inference_plan(self, cfg, facts: dict) -> InferencePlan:
         return volume_plan(self, cfg, facts)

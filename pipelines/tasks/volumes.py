@@ -50,3 +50,13 @@ def volume_card(plan: dict, output: str, windows: str) -> dict:
     limits = [f"Trained on {plan['data'].get('train_cases', '?')} case(s); performance outside that population "
               "is unmeasured."]
     return {"input": text, "output": output, "carried": carried, "predict_input": "NIFTI_DIR", "limits": limits}
+
+
+def volume_experiment_plan(fp: dict, machine, budget_s: float, *, whole_volume: bool) -> dict:
+    """:meth:`Task.experiment_plan` for volume datasets: the rules on the ingest stage's fingerprint ``fp``."""
+    from medflow.planning.rules import plan_volumes
+
+    out = plan_volumes(fp, machine, budget_s, whole_volume=whole_volume)
+    spacing = " x ".join(f"{s:g}" for s in fp["spacing_ras"]["median"])
+    extent = " x ".join(f"{e:.0f}" for e in fp["extent_mm"]["median"])
+    return {**out, "data": f"{fp['n_cases']} cases, median spacing {spacing} mm, median foreground {extent} mm (RAS)"}

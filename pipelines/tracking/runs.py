@@ -171,6 +171,14 @@ class MlflowTracker:
         for path in artifacts:
             self.client.log_artifact(run_id, str(path), folder)
 
+    def log_plan(self, run_id: str, plan_file) -> None:
+        """A ``medflow plan`` file on the pipeline run: the artifact ``plan/<file>`` and ``plan/<key>`` params."""
+        from medflow.planning.plan import plan_params
+
+        self.client.log_artifact(run_id, str(plan_file), "plan")
+        for key, value in plan_params(plan_file).items():
+            self.client.log_param(run_id, key, value)
+
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Live metrics of the active stage run (e.g. per training epoch)."""
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

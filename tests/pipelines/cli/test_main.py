@@ -34,6 +34,8 @@ def test_run_and_status(tmp_path, capsys, msd_root):
     assert main(["run", str(cfg), "--stage", "preprocess"]) == 0
     out = capsys.readouterr().out
     assert "ingest" in out and "preprocess" in out and "medflow ui" in out and "parent run" in out
+    table = out.split("summary: the network against its baseline on held-out cases\n")[1].splitlines()
+    assert table[0].split()[0] == "pipeline" and table[1].split() == ["test", "unet2d", "not", "evaluated"]
     assert main(["status", str(cfg)]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("ingest", "preprocess",

@@ -11,7 +11,7 @@ from medflow.review.figures import (
     ortho_montage_figure,
     training_curves_figure,
 )
-from medflow.review.spec import comparison, parent_metrics, run_label, verdict
+from medflow.review.spec import comparison, headline_row, headline_table, parent_metrics, run_label, verdict
 from medflow.tracking.runs import ui_url
 from tests.helpers import write_pipeline
 
@@ -38,6 +38,23 @@ def test_verdict_reads_the_direction_of_the_first_figure():
     assert verdict(loss).startswith("the network loses to the multi_otsu baseline on val hd95")
     alone = {"split": "test", "baseline": None, "metrics": [comparison("accuracy", 0.8)]}
     assert "no baseline" in verdict(alone)
+
+
+def test_headline_rows_give_the_network_s_advantage_whichever_way_is_better():
+    win = headline_row("reconstruction", "fbpconvnet",
+                       {"split": "test", "baseline": "fbp_hann", "metrics": [comparison("psnr", 28.0, 25.5)]})
+    assert (win["metric"], win["margin"], win["verdict"]) == ("test psnr", 2.5, "beats")
+    lower = headline_row("s", "unet2d", {"split": "test", "baseline": "multi_otsu",
+                                         "metrics": [comparison("mean_hd95_mm", 5.0, 3.0, False)]})
+    assert (lower["margin"], lower["verdict"]) == (-2.0, "loses")
+    assert headline_row("c", "segcls", {"split": "test", "baseline": None,
+                                        "metrics": [comparison("accuracy", 0.8)]})["verdict"] == "no baseline"
+    assert headline_row("c", "segcls", None)["verdict"] == "not evaluated"
+    lines = headline_table([win, lower]).splitlines()
+    assert lines[0].split() == ["pipeline", "model", "headline", "network", "baseline", "margin", "verdict"]
+    assert lines[1].split() == ["reconstruction", "fbpconvnet", "test", "psnr", "28", "25.5", "fbp_hann", "+2.5",
+                                "beats"]
+    assert lines[1].index("+2.5") == lines[2].index("-2")  # columns line up
 
 
 def test_ui_links_open_the_model_training_pages():

@@ -14,6 +14,7 @@ import pytest
 from medflow.core.config import ConfigError
 from medflow.core.loading import load_config
 from medflow.training.budget import (
+    MARGIN,
     PLAN_FILE,
     BudgetTooSmall,
     Probe,
@@ -64,10 +65,10 @@ PROBE = Probe(first_step=2.25, step=0.25, first_val=4.0, val=3.0, save=0.2)
 def test_two_minute_budget_on_known_step_time_ends_within_tolerance():
     # 40 steps of 0.25 s + validation 3 s + two saves 0.4 s = 13.4 s an epoch; 10 s spent; 3 s of one-off tracing.
     plan = plan_budget(120.0, 10.0, PROBE, natural_steps=40)
-    assert (plan.epochs, plan.steps) == (7, 40)  # 107 s left: 7 whole epochs (93.8 s)
+    assert (plan.epochs, plan.steps) == (7, 40)  # 0.92 x 120 - 13 = 97.4 s left: 7 whole epochs (93.8 s)
     run_time = 10.0 + 3.0 + plan.epochs * (plan.steps * PROBE.step + PROBE.val + 2 * PROBE.save)
     assert plan.planned_seconds == pytest.approx(run_time)
-    assert 0.85 * 120 <= run_time <= 120  # uses the budget, never passes it
+    assert 0.85 * 120 <= run_time <= MARGIN * 120  # uses the budget, and leaves the margin for what it cannot time
 
 
 def test_short_budget_gives_shorter_epochs_not_fewer_than_three():
