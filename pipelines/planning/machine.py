@@ -29,11 +29,14 @@ def _rate(shape, depth, filters, batch, seconds: float) -> float:
     y = rng.integers(0, 3, (batch, *shape)).astype("int32")
     model.train_on_batch(x, y)  # tracing
     model.train_on_batch(x, y)
-    n, start = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - start < seconds:
-        model.train_on_batch(x, y)
-        n += 1
-    step = (time.perf_counter() - start) / n
+    steps = []  # the fastest of three windows: a neighbour or a clock change only ever slows a window
+    for _ in range(3):
+        n, start = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - start < seconds / 3:
+            model.train_on_batch(x, y)
+            n += 1
+        steps.append((time.perf_counter() - start) / n)
+    step = min(steps)
     return TRAIN_FLOPS * unet_flops(shape, depth, filters) * batch / step / 1e9
 
 
@@ -44,7 +47,7 @@ def memory_gib() -> float:
         return 8.0
 
 
-def measure(seconds: float = 2.0) -> Machine:
+def measure(seconds: float = 3.0) -> Machine:
     """This machine, with its 2D and 3D U-Net training rates measured for ``seconds`` each."""
     return Machine(cores=os.cpu_count() or 1, memory_gib=round(memory_gib(), 1),
                    gflops_2d=round(_rate(*PROBES["2d"], seconds), 2), gflops_3d=round(_rate(*PROBES["3d"], seconds), 2))

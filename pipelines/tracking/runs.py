@@ -10,6 +10,7 @@ relative to the working directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -93,6 +94,8 @@ class MlflowTracker:
 
     def __init__(self, uri: str | None = None):
         self.uri = uri or tracking_uri()
+        # "Creating initial MLflow database tables..." on a new store: MLflow's business, not the user's.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         ensure_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
