@@ -131,9 +131,8 @@ def plan_volumes(fp: dict, machine: Machine, budget_s: float, *, whole_volume: b
             target = [max(max(target), math.ceil(max(extent) / 64 * 1000) / 1000)] * 3
         size = [max(1, int(round(e / t))) for e, t in zip(extent, target)]
         raw = tuple(size) if three_d else tuple(s for a, s in enumerate(size) if a != axis)
-        depth = depth_for(raw)
+        depth = depth_for(raw)  # from the unrounded size: rounding up must not add a pooling it is not a multiple for
         shape = round_up(raw, 2**depth, None if three_d else MAX_SLICE)
-        depth = depth_for(shape)
         filters, samples, width_why = _width(shape, depth, rate, budget_s, MIN_SAMPLES[mode])
         if filters >= 16:
             break

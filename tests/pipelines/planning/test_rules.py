@@ -94,3 +94,14 @@ def test_every_choice_carries_a_reason():
     for plan in (plan_volumes(fingerprint([1, 1, 3.5], [200, 200, 150]), SLOW, 300, whole_volume=False),
                  plan_images(256, 100, SLOW, 60)):
         assert all(c.reason and "\n" not in c.reason for c in plan["choices"])
+
+
+@pytest.mark.parametrize("machine", [SLOW, FAST])
+@pytest.mark.parametrize("budget", [60, 600, 7200])
+def test_patches_are_multiples_of_the_poolings_for_any_geometry(machine, budget):
+    # Extents whose rounded size gains a power of two (117 px -> 128 px) once caught the depth out.
+    for spacing in ([1, 1, 1], [1.2, 1.2, 1.2], [0.7, 0.7, 3.0], [0.8, 5.0, 0.8], [2, 2, 2]):
+        for extent in ([144, 179, 152], [140, 175, 117], [60, 60, 45], [300, 300, 300], [100, 100, 20]):
+            for whole in (False, True):
+                c = choices(plan_volumes(fingerprint(spacing, extent), machine, budget, whole_volume=whole))
+                assert divisible(c) and fits_memory(c, machine), (spacing, extent, whole, c)
