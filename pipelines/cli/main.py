@@ -92,12 +92,11 @@ def _print_export(folder: Path) -> None:
 
 
 def cmd_run(args) -> int:
+    from medflow.cli.plan import apply_plan, planning_config
     from medflow.core.config import ConfigError
     from medflow.core.engine import StageFailed
     from medflow.core.loading import load_config
     from medflow.core.runner import run_pipeline
-
-    from medflow.cli.plan import apply_plan, planning_config
 
     spec, plans = getattr(args, "plan", None), {}
     try:  # validate every pipeline before any work starts
@@ -182,9 +181,9 @@ def cmd_status(args) -> int:
     print(f"pipeline {cfg.name}")
     from medflow.cli.plan import plan_path
 
-    if plan_path(cfg.name).exists():
-        header = plan_path(cfg.name).read_text().splitlines()[:3]
-        print(f"  plan: {plan_path(cfg.name)}\n" + "\n".join(f"    {line.lstrip('# ')}" for line in header))
+    plan = plan_path(cfg.name)
+    if plan.exists():  # its header: pipeline and budget, machine, data
+        print(f"  plan: {plan}\n" + "\n".join(f"    {line.lstrip('# ')}" for line in plan.read_text().splitlines()[:3]))
     print(f"  {'stage':<14} {'state':<34} {'cases':>6} {'quar.':>6}  {'key':<16}  mlflow runs (newest first)")
     for r in rows:
         print(f"  {r['stage']:<14} {r['state']:<34} {r['cases'] if r['cases'] is not None else '-':>6} "
