@@ -71,21 +71,25 @@ def write_plan(path: Path, text: str) -> Path:
     return Path(path)
 
 
-def plan_overrides(path: Path) -> list[str]:
-    """A plan file as ``--set`` strings, in file order.
-
-    Raises:
-        ValueError: naming the file, when it is not a mapping of dotted keys to values.
-    """
+def _plan_doc(path: Path) -> dict:
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: not a readable plan file ({' '.join(str(err).split())})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: a plan file is a mapping of --set keys to values")
-    return [f"{key}={json.dumps(value)}" for key, value in doc.items()]
+    return doc
+
+
+def plan_overrides(path: Path) -> list[str]:
+    """A plan file as ``--set`` strings, in file order.
+
+    Raises:
+        ValueError: naming the file, when it is not a mapping of dotted keys to values.
+    """
+    return [f"{key}={json.dumps(value)}" for key, value in _plan_doc(path).items()]
 
 
 def plan_params(path: Path) -> dict[str, str]:
-    """The plan's choices as MLflow parameters ``plan/<key>``."""
-    return {f"plan/{s.split('=', 1)[0]}": s.split("=", 1)[1] for s in plan_overrides(path)}
+    """The plan's choices as MLflow parameters ``plan/<key>`` (values as JSON)."""
+    return {f"plan/{key}": json.dumps(value) for key, value in _plan_doc(path).items()}

@@ -186,7 +186,6 @@ def describe(plan: TrainPlan) -> str:
             f"{plan.planned_seconds:.0f}s; {plan.reason})")
 
 
-
 def probe_epochs(natural_steps: int) -> range:
     """Epochs of training batches enough for the probe's steps."""
     return range(-(-PROBE_MAX_STEPS // max(natural_steps, 1)))
