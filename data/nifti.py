@@ -117,12 +117,14 @@ def _check_shape(path: str, header, expect_ndim: int) -> tuple[int, ...]:
     return shape
 
 
-def read_nifti(path: str | os.PathLike, *, expect_ndim: int = 3) -> Volume:
+def read_nifti(path: str | os.PathLike, *, expect_ndim: int = 3, max_voxels: int | None = None) -> Volume:
     """Read and validate one NIfTI-1/2 file (``.nii`` or ``.nii.gz``).
 
     Args:
         path: file to read.
         expect_ndim: spatial dimensionality required (trailing singleton axes are dropped).
+        max_voxels: refuse a header that claims more voxels (all axes) before decoding any data: a small
+            gzip can claim gigabytes, so untrusted bytes (a served request) come with a limit.
 
     Returns:
         The decoded :class:`Volume`; ``data`` has shape (X, Y, Z).
@@ -149,7 +151,7 @@ def read_nifti(path: str | os.PathLike, *, expect_ndim: int = 3) -> Volume:
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            buf = _read_checked(path, stream, size, compressed, expect_ndim)
+            buf = _read_checked(path, stream, size, compressed, expect_ndim, max_voxels)
         except (EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise CaseError(path, f"truncated or corrupt gzip ({err})") from None
     header, shape, buf = buf
@@ -172,10 +174,13 @@ def read_nifti(path: str | os.PathLike, *, expect_ndim: int = 3) -> Volume:
     return Volume(data=data, affine=affine, path=path, nbytes_file=size)
 
 
-def _read_checked(path, stream, size, compressed, expect_ndim):
+def _read_checked(path, stream, size, compressed, expect_ndim, max_voxels=None):
     head = stream.read(540)
     header = _read_header(path, head)
     shape = _check_shape(path, header, expect_ndim)
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if max_voxels is not None and voxels > max_voxels:
+        raise CaseError(path, f"header dims {shape} hold {voxels} voxels, over the limit of {max_voxels}")
     try:
         dtype = header.get_data_dtype()
     except Exception:

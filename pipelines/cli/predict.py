@@ -23,7 +23,7 @@ def cmd_predict(args) -> int:
         total = len(files) if shard is None else len(files[shard[0]::shard[1]])
         with Progress(total, "predict", unit="file") as bar:
             report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar, shard=shard,
-                                   explain=explain)
+                                   explain=explain, overwrite=args.overwrite)
     except (PredictError, BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -43,8 +43,11 @@ def add_parser(sub, fmt, examples) -> None:
                        """))
     p.add_argument("--model", required=True,
                    help="export folder, models:/NAME@ALIAS or models:/NAME/VERSION, or a train stage's folder")
-    p.add_argument("--input", type=Path, required=True, help="a file, or a folder of NIfTI volumes / .npy sinograms")
-    p.add_argument("--output", type=Path, required=True, help="output folder")
+    p.add_argument("--input", type=Path, nargs="+", required=True,
+                   help="files, or folders of NIfTI volumes / .npy sinograms (each file once)")
+    p.add_argument("--output", type=Path, required=True, help="output folder (not one that holds an input)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --output (by default "
+                                                            "the run stops before writing anything)")
     p.add_argument("--runtime", choices=("keras", "saved_model", "onnx"), default="keras",
                    help="what runs the network (the bundle holds all three)")
     p.add_argument("--batch", type=int, default=16, help="sinograms per model call (reconstruction)")

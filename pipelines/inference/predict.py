@@ -18,12 +18,14 @@ the file, listed in ``quarantine.json``, and the other inputs carry on.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from medflow.data.atomic import write_atomic
 from medflow.data.nifti import CaseError
 from medflow.inference.bundle import Bundle, load_bundle, read_plan
+from medflow.inference.names import unique_names
 
 
 class PredictError(ValueError):
@@ -63,21 +65,66 @@ def open_model(spec: str, runtime: str = "keras") -> Bundle:
     raise PredictError(f"{path}: no such model (an export folder, models:/NAME@ALIAS, or a train folder)")
 
 
-def list_inputs(path: Path, bundle: Bundle) -> list[Path]:
-    """The input files: one file, or a folder's files of the kind the model reads."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise PredictError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and bundle.task.is_input(p) and not p.name.startswith("."))
-    if not files:
-        raise PredictError(f"{path}: no {bundle.task.input_kind} files")
+def list_inputs(paths, bundle: Bundle) -> list[Path]:
+    """The input files: files, or folders' files of the kind the model reads, each file once.
+
+    ``paths`` is one path or several (``--input a.nii.gz scans/``); a file reached twice (the same
+    path, a link, or a file also inside a folder given) is a PredictError naming both.
+    """
+    files, seen = [], {}
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(path)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and bundle.task.is_input(p)
+                           and not p.name.startswith("."))
+            if not found:
+                raise PredictError(f"{path}: no {bundle.task.input_kind} files")
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+        for file in found:
+            key = os.path.realpath(file)
+            if key in seen:
+                raise PredictError(f"{file}: given twice (also as {seen[key]})")
+            seen[key] = file
+            files.append(file)
     return files
 
 
+def output_names(bundle: Bundle, files: list[Path]) -> list[str]:
+    """Each input's output name: its case name made safe and distinct (a renamed one is said on stderr)."""
+    raw = [bundle.task.case_name(f) for f in files]
+    names = unique_names(raw, [f"case_{i}" for i in range(len(files))])
+    for file, before, after in zip(files, raw, names):
+        if before != after:
+            print(f"{file}: its outputs are named {after!r} ({before!r} is taken or not a safe file name)",
+                  file=sys.stderr, flush=True)
+    return names
+
+
+def check_output(bundle: Bundle, files: list[Path], names: list[str], output: Path, *, suffix: str = "",
+                 explain: bool = False, overwrite: bool = False) -> None:
+    """PredictError when an input lies inside ``output``, or, without ``overwrite``, when a file the run
+    would write is already there: nothing is written in either case."""
+    out = os.path.realpath(output)
+    for file in files:
+        if os.path.commonpath([os.path.realpath(file), out]) == out:
+            raise PredictError(f"{file}: this input lies inside the output folder {output}; choose another --output")
+    if overwrite:
+        return
+    task = bundle.task
+    planned = [f for n in names for f in task.output_files(n, explain)] + task.table_files(suffix) \
+        + [f"quarantine{suffix}.json"]
+    there = [f for f in planned if (Path(output) / f).exists()]
+    if there:
+        more = f" (and {len(there) - 1} more)" if len(there) > 1 else ""
+        raise PredictError(f"{Path(output) / there[0]}: exists{more}; pass --overwrite to replace, or choose "
+                           "another --output")
+
+
 def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size: int = 16, progress=None,
-                  shard: tuple[int, int] | None = None, explain=None) -> dict:
+                  shard: tuple[int, int] | None = None, explain=None, overwrite: bool = False) -> dict:
     """Run the bundle on every file into ``output``.
 
     ``explain`` (an ExplainSettings, classifiers only) also writes ``<name>_explanation.nii.gz`` (and, for a
@@ -85,7 +132,8 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
 
     With ``shard`` (index, count) only that share of the files is done, and the shard's table and
     quarantine list get their own names (``predictions-<i>-of-<n>.csv``), so N processes can write
-    into one folder.
+    into one folder. Without ``overwrite`` existing outputs stop the run
+    before it starts (:func:`check_output`).
 
     Returns:
         {"model", "family", "written": [names], "quarantine": [{"path", "problem"}]}.
@@ -93,23 +141,26 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
     if explain is not None and not bundle.task.explains:
         raise PredictError(f"{bundle.folder}: --explain is for classifiers; this is a {bundle.family} model")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     quarantine = []
     suffix = ""
+    names = output_names(bundle, files)  # over all files, so every shard names a case alike
     if shard is not None:
         from medflow.core.cases import shard_ids
 
         mine = set(shard_ids([str(f) for f in files], *shard))
-        files = [f for f in files if str(f) in mine]
+        pairs = [(f, n) for f, n in zip(files, names) if str(f) in mine]
+        files, names = [f for f, _ in pairs], [n for _, n in pairs]
         suffix = f"-{shard[0]}-of-{shard[1]}"
+    check_output(bundle, files, names, output, suffix=suffix, explain=explain is not None, overwrite=overwrite)
+    output.mkdir(parents=True, exist_ok=True)
 
     def bad(path, err):
         problem = err.problem if isinstance(err, CaseError) else " ".join(str(err).split())
         quarantine.append({"path": str(path), "problem": problem})
         print(f"{path}: {problem}", file=sys.stderr, flush=True)
 
-    written = bundle.task.predict_files(bundle.plan, bundle.net, files, output, bad=bad, progress=progress,
-                                        batch_size=batch_size, suffix=suffix, explain=explain)
+    written = bundle.task.predict_files(bundle.plan, bundle.net, files, output, names=names, bad=bad,
+                                        progress=progress, batch_size=batch_size, suffix=suffix, explain=explain)
     with write_atomic(output / f"quarantine{suffix}.json") as tmp:
         tmp.write_text(json.dumps(quarantine, indent=1))
     return {"model": str(bundle.folder), "family": bundle.family, "written": written, "quarantine": quarantine}

@@ -13,6 +13,7 @@ input (Keras, SavedModel or ONNX Runtime; see ``medflow.models.runtimes``).
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import tempfile
@@ -89,14 +90,16 @@ class Task:
     def case_name(self, path) -> str:
         return strip_nifti_suffix(Path(str(path)).name)
 
-    def read_input(self, plan: InferencePlan, path) -> VolumeCase:
+    def read_input(self, plan: InferencePlan, path, max_voxels: int | None = None) -> VolumeCase:
         """The channels and affine of one NIfTI input; a 4D file holds the channels on its last axis.
+
+        ``max_voxels`` refuses a larger header before decoding (untrusted bytes from a request).
 
         Raises:
             CaseError: unreadable file, or a channel count the model was not trained on.
         """
         n = len(plan.channels)
-        vol = read_nifti(path, expect_ndim=3 if n == 1 else 4)
+        vol = read_nifti(path, expect_ndim=3 if n == 1 else 4, max_voxels=max_voxels)
         data = vol.data if vol.data.ndim == 4 else vol.data[..., None]
         if data.shape[-1] != n:
             raise CaseError(path, f"{data.shape[-1]} channel(s), the model expects {n} ({', '.join(plan.channels)})")
@@ -109,21 +112,22 @@ class Task:
         """:meth:`infer` plus maps of why (classifiers); ``settings`` an ExplainSettings."""
         raise ValueError(f"{self.family} models have no explanations (--explain is for classifiers)")
 
-    def predict_files(self, plan: InferencePlan, net: Net, files: list[Path], output: Path, *, bad, progress=None,
-                      batch_size: int = 16, suffix: str = "", explain=None) -> list[str]:
-        """Run every file into ``output``; ``bad(path, err)`` records a file that failed. Returns names written.
+    def predict_files(self, plan: InferencePlan, net: Net, files: list[Path], output: Path, *, names: list[str],
+                      bad, progress=None, batch_size: int = 16, suffix: str = "", explain=None) -> list[str]:
+        """Run every file into ``output`` under its name in ``names``; ``bad(path, err)`` records a file that
+        failed. Returns the names written.
 
         ``explain``: ExplainSettings to write explanation maps beside the results (:meth:`explain`).
         """
         written, rows = [], []
-        for path in files:
+        for path, name in zip(files, names):
             try:
                 case = self.read_input(plan, path)
                 result = self.infer(plan, net, case) if explain is None else self.explain(plan, net, case, explain)
-                row = self.write_result(plan, result, output, self.case_name(path), case)
+                row = self.write_result(plan, result, output, name, case)
                 if row is not None:
                     rows.append(row)
-                written.append(self.case_name(path))
+                written.append(name)
             except (CaseError, ValueError) as err:
                 bad(path, err)
             if progress is not None:
@@ -135,23 +139,41 @@ class Task:
         """Write one case's output files into ``output``; return its row of the run's table, if any."""
         raise NotImplementedError
 
+    def output_files(self, name: str, explain: bool = False) -> list[str]:
+        """The files :meth:`write_result` writes for case ``name`` (so predict can refuse to overwrite them)."""
+        return [f"{name}.nii.gz"]
+
+    def table_files(self, suffix: str = "") -> list[str]:
+        """The files :meth:`finish_outputs` writes (a classifier's table)."""
+        return []
+
     def finish_outputs(self, output: Path, rows: list[dict], suffix: str = "") -> None:
         """Write what spans all cases from the rows :meth:`write_result` returned (a classifier's table)."""
 
     # -- serving -------------------------------------------------------------------------------
-    def case_from_row(self, plan: InferencePlan, row: dict) -> VolumeCase:
-        """A request row's volume: ``path``, ``nifti_b64``, or ``image`` + ``affine``."""
+    def case_from_row(self, plan: InferencePlan, row: dict, max_voxels: int | None = None) -> VolumeCase:
+        """A request row's volume: ``path``, ``nifti_b64``, or ``image`` + ``affine``.
+
+        A ``nifti_b64`` problem is a CaseError naming ``nifti_b64`` (never the server's temporary file).
+        """
         path, blob, image = cell(row, "path"), cell(row, "nifti_b64"), cell(row, "image")
         if path is not None:
-            return self.read_input(plan, path)
+            return self.read_input(plan, path, max_voxels)
         if blob is not None:
-            raw = base64.b64decode(blob)
+            if not isinstance(blob, str):
+                raise CaseError("nifti_b64", "must be a base64 string")
+            try:  # validate: a lenient decode would drop stray characters and read a different file
+                raw = base64.b64decode("".join(blob.split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise CaseError("nifti_b64", "not valid base64") from None
             suffix = ".nii.gz" if raw[:2] == b"\x1f\x8b" else ".nii"
             fd, tmp = tempfile.mkstemp(suffix=suffix)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(raw)
-                case = self.read_input(plan, tmp)
+                case = self.read_input(plan, tmp, max_voxels)
+            except CaseError as err:
+                raise CaseError("nifti_b64", err.problem) from None
             finally:
                 os.unlink(tmp)
             case.reference = None
@@ -167,6 +189,10 @@ class Task:
                 arr = arr[..., None]
             if arr.ndim != 4:
                 raise ValueError(f"image must be (X, Y, Z) or (X, Y, Z, C), got shape {arr.shape}")
+            if max_voxels is not None and arr.size > max_voxels:
+                raise ValueError(f"image holds {arr.size} values, over the limit of {max_voxels}")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError("image holds NaN or infinite values")
             return VolumeCase([arr[..., c] for c in range(arr.shape[-1])], affine, None)
         raise ValueError("no input: give path, nifti_b64, or image and affine")
 

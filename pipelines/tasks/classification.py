@@ -128,6 +128,12 @@ class Classification(Task):
                 write_like(Path(output) / f"{name}_{key}.nii.gz", result[key], case.reference, dtype=np.float32)
         return {"case": name, **self.row(plan, result["probabilities"]), "explanation": result["method"]}
 
+    def output_files(self, name: str, explain: bool = False) -> list[str]:
+        return [f"{name}_explanation.nii.gz", f"{name}_{LESION}.nii.gz"] if explain else []
+
+    def table_files(self, suffix: str = "") -> list[str]:
+        return [f"predictions{suffix}.csv"]
+
     def finish_outputs(self, output: Path, rows: list[dict], suffix: str = "") -> None:
         if rows:
             import pandas as pd

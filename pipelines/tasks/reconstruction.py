@@ -57,7 +57,8 @@ class Reconstruction(Task):
         name = Path(str(path)).name
         return name[: -len(".npy")] if name.endswith(".npy") else name
 
-    def read_input(self, plan: InferencePlan, path) -> np.ndarray:
+    def read_input(self, plan: InferencePlan, path, max_voxels: int | None = None) -> np.ndarray:
+        """One (detectors, angles) sinogram (its shape is fixed by the plan, so ``max_voxels`` adds nothing)."""
         from medflow.inference.outputs import read_sinogram
 
         return read_sinogram(path, tuple(plan.input_shape))
@@ -73,26 +74,29 @@ class Reconstruction(Task):
         out = [np.asarray(net(sinograms[i:i + batch_size]))[..., 0] for i in range(0, len(sinograms), batch_size)]
         return np.concatenate(out).astype(np.float32)
 
-    def predict_files(self, plan, net, files, output, *, bad, progress=None, batch_size: int = 16,
+    def predict_files(self, plan, net, files, output, *, names, bad, progress=None, batch_size: int = 16,
                       suffix: str = "", explain=None) -> list[str]:
         """Sinograms go through the network ``batch_size`` at a time; a bad file leaves its batch going.
         (``explain`` is for classifiers; predict refuses it before this runs.)"""
         written = []
         for start in range(0, len(files), batch_size):
             good, arrays = [], []
-            for path in files[start:start + batch_size]:
+            for path, name in zip(files[start:start + batch_size], names[start:start + batch_size]):
                 try:
                     arrays.append(self.read_input(plan, path))
-                    good.append(path)
+                    good.append(name)
                 except ValueError as err:
                     bad(path, err)
             if arrays:
-                for path, image in zip(good, self.infer(plan, net, np.stack(arrays), batch_size)):
-                    self.write_result(plan, image, output, self.case_name(path), None)
-                    written.append(self.case_name(path))
+                for name, image in zip(good, self.infer(plan, net, np.stack(arrays), batch_size)):
+                    self.write_result(plan, image, output, name, None)
+                    written.append(name)
             if progress is not None:
                 progress.update(len(files[start:start + batch_size]))
         return written
+
+    def output_files(self, name: str, explain: bool = False) -> list[str]:
+        return [f"{name}.npy", f"{name}.nii.gz"]
 
     def write_result(self, plan, result: np.ndarray, output: Path, name: str, case) -> None:
         from medflow.inference.outputs import write_reconstruction
@@ -100,10 +104,16 @@ class Reconstruction(Task):
         write_reconstruction(Path(output), name, result, plan.geometry or {})
 
     # -- serving -------------------------------------------------------------------------------
-    def case_from_row(self, plan: InferencePlan, row: dict) -> np.ndarray:
+    def case_from_row(self, plan: InferencePlan, row: dict, max_voxels: int | None = None) -> np.ndarray:
         sino = cell(row, "sinogram")
         if sino is not None:
-            return np.asarray(sino, dtype=np.float32)
+            sino = np.asarray(sino, dtype=np.float32)
+            if sino.shape != tuple(plan.input_shape):
+                raise ValueError(f"sinogram shape {sino.shape}, the model expects {tuple(plan.input_shape)} "
+                                 "(detectors, angles)")
+            if not np.all(np.isfinite(sino)):
+                raise ValueError("sinogram holds NaN or infinite values")
+            return sino
         path = cell(row, "path")
         if path is None:
             raise ValueError("no input: give path or sinogram")

@@ -32,7 +32,9 @@ def register_bundle(client: MlflowClient, folder, info: dict) -> dict:
         logged = mlflow.pyfunc.log_model(
             name="model", loader_module="medflow.inference.serving", data_path=str(folder),
             signature=export_signature(plan), pip_requirements=requirements(),
-            model_config={"runtime": info["runtime"]}, registered_model_name=info["name"],
+            # allow_paths is logged empty so that a load-time model_config may set it (MLflow lets a
+            # load override only the keys the logged config has); empty means request data only.
+            model_config={"runtime": info["runtime"], "allow_paths": []}, registered_model_name=info["name"],
             metadata={"medflow_family": plan["family"], "medflow_version": plan["version"]})
     name, version = info["name"], str(logged.registered_model_version)
     metric, value, greater = info["metric"], float(info["value"]), bool(info["greater_is_better"])

@@ -62,3 +62,33 @@ def test_models_that_are_not_there_are_one_line_errors(tmp_path):
 def test_an_input_folder_without_inputs(train_folder, tmp_path):
     with pytest.raises(PredictError, match="no .npy files"):
         list_inputs(tmp_path, open_model(str(train_folder)))
+
+
+def test_inputs_given_twice_existing_outputs_and_inputs_inside_the_output(train_folder, tmp_path, capsys):
+    from medflow.cli.main import main
+
+    bundle = open_model(str(train_folder))
+    first, second = tmp_path / "in1", tmp_path / "in2"
+    for folder in (first, second):
+        folder.mkdir()
+        np.save(folder / "a.npy", np.ones(bundle.plan.input_shape, np.float32))
+    (first / "same.npy").symlink_to(first / "a.npy")
+    with pytest.raises(PredictError, match="given twice"):
+        list_inputs([first / "a.npy", first / "a.npy"], bundle)
+    with pytest.raises(PredictError, match="given twice"):
+        list_inputs([first], bundle)  # a.npy and a link to it
+    (first / "same.npy").unlink()
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(train_folder), "--input", str(first), str(second), "--output", str(out)]
+    assert main(args) == 0
+    assert "its outputs are named 'a-2'" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a-2.nii.gz", "a-2.npy", "a.nii.gz", "a.npy", "quarantine.json"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 2  # outputs exist: nothing is written
+    assert "a.npy: exists (and 4 more); pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main([*args, "--overwrite"]) == 0
+    np.save(out / "b.npy", np.ones(bundle.plan.input_shape, np.float32))
+    assert main(["predict", "--model", str(train_folder), "--input", str(out / "b.npy"), "--output", str(out),
+                 "--overwrite"]) == 2
+    assert "lies inside the output folder" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Serving over loopback: ``mlflow models serve --env-manager local`` answers /invocations for every family."""
+"""Serving over loopback: ``mlflow models serve`` (started by hand, paths allowed by model_config) and
+``medflow serve`` answer /invocations for every family."""
 
 from __future__ import annotations
 
@@ -66,9 +67,11 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def _mlflow_serve(model: str, store: str, port: int) -> tuple[list[str], dict]:
+def _mlflow_serve(model: str, store: str, port: int, allow: Path) -> tuple[list[str], dict]:
+    """MLflow's own server started by hand; ``allow`` reaches the model as a load-time model_config."""
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "MLFLOW_TRACKING_URI": store,
+           "SERVING_MODEL_CONFIG": json.dumps({"allow_paths": [str(allow)]})}
     return [str(Path(bindir) / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env
 
@@ -91,7 +94,7 @@ def test_every_family_is_served_over_loopback(tmp_path, monkeypatch):
     seg = _pipeline(tmp_path / "seg", "", ["split.test_fraction=0.34"])
     image = seg_root / "imagesTr" / "case_00.nii.gz"
     port = _free_port()
-    with Server(*_mlflow_serve("models:/test@champion", store, port), port, tmp_path / "seg.log") as srv:
+    with Server(*_mlflow_serve("models:/test@champion", store, port, tmp_path), port, tmp_path / "seg.log") as srv:
         rows = srv.invoke([{"path": str(image)}, {"nifti_b64": base64.b64encode(image.read_bytes()).decode()},
                            {"path": str(tmp_path / "absent.nii.gz")}])
     assert [r["error"] for r in rows[:2]] == ["", ""] and "missing file" in rows[2]["error"]
@@ -107,7 +110,7 @@ def test_every_family_is_served_over_loopback(tmp_path, monkeypatch):
                    extra=CLS + "export: {registered_model: lesions}")
     _pipeline(tmp_path / "c", "", ["dataset.classes=[normal, lesion]"])
     port = _free_port()
-    with Server(*_mlflow_serve("models:/lesions@champion", store, port), port, tmp_path / "cls.log") as srv:
+    with Server(*_mlflow_serve("models:/lesions@champion", store, port, tmp_path), port, tmp_path / "cls.log") as srv:
         rows = srv.invoke([{"path": str(cls_root / "images" / f"s{i:02d}.nii.gz")} for i in range(4)])
     assert all(r["error"] == "" and r["class"] in ("normal", "lesion") for r in rows)
     assert all(abs(r["p_normal"] + r["p_lesion"] - 1) < 1e-5 for r in rows)

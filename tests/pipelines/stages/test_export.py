@@ -142,7 +142,8 @@ def test_predict_from_the_registry_writes_native_label_maps(seg, monkeypatch, tm
 
 def test_pyfunc_model_takes_paths_bytes_and_arrays(seg, monkeypatch):
     _use(seg, monkeypatch)
-    model = mlflow.pyfunc.load_model("models:/test@champion")
+    # server files are off unless the loader allows their folder
+    model = mlflow.pyfunc.load_model("models:/test@champion", model_config={"allow_paths": [str(seg["root"])]})
     path = seg["root"] / "imagesTr" / "case_01.nii.gz"
     img = nib.load(str(path))
     rows = pd.DataFrame({  # one input per row; the other cells None (JSON null), as a client sends them
@@ -184,6 +185,6 @@ def test_classification_export_predicts_a_csv_like_evaluate(tmp_path, monkeypatc
     for r in evaluated:  # raw NIfTI through the bundle == preprocessed case through the evaluate stage
         assert float(rows[r["case_id"]]["p_lesion"]) == pytest.approx(float(r["p_lesion"]), abs=1e-4)
         assert rows[r["case_id"]]["class"] == r["predicted_class"]
-    served = PipelineModel(load_bundle(Path(run["results"]["export"].path))).predict(
+    served = PipelineModel(load_bundle(Path(run["results"]["export"].path)), allow_paths=[tmp_path]).predict(
         pd.DataFrame([{"path": str(root / "images" / "s01.nii.gz")}]), {"output_dir": str(tmp_path / "srv")})
     assert served["class"][0] == rows["s01"]["class"] and (tmp_path / "srv" / "predictions.csv").exists()
