@@ -15,6 +15,8 @@ from medflow.data.intensity import foreground_mask
 # Foreground intensities kept per case for the dataset percentiles (nnU-Net keeps 10k too).
 SAMPLES_PER_CASE = 10_000
 PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
+# An image whose Otsu foreground is smaller than this has no anatomy to learn from (stray bright voxels).
+MIN_FOREGROUND_VOXELS, MIN_FOREGROUND_SHARE = 27, 0.001
 
 
 def case_fingerprint(
@@ -53,6 +55,65 @@ def case_fingerprint(
     if label is not None:
         counts = np.bincount(label.ravel().astype(np.int64), minlength=n_classes)
         out["class_voxels"] = [int(c) for c in counts]
+    return out
+
+
+def content_problem(image: np.ndarray) -> tuple[str | None, np.ndarray | None]:
+    """(why the image cannot train anything, or None; its foreground mask when it can).
+
+    A constant image has no intensity range (normalization would make it all zeros), and an
+    image whose Otsu foreground is a few stray voxels has no anatomy to learn from.
+    """
+    lo, hi = float(image.min()), float(image.max())
+    if not hi > lo:
+        return f"no intensity range: every voxel is {lo:g}", None
+    mask = foreground_mask(image)
+    n = int(np.count_nonzero(mask))
+    if n < max(MIN_FOREGROUND_VOXELS, MIN_FOREGROUND_SHARE * image.size):
+        return (f"no usable foreground: {n} of {image.size} voxels above the Otsu threshold "
+                f"(at least {max(MIN_FOREGROUND_VOXELS, round(MIN_FOREGROUND_SHARE * image.size))} needed)"), None
+    return None, mask
+
+
+def label_outside(mask: np.ndarray, label: np.ndarray) -> bool:
+    """True when the label has foreground and none of it touches the image's foreground ``mask``
+    (a label of another scan, or one flipped in a conversion).
+
+    The mask is grown by two voxels and its holes filled first: a dark lesion or a ventricle lies
+    below the Otsu threshold but inside the anatomy, and must not count as outside.
+    """
+    from scipy.ndimage import binary_dilation, binary_fill_holes
+
+    fg = label > 0
+    if not fg.any() or np.any(fg & mask):
+        return False
+    body = binary_fill_holes(binary_dilation(mask, iterations=2))
+    return not bool(np.any(fg & body))
+
+
+def geometry_outliers(records: list[tuple[str, dict]], factor: float = 2.0) -> list[dict]:
+    """Cases far from the dataset's geometry: a RAS spacing ``factor`` times off the median on some axis,
+    or an orientation other than the most common one. ``records`` are (case_id, case fingerprint).
+
+    Returns:
+        [{"case_id", "problem"}], one line each (a warning for review, not a quarantine).
+    """
+    if len(records) < 3:
+        return []
+    median = np.median([fp["spacing_ras"] for _, fp in records], axis=0)
+    codes = [fp["axcodes"] for _, fp in records]
+    common = max(sorted(set(codes)), key=codes.count)
+    out = []
+    for case_id, fp in records:
+        ratio = np.asarray(fp["spacing_ras"]) / np.maximum(median, 1e-9)
+        lines = []
+        if np.any(ratio > factor) or np.any(ratio < 1 / factor):
+            lines.append(f"spacing {'x'.join(f'{s:g}' for s in fp['spacing_ras'])} mm where the median is "
+                         f"{'x'.join(f'{s:g}' for s in median)} mm")
+        if fp["axcodes"] != common and codes.count(common) > len(codes) / 2:
+            lines.append(f"orientation {fp['axcodes']} where most cases are {common}")
+        if lines:
+            out.append({"case_id": case_id, "problem": "; ".join(lines)})
     return out
 
 

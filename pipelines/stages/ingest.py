@@ -21,9 +21,11 @@ import numpy as np
 
 from medflow.core.cases import map_cases, quarantine_record, report_quarantine
 from medflow.core.engine import StageDir, StageFailed
+from medflow.core.progress import log
 from medflow.data.atomic import write_atomic
-from medflow.data.fingerprint import aggregate, case_fingerprint
+from medflow.data.fingerprint import aggregate, case_fingerprint, content_problem, geometry_outliers, label_outside
 from medflow.data.geometry import same_grid
+from medflow.data.intensity import foreground_mask
 from medflow.data.layouts import DatasetError, DatasetListing, list_csv, list_msd
 from medflow.data.nifti import CaseError, Volume, read_nifti
 
@@ -94,9 +96,17 @@ def ingest_case(job: dict) -> dict:
     for other in images[1:]:
         if not same_grid(other.affine, other.data.shape, ref.affine, ref.data.shape, atol_mm=job["tolerance"]):
             raise CaseError(other.path, f"channel grid differs from {ref.path}")
+    for vol in images:
+        problem, mask = content_problem(vol.data)
+        if problem:
+            raise CaseError(vol.path, problem)
+    mask = foreground_mask(ref.data) if len(images) > 1 else mask  # the reference channel's foreground
     label = None
     if job["label"] is not None:
         label = _check_label(read_nifti(job["label"]), ref, job["classes"], job["tolerance"], job["label_kind"])
+        if label_outside(mask, label):
+            raise CaseError(job["label"], f"{job['label_kind']} foreground lies entirely outside the image's "
+                                          f"foreground (a label of another scan, or a flipped one?)")
     seed = zlib.crc32(job["case_id"].encode()) ^ job["seed"]
     fp = case_fingerprint(ref.data, ref.affine, label, seed=seed, n_classes=max(job["classes"], default=0) + 1)
     record = {
@@ -163,6 +173,10 @@ def run(cfg, upstream, out: StageDir, ctx):
     out.write_json("fingerprint.json", fingerprint)
     out.write_text("cases.csv", _cases_table(records))
     out.write_json("quarantine.json", quarantine)
+    outliers = geometry_outliers([(r["case_id"], r["fingerprint"]) for r in records])
+    for o in outliers:
+        log(f"[ingest] warning: {o['case_id']}: {o['problem']}")
+    out.write_json("outliers.json", outliers)
     dataset = {"name": listing.name, "root": cfg.dataset.root, "layout": listing.layout, "task": listing.task,
                "channels": listing.channels, "classes": {str(k): v for k, v in listing.classes.items()}}
     return out.finish(cfg, upstream, {
@@ -170,7 +184,8 @@ def run(cfg, upstream, out: StageDir, ctx):
         "cases": {r["case_id"]: {"file": f"cases/{r['case_id']}.json", "patient_id": r["patient_id"],
                                  "target": r["target"], "split": r["split"], "bytes": r["bytes"]} for r in records},
         "quarantine": quarantine,
-        "artifacts": ["fingerprint.json", "cases.csv", "quarantine.json"],
-        "metrics": {"cases": len(records), "quarantined": len(quarantine),
+        "outliers": outliers,
+        "artifacts": ["fingerprint.json", "cases.csv", "quarantine.json", "outliers.json"],
+        "metrics": {"cases": len(records), "quarantined": len(quarantine), "geometry_outliers": len(outliers),
                     "input_mb": round(sum(r["bytes"] for r in records) / 1e6, 3)},
     })

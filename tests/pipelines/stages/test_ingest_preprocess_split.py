@@ -84,6 +84,14 @@ def _bad_dataset(root):
     lab9[0, 0, 0] = 9
     case("extra_class", "label values [9] outside the declared classes [0, 1, 2]",
          image=lambda p: save(p, img, aff, np.int16), label=lambda p: save(p, lab9, aff, np.uint8))
+    case("constant", "no intensity range: every voxel is 0", image=lambda p: save(p, np.zeros_like(img), aff))
+    speck = np.zeros_like(img)
+    speck[2, 2, 2] = 1000.0
+    case("speck", "no usable foreground: 1 of 2688 voxels", image=lambda p: save(p, speck, aff))
+    elsewhere = np.zeros_like(lab)
+    elsewhere[12:15, 11:13, 9:11] = 1  # in the dim background, far from the bright cube
+    case("misplaced", "label foreground lies entirely outside the image's foreground",
+         image=lambda p: save(p, img, aff, np.int16), label=lambda p: save(p, elsewhere, aff, np.uint8))
     outside = save(root.parent / "outside.nii.gz", img, aff)
     add_msd_case(root, "escape", image_path="../outside.nii.gz")
     add_msd_case(root, "absolute", image_path=str(outside))
