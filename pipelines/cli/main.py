@@ -130,7 +130,8 @@ def cmd_run(args) -> int:
         try:
             results, parent = run_pipeline(cfg, target=args.stage, force=args.force, strict=args.strict,
                                            workers=args.workers, tracker=tracker, config_path=path,
-                                           profile=args.profile, shard=shard, merge=getattr(args, "merge", False))
+                                           profile=args.profile, shard=shard, merge=getattr(args, "merge", False),
+                                           verify=getattr(args, "verify", False))
         except StageFailed as err:
             print(f"error: {err}", file=sys.stderr)
             status = EXIT_FAILED
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo finished stages (only --stage's when given)")
     p.add_argument("--strict", action="store_true", help="fail a stage on any bad case instead of quarantining it")
     p.add_argument("--workers", type=int, help="parallel case workers (default: config, 0 = all cores)")
+    p.add_argument("--verify", action="store_true", help="check every reused case file's sha256, not only its "
+                                                         "size (a damaged one is redone)")
     p.add_argument("--plan", metavar="auto|FILE", help="apply a plan (medflow plan): auto makes one for this "
                    "machine and the config's train.budget (else 30m); FILE applies a plan file; --set still wins")
     p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of --stage's cases (ingest, "

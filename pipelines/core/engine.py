@@ -20,6 +20,7 @@ from typing import Any
 from medflow.core.keys import code_version, digest
 from medflow.core.progress import Progress
 from medflow.data.atomic import write_atomic
+from medflow.data.casefile import file_sha256
 
 MANIFEST = "manifest.json"
 
@@ -41,6 +42,7 @@ class RunContext:
     shard: tuple[int, int] | None = None  # (index, count): this process does only its share of the cases
     require_shards: bool = False  # `medflow merge`: finish a sharded stage only if every shard has finished
     worker: bool = False  # a multi-worker training process that is not the chief: trains, writes nothing
+    verify: bool = False  # reuse checks each case file's checksum, not only its size (`medflow run --verify`)
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)
@@ -198,8 +200,55 @@ class StageDir:
         self.write_json(f"shards/{index}-of-{count}.json", report)
         return ShardOutput(self.name, self.path, report)
 
+    # -- integrity of what is reused ------------------------------------------------------------
+    def damaged_cases(self, manifest: dict, verify: bool = False) -> list[tuple[str, str]]:
+        """(case id, one line) for each case file of ``manifest`` that is missing or not what was written.
+
+        The size is always checked (a stat per file); the sha256 too with ``verify``, or when the
+        manifest predates sizes.
+        """
+        out = []
+        for case_id, entry in manifest.get("cases", {}).items():
+            if not isinstance(entry, dict) or "file" not in entry:
+                continue
+            path = self.path / entry["file"]
+            try:
+                size = path.stat().st_size
+            except OSError:
+                out.append((case_id, f"{path}: missing"))
+                continue
+            if "size" in entry and size != entry["size"]:
+                out.append((case_id, f"{path}: {size} bytes where the manifest says {entry['size']}"))
+            elif (verify or "size" not in entry) and "sha256" in entry and file_sha256(path) != entry["sha256"]:
+                out.append((case_id, f"{path}: content differs from its sha256 in the manifest"))
+        return out
+
+    def reopen(self, manifest: dict, case_ids: list[str]) -> None:
+        """Make a finished folder resumable with ``case_ids`` to redo: the manifest goes first (so the
+        folder never reads as complete with a case missing), then those cases' files."""
+        self.drop_manifest()
+        for case_id in case_ids:
+            entry = manifest.get("cases", {}).get(case_id) or {}
+            if "file" in entry:
+                (self.path / entry["file"]).unlink(missing_ok=True)
+
+    def drop_manifest(self) -> None:
+        """Remove the manifest (atomically: a rename, then the unlink), so the folder reads as unfinished."""
+        tmp = self.path / f".tmp-{MANIFEST}-{os.getpid()}"
+        os.replace(self.path / MANIFEST, tmp)
+        tmp.unlink()
+
     def finish(self, cfg, upstream: dict[str, StageOutput], body: dict) -> StageOutput:
-        """Write the manifest (last). ``body`` holds cases, quarantine, artifacts, metrics."""
+        """Write the manifest (last). ``body`` holds cases, quarantine, artifacts, metrics.
+
+        Each case entry with a ``file`` gains its ``size`` and ``sha256`` (unless the stage gave them),
+        so reuse can tell a damaged or missing file (:meth:`damaged_cases`).
+        """
+        for entry in body.get("cases", {}).values():
+            if isinstance(entry, dict) and "file" in entry:
+                path = self.path / entry["file"]
+                entry.setdefault("size", path.stat().st_size)
+                entry.setdefault("sha256", file_sha256(path))
         manifest = {
             "stage": self.name, "key": self.key, "code_version": code_version(self.module),
             "upstream": {n: o.digest for n, o in upstream.items()},

@@ -101,7 +101,8 @@ def resolve_workers(cfg, workers: int | None) -> int:
 
 
 def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, tracker=None,
-                 config_path=None, profile=None, shard=None, merge=False) -> tuple[list[StageResult], str | None]:
+                 config_path=None, profile=None, shard=None, merge=False,
+                 verify=False) -> tuple[list[StageResult], str | None]:
     """Run (or skip) each planned stage.
 
     Args:
@@ -113,6 +114,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         tracker: tracking.MlflowTracker, or None for no tracking.
         shard: (index, count): do only this share of ``target``'s cases (its upstream must be finished).
         merge: finish ``target`` from its shards, failing if any shard has not finished.
+        verify: reuse checks each case file's sha256 too, not only its size.
 
     Returns:
         (one StageResult per planned stage, the parent tracking run id). A failed
@@ -120,6 +122,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
     """
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
+    ctx.verify = verify
     if shard is not None or merge:
         if target is None or not STAGES[target].shardable:
             shardable = ", ".join(n for n in cfg.stages if STAGES[n].shardable)
@@ -176,7 +179,7 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
         with tracker.stage(stage.name, key, out.path, run_name=run_label(cfg, stage.name)) as run:
             run_id = run.info.run_id if run is not None else None
             try:
-                if out.complete and not redo:
+                if out.complete and not redo and reusable(stage.name, out, ctx.verify):
                     output, state = out.load(), "skipped"
                     log(f"[{stage.name}] up to date ({out.path})")
                 elif ctx.worker and stage.name != target:
@@ -206,6 +209,24 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
         results.append(StageResult(stage.name, key, str(out.path), state, seconds,
                                    len(output.cases), len(output.quarantine), run_id))
     return results
+
+
+def reusable(name: str, out, verify: bool) -> bool:
+    """True if a finished folder can be reused as it is. A damaged case file, or a damaged manifest,
+    makes the folder resumable again with one line each: the stage then redoes just those cases."""
+    try:
+        manifest = out.load().manifest
+    except (OSError, ValueError) as err:
+        log(f"[{name}] {out.path / 'manifest.json'}: unreadable ({type(err).__name__}): redoing the stage's "
+            f"missing cases")
+        out.drop_manifest()
+        return False
+    damaged = out.damaged_cases(manifest, verify)
+    for case_id, problem in damaged:
+        log(f"[{name}] {problem}: redoing case {case_id}")
+    if damaged:
+        out.reopen(manifest, [c for c, _ in damaged])
+    return not damaged
 
 
 def stage_states(cfg) -> list[dict]:

@@ -193,3 +193,37 @@ def test_code_version_follows_the_stage_imports():
     assert not any(d.startswith("medflow.data.augment") for d in ingest_deps)
     versions = {m: code_version(f"medflow.stages.{m}") for m in ("ingest", "preprocess", "split")}
     assert len(set(versions.values())) == 3  # each stage is keyed by its own code
+
+
+def test_damaged_or_missing_case_files_are_redone_on_reuse(tmp_path, msd_root, capsys):
+    cfg = write_pipeline(tmp_path / "p.yaml", msd_root, stages="[ingest, preprocess]")
+    first = _run(cfg)
+    pre = tmp_path / "workspace/stages/preprocess" / first[1].key[:16]
+    manifest = json.loads((pre / "manifest.json").read_text())
+    entry = manifest["cases"]["case_01"]
+    assert entry["size"] == (pre / entry["file"]).stat().st_size and len(entry["sha256"]) == 64
+    intact = (pre / entry["file"]).read_bytes()
+    capsys.readouterr()
+
+    (pre / entry["file"]).write_bytes(intact[: len(intact) // 2])  # truncated by a full disk, say
+    (pre / "cases" / "case_02.npz").unlink()
+    again = _run(cfg)
+    err = capsys.readouterr().err
+    assert "bytes where the manifest says" in err and "redoing case case_01" in err
+    assert "case_02.npz: missing: redoing case case_02" in err
+    assert [r.state for r in again] == ["skipped", "ran"] and again[1].key == first[1].key
+    assert (pre / entry["file"]).read_bytes() == intact  # the same bytes as before: deterministic redo
+    assert json.loads((pre / "manifest.json").read_text())["digest"] == manifest["digest"]
+
+    flipped = bytearray(intact)
+    flipped[len(flipped) // 2] ^= 0xFF  # same size, other content: only --verify reads it
+    (pre / entry["file"]).write_bytes(bytes(flipped))
+    assert [r.state for r in _run(cfg)] == ["skipped", "skipped"]
+    assert [r.state for r in _run(cfg, verify=True)] == ["skipped", "ran"]
+    assert "content differs from its sha256" in capsys.readouterr().err
+    assert (pre / entry["file"]).read_bytes() == intact
+
+    (pre / "manifest.json").write_text('{"stage": "prepro')  # a manifest cut short
+    assert [r.state for r in _run(cfg)] == ["skipped", "ran"]
+    assert "manifest.json: unreadable" in capsys.readouterr().err
+    assert json.loads((pre / "manifest.json").read_text())["digest"] == manifest["digest"]
