@@ -14,12 +14,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow test-browser test-all bench lock ui mlflow-run clean-workspace help
+.PHONY: install run test test-slow test-faults test-browser test-all bench lock ui mlflow-run clean-workspace help
 
 help:
 	@echo "make run        install, build demo sample data, run the main job, print a summary"
 	@echo "make test       fast test suite"
 	@echo "make test-slow  slow end-to-end tests"
+	@echo "make test-faults  fault suite: kills, full disks, damage, concurrency, load, hostile clients; a table"
 	@echo "make test-browser  MLflow UI and report.html in headless Chromium (installs Debian chromium, selenium)"
 	@echo "make bench      medflow bench suite: ingest, augment, train, infer; medians to JSON + Markdown"
 	@echo "make ui         MLflow UI on 127.0.0.1"
@@ -46,7 +47,15 @@ test: install
 	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not browser" -q
+	$(BIN)/python -m pytest -m "slow and not browser and not faults" -q
+
+# The fault suite (tests/faults): kill -9 at seeded points of every stage, full and read-only disks,
+# damaged files, concurrent runs (SQLite and a loopback mlflow server), the scoring server under load
+# and hostile clients. Prints a table of what was tried and what survived; about 15 minutes on 2 cores.
+test-faults: install
+	@mkdir -p workspace/faults && rm -f workspace/faults/report.jsonl
+	MEDFLOW_FAULTS_REPORT=$(CURDIR)/workspace/faults/report.jsonl $(BIN)/python -m pytest -m faults -q \
+		-n 2 --dist load -p no:cacheprovider tests/faults
 
 # Debian's chromium and chromium-driver (apt, as root or with sudo) and the `browser` extra (selenium);
 # Selenium drives the system chromedriver, nothing is downloaded at run time.

@@ -12,6 +12,7 @@ from typing import Any
 
 from medflow.core.engine import RunContext, StageFailed
 from medflow.core.progress import log
+from medflow.data.atomic import WriteFailed
 from medflow.data.nifti import CaseError
 
 
@@ -70,6 +71,9 @@ def map_cases(
         def settle(case_id, source, fn):
             try:
                 results[case_id] = fn()
+            except WriteFailed as err:  # a full or read-only disk is no case's fault: stop, resume later
+                raise StageFailed(f"[{desc}] {err}: stopped; nothing half-written is kept, and the next run "
+                                  f"resumes with the {len(results)} case(s) written") from None
             except Exception as err:  # one bad case must not stop the others
                 record = quarantine_record(case_id, err, source)
                 quarantine.append(record)

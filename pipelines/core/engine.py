@@ -23,6 +23,7 @@ from medflow.data.atomic import write_atomic
 from medflow.data.casefile import file_sha256
 
 MANIFEST = "manifest.json"
+WALL_CLOCK = ("seconds", "_per_s")  # metric name endings that measure time, not content
 
 
 class StageFailed(RuntimeError):
@@ -42,6 +43,7 @@ class RunContext:
     shard: tuple[int, int] | None = None  # (index, count): this process does only its share of the cases
     require_shards: bool = False  # `medflow merge`: finish a sharded stage only if every shard has finished
     worker: bool = False  # a multi-worker training process that is not the chief: trains, writes nothing
+    distributed: bool = False  # one of several TF_CONFIG workers: they all train one key together, unlocked
     verify: bool = False  # reuse checks each case file's checksum, not only its size (`medflow run --verify`)
 
     def progress(self, total: int, desc: str) -> Progress:
@@ -132,9 +134,9 @@ class StageDir:
     def prepare(self) -> None:
         """Create the folder and drop temporaries left by a killed run."""
         self.cases_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (self.path, self.cases_dir):
-            for tmp in folder.glob(".tmp-*"):  # files, and folders such as a half-written checkpoint
-                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        # Files, and folders such as a half-written checkpoint, at any depth (predictions/, val/...).
+        for tmp in sorted(self.path.rglob(".tmp-*"), key=lambda p: len(p.parts)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
     def reset(self) -> None:
         """Remove the folder (``--force``); a rename first, so no half-deleted folder is ever visible."""
@@ -254,9 +256,20 @@ class StageDir:
             "upstream": {n: o.digest for n, o in upstream.items()},
             **body,
         }
-        manifest["digest"] = digest(manifest)
+        manifest["digest"] = content_digest(manifest)
         self.write_json(MANIFEST, manifest)
         return StageOutput(self.name, self.path, manifest)
+
+
+def content_digest(manifest: dict) -> str:
+    """The digest that keys every downstream folder. It leaves out wall-clock figures, the case files'
+    checksums (a case file may record its own timing) and the registry record: a resumed or repeated
+    run that produced the same results keys the same downstream folders."""
+    cases = {c: {k: v for k, v in e.items() if k not in ("size", "sha256")} if isinstance(e, dict) else e
+             for c, e in manifest.get("cases", {}).items()}
+    metrics = {k: v for k, v in manifest.get("metrics", {}).items() if not k.endswith(WALL_CLOCK)}
+    # The registry record (model ids, the champion line) is where the bundle went, not what it holds.
+    return digest({**{k: v for k, v in manifest.items() if k != "registry"}, "cases": cases, "metrics": metrics})
 
 
 @dataclass

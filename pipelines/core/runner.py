@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medflow.core.catalog import STAGES
 from medflow.core.engine import RunContext, ShardOutput, StageFailed, StageOutput
+from medflow.core.locks import stage_lock
 from medflow.core.progress import log
+from medflow.data import faults
+from medflow.data.atomic import WRITE_ERRNOS, WriteFailed
 from medflow.review.spec import run_label
 
 
@@ -30,6 +33,7 @@ class StageResult:
     quarantined: int
     run_id: str | None = None
     error: str | None = None
+    output: object = field(default=None, repr=False, compare=False)  # the StageOutput (or ShardOutput)
 
 
 class NullTracker:
@@ -138,6 +142,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
                                   f"(worker 0) runs the rest")
             ctx.shard = None
             ctx.worker = True
+        ctx.distributed = count > 1
     with tracker.pipeline(cfg, config_path, profile, run_name=run_label(cfg)) as parent:
         parent_id = parent.info.run_id if parent is not None else None
         outputs: dict[str, StageOutput] = {}
@@ -175,40 +180,60 @@ def run_stages(cfg, stages, outputs: dict[str, StageOutput], tracker, ctx: RunCo
         key = stage.key(cfg, upstream)
         out = stage.output_dir(cfg, key)
         redo = force and (target is None or stage.name == target)
-        start = time.perf_counter()
-        with tracker.stage(stage.name, key, out.path, run_name=run_label(cfg, stage.name)) as run:
-            run_id = run.info.run_id if run is not None else None
-            try:
-                if out.complete and not redo and reusable(stage.name, out, ctx.verify):
-                    output, state = out.load(), "skipped"
-                    log(f"[{stage.name}] up to date ({out.path})")
-                elif ctx.worker and stage.name != target:
-                    raise StageFailed(f"[{stage.name}] has not finished: the chief (or one run) finishes the "
-                                      f"stages before train, then the workers join")
-                elif ctx.shard is not None and stage.name != target:
-                    raise StageFailed(f"[{stage.name}] has not finished: run it (sharded, then `medflow merge "
-                                      f"--stage {stage.name}`) before sharding {target}")
-                else:
-                    if redo:
-                        out.reset()
-                    log(f"[{stage.name}] running -> {out.path}")
-                    output, state = stage.fn(cfg, upstream, out, ctx), "ran"
-            except StageFailed as err:
-                results.append(StageResult(stage.name, key, str(out.path), "failed",
-                                           time.perf_counter() - start, 0, 0, run_id, str(err)))
-                tracker.log_failure(str(err))
-                raise
-            seconds = time.perf_counter() - start
-            if isinstance(output, ShardOutput):
-                role = output.report.get("role", "shard")
-                state = f"{role} {output.report['index']}/{output.report['count']}"
-                tracker.log_shard(output, seconds)
-            else:
-                tracker.log_stage(output, state == "skipped", seconds)
-        outputs[stage.name] = output
-        results.append(StageResult(stage.name, key, str(out.path), state, seconds,
-                                   len(output.cases), len(output.quarantine), run_id))
+        # Shards of one stage, and the workers of one multi-worker training, share a key on purpose.
+        shared = (ctx.shard is not None and stage.name == target) or (ctx.distributed and stage.name == "train")
+        with nullcontext() if shared else stage_lock(stage.name, key, finished=out.complete):
+            results.append(run_stage(stage, cfg, upstream, out, key, redo, tracker, ctx, target))
+        outputs[stage.name] = results[-1].output
     return results
+
+
+def run_stage(stage, cfg, upstream, out, key, redo, tracker, ctx, target) -> StageResult:
+    """Run, resume or reuse one stage inside its tracking run (the caller holds the stage's lock, so a
+    folder found finished here was finished by this run's predecessor or by a run it waited for)."""
+    start = time.perf_counter()
+    with tracker.stage(stage.name, key, out.path, run_name=run_label(cfg, stage.name)) as run:
+        run_id = run.info.run_id if run is not None else None
+        try:
+            if out.complete and not redo and reusable(stage.name, out, ctx.verify):
+                output, state = out.load(), "skipped"
+                log(f"[{stage.name}] up to date ({out.path})")
+            elif ctx.worker and stage.name != target:
+                raise StageFailed(f"[{stage.name}] has not finished: the chief (or one run) finishes the "
+                                  f"stages before train, then the workers join")
+            elif ctx.shard is not None and stage.name != target:
+                raise StageFailed(f"[{stage.name}] has not finished: run it (sharded, then `medflow merge "
+                                  f"--stage {stage.name}`) before sharding {target}")
+            else:
+                if redo:
+                    out.reset()
+                log(f"[{stage.name}] running -> {out.path}")
+                output, state = run_stage_fn(stage, cfg, upstream, out, ctx), "ran"
+        except StageFailed as err:
+            tracker.log_failure(str(err))
+            raise
+        seconds = time.perf_counter() - start
+        if isinstance(output, ShardOutput):
+            role = output.report.get("role", "shard")
+            state = f"{role} {output.report['index']}/{output.report['count']}"
+            tracker.log_shard(output, seconds)
+        else:
+            tracker.log_stage(output, state == "skipped", seconds)
+    return StageResult(stage.name, key, str(out.path), state, seconds, len(output.cases),
+                       len(output.quarantine), run_id, output=output)
+
+
+def run_stage_fn(stage, cfg, upstream, out, ctx):
+    """``stage.fn`` with its fault-injection scope; a file it could not write (full disk, read-only
+    folder) becomes one line naming it, as a StageFailed (the atomic writes left nothing half-written)."""
+    try:
+        with faults.in_stage(stage.name):
+            return stage.fn(cfg, upstream, out, ctx)
+    except OSError as err:
+        if not isinstance(err, WriteFailed) and err.errno not in WRITE_ERRNOS:
+            raise
+        raise StageFailed(f"[{stage.name}] {err.filename or out.path}: {err.strerror}: stopped; nothing "
+                          f"half-written is kept, and the next run resumes") from None
 
 
 def reusable(name: str, out, verify: bool) -> bool:

@@ -123,7 +123,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     input_shape = (*cfg.loader.patch_size, len(plan["channels"]))
     natural = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, cfg.loader.batch_size)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model, state = trainer.load_resume(out.path)  # every worker resumes from the chief's checkpoint
+        model, state = trainer.load_resume(out.path, prune=chief)  # every worker resumes from the chief's
     weights = None
     if family.class_targets and cfg.train.class_weights == "balanced":
         weights = trainer.class_weights([source.store.targets[c] for c in train_ids], len(classes))
@@ -150,8 +150,8 @@ def run(cfg, upstream, out: StageDir, ctx):
             model = build(run_plan.total_steps)
     start = trainer.resume_epoch(run_plan.epochs, cfg.train.early_stopping_patience, state)
     if chief:
-        shown = 0 if state is None else state["epoch"] + 1  # the epoch this run starts (or would start)
-        fig = preview_figure(source, [(c, shown, 0) for c in train_ids[: cfg.train.preview_cases]],
+        # Epoch 0's draws, also on a resumed run: a resumed stage ends with the files of an uninterrupted one.
+        fig = preview_figure(source, [(c, 0, 0) for c in train_ids[: cfg.train.preview_cases]],
                              classes if family.class_targets else None)
         save_figure(fig, out.path / "preview.png")
         ctx.log_artifact(out.path / "preview.png", "augment")

@@ -3,6 +3,8 @@ figures (montages, case grids, training curves) are in :mod:`medflow.review.figu
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,9 +22,18 @@ def pyplot():
 
 
 def save_figure(fig, dest, dpi: int = 90) -> None:
-    """Save ``fig`` to a path or file object and close it (pyplot keeps open figures alive)."""
-    fig.savefig(dest, dpi=dpi, format="png")
-    pyplot().close(fig)
+    """Save ``fig`` to a path (atomically: a killed run leaves no half-written PNG) or a file object,
+    and close it (pyplot keeps open figures alive)."""
+    from medflow.data.atomic import write_atomic
+
+    try:
+        if isinstance(dest, (str, os.PathLike)):
+            with write_atomic(dest, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=dpi, format="png")
+        else:
+            fig.savefig(dest, dpi=dpi, format="png")
+    finally:
+        pyplot().close(fig)
 
 
 def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):

@@ -8,15 +8,24 @@ import warnings
 from pathlib import Path
 
 import mlflow
+from medflow.data import faults
 from medflow.data.atomic import write_atomic
 from medflow.tracking.runs import tracking_uri
 from medflow.tracking.signature import export_signature, requirements
 from mlflow import MlflowClient
 
 
+COMPARISON, DECISION = "medflow.champion_comparison", "medflow.champion_decision"
+
+
 def register_bundle(client: MlflowClient, folder, info: dict) -> dict:
     """Log an export bundle as a pyfunc model in the active stage run, register it, and move
     ``champion`` to it only if it beats the current champion on ``info['metric']``.
+
+    Registering twice never makes two versions: a version is created with its identifying tags in one
+    call (``medflow.bundle``: the bundle folder, which the export key names), and a run that finds
+    one for its bundle (an export killed after registering, re-run) reuses it and only redoes the
+    champion decision. So a kill at any point leaves no duplicate and no half-tagged version.
 
     Args:
         client: the tracker's client.
@@ -27,26 +36,50 @@ def register_bundle(client: MlflowClient, folder, info: dict) -> dict:
         {"name", "version", "model_uri", "champion" (bool), "comparison" (one line)}.
     """
     plan = json.loads((Path(folder) / "plan.json").read_text())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logged = mlflow.pyfunc.log_model(
-            name="model", loader_module="medflow.inference.serving", data_path=str(folder),
-            signature=export_signature(plan), pip_requirements=requirements(),
-            # allow_paths is logged empty so that a load-time model_config may set it (MLflow lets a
-            # load override only the keys the logged config has); empty means request data only.
-            model_config={"runtime": info["runtime"], "allow_paths": []}, registered_model_name=info["name"],
-            metadata={"medflow_family": plan["family"], "medflow_version": plan["version"]})
-    name, version = info["name"], str(logged.registered_model_version)
+    name = info["name"]
     metric, value, greater = info["metric"], float(info["value"]), bool(info["greater_is_better"])
-    client.set_model_version_tag(name, version, "medflow.selection_metric", metric)
-    client.set_model_version_tag(name, version, "medflow.selection_value", repr(value))
-    client.set_model_version_tag(name, version, "medflow.bundle", str(folder))
-    move, text = champion_decision(champion(client, name), metric, value, greater)
+    mv = registered_version(client, name, folder)
+    if mv is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logged = mlflow.pyfunc.log_model(
+                name="model", loader_module="medflow.inference.serving", data_path=str(folder),
+                signature=export_signature(plan), pip_requirements=requirements(),
+                # allow_paths is logged empty so that a load-time model_config may set it (MLflow lets a
+                # load override only the keys the logged config has); empty means request data only.
+                model_config={"runtime": info["runtime"], "allow_paths": []},
+                metadata={"medflow_family": plan["family"], "medflow_version": plan["version"]})
+            faults.point("register")
+            mv = mlflow.register_model(logged.model_uri, name, tags={
+                "medflow.bundle": str(folder), "medflow.selection_metric": metric,
+                "medflow.selection_value": repr(value)})
+        faults.point("register")
+    version = str(mv.version)
+    current = champion(client, name)
+    if mv.tags.get(DECISION) in ("moved", "kept"):  # decided before (a re-run): the same decision and line
+        text = mv.tags.get(COMPARISON, "")
+        move = mv.tags[DECISION] == "moved" and (
+            current is None or str(current.version) == version or champion_decision(current, metric, value, greater)[0])
+    else:  # the decision is recorded first, so a re-run after a kill repeats it rather than re-deciding
+        move, text = champion_decision(current, metric, value, greater)
+        client.set_model_version_tag(name, version, COMPARISON, text)
+        client.set_model_version_tag(name, version, DECISION, "moved" if move else "kept")
+        faults.point("register")
     if move:
         client.set_registered_model_alias(name, "champion", version)
-    client.set_model_version_tag(name, version, "medflow.champion_comparison", text)
-    mlflow.set_tag("medflow.champion_comparison", text)
-    return {"name": name, "version": version, "model_uri": logged.model_uri, "champion": move, "comparison": text}
+    mlflow.set_tag(COMPARISON, text)
+    return {"name": name, "version": version, "model_uri": mv.source, "champion": move, "comparison": text}
+
+
+def registered_version(client: MlflowClient, name: str, folder):
+    """The registered version of ``name`` made from the bundle ``folder``, or None."""
+    quoted = name.replace("'", "\\'")
+    try:
+        versions = client.search_model_versions(f"name = '{quoted}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    found = [v for v in versions if v.tags.get("medflow.bundle") == str(folder)]
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def champion_decision(current, metric: str, value: float, greater: bool) -> tuple[bool, str]:

@@ -25,7 +25,9 @@ from mlflow.entities import DatasetInput, InputTag  # noqa: E402
 import mlflow  # noqa: E402
 from medflow.core.keys import code_version
 from medflow.core.loading import dump_yaml, flatten
+from medflow.core.progress import log
 from medflow.core.workspace import mlflow_dir, project_root  # noqa: E402
+from medflow.tracking.stale import close_stale_runs, process_tags
 from mlflow import MlflowClient  # noqa: E402
 
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17's tag value for a model-training experiment
@@ -68,12 +70,18 @@ def ensure_store(uri: str) -> None:
     experiment (and ``mlflow run`` experiments) never put artifacts under the working directory."""
     if not uri.startswith("sqlite:///"):
         return
+    import fcntl
+
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    if not db.exists():
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    # Two runs starting at once on a new store would both run MLflow's schema migrations on it and
+    # collide ("table _alembic_tmp_params already exists"): one creates it, the other waits.
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (db.exists() and db.stat().st_size):
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        SqlAlchemyStore(uri, default_artifact_root(uri))
+            SqlAlchemyStore(uri, default_artifact_root(uri))
 
 
 def git_commit() -> tuple[str | None, bool]:
@@ -103,6 +111,7 @@ class MlflowTracker:
         self._parent_id: str | None = None
         self._experiment_id: str | None = None
         self._groups: list[str] = []  # nested group runs (a fold, a compared model), innermost last
+        self._stale_checked = False
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, created as a model-training experiment (``mlflow.experimentKind``) if new."""
@@ -112,8 +121,24 @@ class MlflowTracker:
                 self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
             return exp.experiment_id
         root = default_artifact_root(self.uri)  # only local stores need a location; a server decides its own
-        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                             tags={"mlflow.experimentKind": EXPERIMENT_KIND})
+        try:
+            return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                                 tags={"mlflow.experimentKind": EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # another run created it since the lookup
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def close_stale(self) -> None:
+        """Once per tracker: mark KILLED the runs that dead medflow processes of this host left RUNNING."""
+        if self._stale_checked:
+            return
+        self._stale_checked = True
+        closed = close_stale_runs(self.client)
+        if closed:
+            log(f"[tracking] marked {len(closed)} run(s) KILLED that a killed medflow process left RUNNING "
+                f"({', '.join(closed[:3])}{', ...' if len(closed) > 3 else ''})")
 
     @property
     def review_run_id(self) -> str | None:
@@ -124,9 +149,10 @@ class MlflowTracker:
     def pipeline(self, cfg, config_path=None, profile=None, run_name=None, kind="pipeline"):
         self.experiment_name = cfg.tracking.experiment or cfg.name
         commit, dirty = git_commit()
+        self.close_stale()
         tags = {"medflow.pipeline": cfg.name, "medflow.code_version": code_version("medflow.core.catalog"),
                 "medflow.profile": ",".join([profile] if isinstance(profile, str) else profile or []),
-                "medflow.kind": kind, "mlflow.source.type": "LOCAL"}
+                "medflow.kind": kind, "mlflow.source.type": "LOCAL", **process_tags()}
         if commit:
             tags.update({"mlflow.source.git.commit": commit, "medflow.git_dirty": str(dirty).lower()})
         if config_path:
@@ -152,7 +178,7 @@ class MlflowTracker:
 
     @contextmanager
     def stage(self, name, key, path, run_name: str | None = None):
-        tags = {"medflow.stage": name, "medflow.key": key, "medflow.stage_dir": str(path)}
+        tags = {"medflow.stage": name, "medflow.key": key, "medflow.stage_dir": str(path), **process_tags()}
         with mlflow.start_run(run_name=run_name or name, nested=True, experiment_id=self._experiment_id,
                               tags=tags) as run:
             yield run
@@ -160,7 +186,8 @@ class MlflowTracker:
     @contextmanager
     def group(self, name: str, tags: dict | None = None):
         """A nested run holding further stage runs: one fold of a cross-validation, one model of a comparison."""
-        with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id, tags=tags or {}) as run:
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=self._experiment_id,
+                              tags={**(tags or {}), **process_tags()}) as run:
             self._groups.append(run.info.run_id)
             try:
                 yield run

@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from medflow.data import faults
 from medflow.data.atomic import write_atomic
 from medflow.models.registry import PROBABILITIES, build_model
 from medflow.models.runtimes import load_keras
@@ -78,12 +79,24 @@ def flat_logs(logs: dict) -> dict:
     return out
 
 
-def load_resume(folder: Path):
-    """(model, state) of the last checkpoint in ``folder``, or (None, None) to start fresh."""
+def prune_checkpoints(folder: Path) -> None:
+    """Keep the pointer's checkpoint and the epoch before it; remove the others."""
+    pointer = json.loads((folder / POINTER).read_text())
+    keep = {pointer["dir"], f"ckpt-{pointer['epoch'] - 1:04d}"}
+    for stale in folder.glob("ckpt-*"):
+        if stale.name not in keep:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_resume(folder: Path, prune: bool = True):
+    """(model, state) of the last checkpoint in ``folder``, or (None, None) to start fresh. ``prune``: also
+    remove checkpoints a kill left beyond the two kept (the writer's job: not a multi-worker non-chief)."""
     pointer = folder / POINTER
     if not pointer.exists():
         return None, None
     ckpt = folder / json.loads(pointer.read_text())["dir"]
+    if prune:  # a kill between the pointer's switch and the pruning left one more
+        prune_checkpoints(folder)
     state = json.loads((ckpt / "state.json").read_text())
     model = load_keras(ckpt / "model.keras", compile=True)
     return model, state
@@ -129,12 +142,8 @@ class StageCheckpoint(keras.callbacks.Callback):
         with write_atomic(ckpt, folder=True) as tmp_dir:
             self.model.save(tmp_dir / "model.keras")
             _write_json(tmp_dir / "state.json", self.state)
-        previous = self.folder / POINTER
-        old = json.loads(previous.read_text())["dir"] if previous.exists() else None
-        _write_json(previous, {"dir": ckpt.name, "epoch": epoch})  # the switch to the new checkpoint
-        for stale in self.folder.glob("ckpt-*"):  # keep the new one and the one before it
-            if stale.name not in (ckpt.name, old):
-                shutil.rmtree(stale, ignore_errors=True)
+        _write_json(self.folder / POINTER, {"dir": ckpt.name, "epoch": epoch})  # the switch to the new checkpoint
+        prune_checkpoints(self.folder)
         self.log_metrics(logs, epoch)
         if self.patience and epoch - self.state["best_epoch"] >= self.patience:
             self.model.stop_training = True
@@ -153,6 +162,8 @@ def _callbacks(cfg, folder: Path, state, log_metrics, steps: int) -> list:
                                  samples_per_epoch=steps * cfg.loader.batch_size)]
     if tc.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=tc.monitor, factor=0.5, patience=3))
+    if faults.active():  # the fault suite kills training mid-epoch too (a batch hook only when asked)
+        callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: faults.point("step")))
     return callbacks
 
 

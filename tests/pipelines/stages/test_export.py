@@ -101,14 +101,14 @@ def test_registered_and_champion_with_the_comparison_recorded(seg):
     assert {"stage/MODEL_CARD.md", "stage/plan.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "stage")}
 
 
-def test_champion_moves_only_when_the_validation_metric_is_better(seg, monkeypatch):
+def test_champion_moves_only_when_the_validation_metric_is_better(seg, monkeypatch, tmp_path):
     _use(seg, monkeypatch)
     tracker = MlflowTracker()
-    folder = Path(seg["results"]["export"].path)
     info = {"name": "champ", "runtime": "keras", "metric": "best_val_dice", "greater_is_better": True}
     exp = tracker.experiment_id("champ")
     decisions = []
-    for value in (0.5, 0.4, 0.7):
+    for i, value in enumerate((0.5, 0.4, 0.7)):  # three bundles (three export keys)
+        folder = shutil.copytree(seg["results"]["export"].path, tmp_path / f"bundle{i}")
         with mlflow.start_run(experiment_id=exp):
             decisions.append(tracker.register_export(folder, {**info, "value": value}))
     assert [d["champion"] for d in decisions] == [True, False, True]
@@ -117,6 +117,25 @@ def test_champion_moves_only_when_the_validation_metric_is_better(seg, monkeypat
     client = MlflowClient(seg["store"])
     assert str(client.get_model_version_by_alias("champ", "champion").version) == "3"
     assert client.get_model_version("champ", "2").tags["medflow.champion_comparison"].endswith("kept")
+
+
+def test_registering_a_bundle_again_reuses_its_version(seg, monkeypatch, tmp_path):
+    """An export re-run (after a kill mid-registration, or --force) makes no second version of one bundle."""
+    _use(seg, monkeypatch)
+    tracker = MlflowTracker()
+    folder = shutil.copytree(seg["results"]["export"].path, tmp_path / "bundle")
+    info = {"name": "again", "runtime": "keras", "metric": "best_val_dice", "greater_is_better": True, "value": 0.5}
+    exp = tracker.experiment_id("again")
+    records = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=exp):
+            records.append(tracker.register_export(folder, info))
+    client = MlflowClient(seg["store"])
+    (only,) = client.search_model_versions("name = 'again'")
+    assert records[0]["version"] == records[1]["version"] == str(only.version) == "1"
+    assert records[1]["champion"] and records[1]["comparison"] == records[0]["comparison"]  # decided once
+    assert only.tags["medflow.bundle"] == str(folder) and only.tags["medflow.selection_value"] == "0.5"
+    assert records[0]["model_uri"] == records[1]["model_uri"] == only.source
 
 
 def test_predict_from_the_registry_writes_native_label_maps(seg, monkeypatch, tmp_path, capsys):

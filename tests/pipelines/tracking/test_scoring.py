@@ -171,8 +171,8 @@ def test_case_names_never_become_paths_and_never_collide(site):
     assert not (allowed / "escaped.nii.gz").exists() and not any(allowed.parent.glob("escaped*"))
 
 
-def test_hostile_payloads_get_a_4xx_with_a_message_and_the_server_keeps_serving(site):
-    srv, root = site["paths"], site["root"]
+def hostile_cases(b64: str) -> dict:
+    """name -> (request body, expected status, words the message holds); ``b64`` is a good NIfTI."""
     lying = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4))
     raw = bytearray(lying.to_bytes())
     raw[42:44] = np.array([64], "<i2").tobytes()  # dim[1] claims 64 voxels where the data holds 8
@@ -183,7 +183,7 @@ def test_hostile_payloads_get_a_4xx_with_a_message_and_the_server_keeps_serving(
         "wrong columns": ({"dataframe_records": [{"file": "x"}]}, 422, "unknown column(s) file"),
         "no rows": ({"dataframe_records": []}, 422, "no rows"),
         "only a case name": ({"dataframe_records": [{"case": "x"}]}, 422, "no input column"),
-        "unknown param": ({"dataframe_records": [{"nifti_b64": site["b64"]}], "params": {"allow_paths": ["/"]}},
+        "unknown param": ({"dataframe_records": [{"nifti_b64": b64}], "params": {"allow_paths": ["/"]}},
                           422, "unknown param(s) allow_paths"),
         "invalid base64": ({"dataframe_records": [{"nifti_b64": "not*base64!"}]}, 422, "not valid base64"),
         "not NIfTI": ({"dataframe_records": [{"nifti_b64": base64.b64encode(b"hello" * 100).decode()}]}, 422,
@@ -194,6 +194,12 @@ def test_hostile_payloads_get_a_4xx_with_a_message_and_the_server_keeps_serving(
             gzip.compress(bomb.to_bytes(), 9)).decode()}]}, 422, "over the limit"),
         "image without affine": ({"dataframe_records": [{"image": [[[1.0]]]}]}, 422, "needs its affine"),
     }
+    return cases
+
+
+def test_hostile_payloads_get_a_4xx_with_a_message_and_the_server_keeps_serving(site):
+    srv, root = site["paths"], site["root"]
+    cases = hostile_cases(site["b64"])
     for name, (doc, status, words) in cases.items():
         got, answer = srv.invoke(doc)
         text = json.dumps(answer)
