@@ -16,7 +16,7 @@ from medflow.core.engine import RunContext, ShardOutput, StageFailed, StageOutpu
 from medflow.core.locks import stage_lock
 from medflow.core.progress import log
 from medflow.data import faults
-from medflow.data.atomic import WRITE_ERRNOS, WriteFailed
+from medflow.data.atomic import WRITE_ERRNOS
 from medflow.review.spec import run_label
 
 
@@ -121,8 +121,8 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         verify: reuse checks each case file's sha256 too, not only its size.
 
     Returns:
-        (one StageResult per planned stage, the parent tracking run id). A failed
-        stage ends the run; its result has state 'failed' and later stages are absent.
+        (one StageResult per planned stage, the parent tracking run id). A failed stage raises
+        StageFailed (one line), which ends the run; its tracking run carries the line as medflow.error.
     """
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
@@ -230,7 +230,7 @@ def run_stage_fn(stage, cfg, upstream, out, ctx):
         with faults.in_stage(stage.name):
             return stage.fn(cfg, upstream, out, ctx)
     except OSError as err:
-        if not isinstance(err, WriteFailed) and err.errno not in WRITE_ERRNOS:
+        if err.errno not in WRITE_ERRNOS:  # a WriteFailed, or an OSError of the folder itself (mkdir)
             raise
         raise StageFailed(f"[{stage.name}] {err.filename or out.path}: {err.strerror}: stopped; nothing "
                           f"half-written is kept, and the next run resumes") from None

@@ -24,8 +24,9 @@ def register_bundle(client: MlflowClient, folder, info: dict) -> dict:
 
     Registering twice never makes two versions: a version is created with its identifying tags in one
     call (``medflow.bundle``: the bundle folder, which the export key names), and a run that finds
-    one for its bundle (an export killed after registering, re-run) reuses it and only redoes the
-    champion decision. So a kill at any point leaves no duplicate and no half-tagged version.
+    one for its bundle (an export killed after registering, re-run) reuses it with the champion
+    decision recorded on it (recorded before the alias moves). So a kill at any point leaves no
+    duplicate and no half-tagged version.
 
     Args:
         client: the tracker's client.
