@@ -152,20 +152,35 @@ class MaskTargets:
     either normal (class ``normal``: the mask is all zero) or weakly labelled (every voxel is
     :data:`IGNORE`, so only the class head learns from it).
 
+    With ``patches`` (``loader.train_patch_size``) a sample is a patch, not the case, and its class is
+    what the patch shows: the case's class where the patch holds lesion voxels, ``normal`` elsewhere.
+    A weakly labelled case's patch has no known class, so it trains nothing (weight 0).
+
     Attributes:
         normal: the class index of normal subjects, or None when no class is lesion-free.
         class_weight: class index -> sample weight (Keras's class_weight, which it refuses for
             models with two outputs); empty for unweighted.
+        patches: samples are patches (see above).
     """
 
     normal: int | None
     class_weight: dict[int, float]
+    patches: bool = False
 
     def mask(self, s: Sample) -> np.ndarray:
         if s.label is not None:
             return np.ascontiguousarray(s.label, dtype=np.uint8)
         fill = 0 if s.target == self.normal else IGNORE
         return np.full(s.image.shape[:-1], fill, dtype=np.uint8)
+
+    def target(self, s: Sample) -> tuple[int, float]:
+        """(class index, sample weight) of a sample."""
+        if not self.patches or s.target == self.normal:
+            return int(s.target), self.weight(s.target)
+        if s.label is None or (self.normal is None and not s.label.any()):
+            return int(s.target), 0.0  # weakly labelled (or no lesion-free class): the patch's class is unknown
+        target = int(s.target) if s.label.any() else self.normal
+        return target, self.weight(target)
 
     def weight(self, target: int) -> float:
         return self.class_weight.get(int(target), 1.0)
@@ -208,7 +223,8 @@ def make_dataset(source: SampleSource, case_ids: list[str], epochs: range, *, ba
     def produce(case_idx, epoch, index):
         s = source.sample(ids[int(case_idx)], int(epoch), int(index), augment=augment)
         if masks is not None:
-            return s.image, masks.mask(s), np.int32(s.target), np.float32(masks.weight(s.target))
+            target, weight = masks.target(s)
+            return s.image, masks.mask(s), np.int32(target), np.float32(weight)
         second = s.label if seg else np.int32(s.target)
         return s.image, second
 

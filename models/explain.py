@@ -38,20 +38,37 @@ def feature_layers(model) -> list[str]:
             and isinstance(layer.output, keras.KerasTensor) and len(layer.output.shape) == rank]
 
 
-def pick_layer(model, spacing_mm, max_voxel_mm: float = 8.0) -> str | None:
+def layer_shapes(model, names: list[str], spatial=None) -> dict[str, tuple]:
+    """name -> the layer's spatial output shape for an input of ``spatial`` size (default: the model's own;
+    needed for a model built for any size, whose layers have no static shape)."""
+    import keras
+
+    shape = tuple(model.inputs[0].shape[1:-1]) if spatial is None else tuple(int(s) for s in spatial)
+    if any(s is None for s in shape):
+        raise ValueError(f"{model.name} takes any input size: give the input's spatial shape")
+    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    specs = sub.compute_output_spec(keras.KerasTensor((1, *shape, model.inputs[0].shape[-1])))
+    return {n: tuple(spec.shape[1:-1]) for n, spec in zip(names, specs)}
+
+
+def pick_layer(model, spacing_mm, max_voxel_mm: float = 8.0, spatial=None) -> str | None:
     """The deepest feature layer (:func:`feature_layers`) whose voxel is at most ``max_voxel_mm``
     on every axis, or None when none is.
 
     Args:
         spacing_mm: the input's voxel size per spatial axis.
+        spatial: the input's spatial shape (default: the model's; required when that is unknown).
     """
-    spatial = np.array(model.inputs[0].shape[1:-1], dtype=float)
+    names = feature_layers(model)
+    if not names:
+        return None
+    shapes = layer_shapes(model, names, spatial)
+    size = np.array(spatial if spatial is not None else model.inputs[0].shape[1:-1], dtype=float)
     best = None
-    for name in feature_layers(model):
-        layer = model.get_layer(name)
-        voxel = spatial / np.array(layer.output.shape[1:-1], dtype=float) * np.asarray(spacing_mm, dtype=float)
+    for name in names:
+        voxel = size / np.array(shapes[name], dtype=float) * np.asarray(spacing_mm, dtype=float)
         if np.all(voxel <= max_voxel_mm + 1e-6):
-            best = layer.name
+            best = name
     return best
 
 

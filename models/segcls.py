@@ -27,31 +27,29 @@ from medflow.models.unet import unet_features
 class LesionEvidence(layers.Layer):
     """Pooled lesion evidence of one case: [p (B, *S, 1), image (B, *S, C)] -> (B, 3 + C).
 
-    Features: max p, mean of the top ``topk_fraction`` of p, log(1 + sum p) (lesion volume
-    in voxels), and per channel the p-weighted mean of image - local mean (a box of
+    Features: max p, mean of the ``topk`` largest p (a count of voxels, about the smallest lesion's
+    size, so the feature means the same on a training patch and on a whole head), log(1 + sum p)
+    (lesion volume in voxels), and per channel the p-weighted mean of image - local mean (a box of
     ``context`` voxels), i.e. how much brighter or darker the lesion is than its surroundings.
+    Spatial sizes may be unknown until called (a fully convolutional model).
     """
 
-    def __init__(self, topk_fraction: float = 0.001, context: int = 7, **kwargs):
+    def __init__(self, topk: int = 8, context: int = 7, **kwargs):
         super().__init__(**kwargs)
-        if not 0 < topk_fraction <= 1:
-            raise ValueError(f"topk_fraction must be in (0, 1]. Received: topk_fraction={topk_fraction}")
+        if int(topk) < 1:
+            raise ValueError(f"topk must be a voxel count >= 1. Received: topk={topk}")
         if context < 3 or context % 2 == 0:
             raise ValueError(f"context must be an odd size >= 3. Received: context={context}")
-        self.topk_fraction, self.context = float(topk_fraction), int(context)
+        self.topk, self.context = int(topk), int(context)
 
     def call(self, inputs):
         p, image = inputs
-        spatial = tuple(p.shape[1:-1])
-        positions = 1
-        for s in spatial:
-            positions *= s
-        flat = ops.reshape(p, (-1, positions))
-        k = max(1, int(round(self.topk_fraction * positions)))
-        top, _ = ops.top_k(flat, k, sorted=False)
+        axes = tuple(range(1, len(p.shape) - 1))
+        flat = ops.reshape(p, (ops.shape(p)[0], -1))
+        top, _ = ops.top_k(flat, self.topk, sorted=False)
         mass = ops.sum(flat, axis=-1)
         local = ops.average_pool(image, self.context, strides=1, padding="same")
-        contrast = ops.sum(p * (image - local), axis=tuple(range(1, len(spatial) + 1))) / (mass[:, None] + 1.0)
+        contrast = ops.sum(p * (image - local), axis=axes) / (mass[:, None] + 1.0)
         return ops.concatenate([ops.max(flat, axis=-1)[:, None], ops.mean(top, axis=-1)[:, None],
                                 ops.log(1.0 + mass)[:, None], contrast], axis=-1)  # log1p has no ONNX op
 
@@ -59,7 +57,7 @@ class LesionEvidence(layers.Layer):
         return (input_shape[0][0], 3 + input_shape[1][-1])
 
     def get_config(self):
-        return {**super().get_config(), "topk_fraction": self.topk_fraction, "context": self.context}
+        return {**super().get_config(), "topk": self.topk, "context": self.context}
 
 
 @keras.saving.register_keras_serializable(package="medflow")
@@ -72,10 +70,11 @@ class StopGradient(layers.Layer):
 
 
 def build_segcls(input_shape, n_classes: int, depth: int = 3, filters: int = 8, norm: str = "batch",
-                 dropout: float = 0.0, residual: bool = False, max_filters: int = 64, topk_fraction: float = 0.001,
+                 dropout: float = 0.0, residual: bool = False, max_filters: int = 64, topk: int = 8,
                  context: int = 7, global_features: bool = True, head_dropout: float = 0.2,
                  detach: bool = True, bn_momentum: float = 0.9) -> keras.Model:
-    """The segcls model for (*S, C) inputs (S divisible by 2**depth) and ``n_classes`` case classes.
+    """The segcls model for (*S, C) inputs (S divisible by 2**depth, or None: any such size) and ``n_classes``
+    case classes.
 
     ``bn_momentum`` 0.9 (Keras: 0.99): with a batch of 2 whole heads the running statistics must keep up
     with the weights for validation and inference to see what training saw.
@@ -97,7 +96,7 @@ def build_segcls(input_shape, n_classes: int, depth: int = 3, filters: int = 8, 
         # the lesion is, and early in training its gradient only disturbs the segmentation that has to form first.
         seen = StopGradient(name="detach_lesion")(lesion)
         body = StopGradient(name="detach_features")(features)
-    x = LesionEvidence(topk_fraction, context, name="evidence")([seen, inputs])
+    x = LesionEvidence(topk, context, name="evidence")([seen, inputs])
     if global_features:
         pooled = (layers.GlobalAveragePooling2D if nd == 2 else layers.GlobalAveragePooling3D)(name="gap")(body)
         x = layers.Concatenate(name="case_features")([x, pooled])
@@ -110,6 +109,6 @@ def build_segcls(input_shape, n_classes: int, depth: int = 3, filters: int = 8, 
 
 @register_model("segcls", task="classification")
 def segcls(input_shape, n_classes, depth=3, filters=8, norm="batch", dropout=0.0, residual=False, max_filters=64,
-           topk_fraction=0.001, context=7, global_features=True, head_dropout=0.2, detach=True, bn_momentum=0.9):
-    return build_segcls(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters, topk_fraction,
+           topk=8, context=7, global_features=True, head_dropout=0.2, detach=True, bn_momentum=0.9):
+    return build_segcls(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters, topk,
                         context, global_features, head_dropout, detach, bn_momentum)

@@ -66,7 +66,7 @@ def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch"
         raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={shape}")
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}. Received: norm={norm!r}")
-    if any(s % 2**depth for s in shape[:-1]):
+    if any(s is not None and s % 2**depth for s in shape[:-1]):  # None: any size the caller pads
         raise ValueError(f"spatial sizes {shape[:-1]} must be divisible by 2**depth = {2**depth}")
     pool = layers.MaxPooling2D if nd == 2 else layers.MaxPooling3D
     up = layers.Conv2DTranspose if nd == 2 else layers.Conv3DTranspose

@@ -171,7 +171,7 @@ def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, f
         parent_id = parent.info.run_id if parent is not None else None
         outputs, _ = _shared(cfg, tracker, ctx, force)
         for variant in variants:
-            cfg_m = cfg.model_copy(update={"model": variant})
+            cfg_m = cfg.variant(variant)
             log(f"[compare] {variant.name}")
             with tracker.group(run_label(cfg_m), {"medflow.model": variant.name,
                                                   "medflow.kind": "comparison-model"}) as run:

@@ -79,12 +79,26 @@ def _val_dataset(cfg, source, val_ids, masks=None):
                         masks=val_masks).cache()
 
 
+def _build_any_size(cfg, build):
+    """``build(1)``; with ``loader.train_patch_size`` a model that needs one fixed input size is a config error."""
+    try:
+        return build(1)
+    except (ValueError, TypeError) as err:
+        if cfg.loader.train_patch_size is None:
+            raise
+        raise StageFailed(f"loader.train_patch_size: {cfg.model.name!r} takes only one input size "
+                          f"({str(err).splitlines()[0]})") from None
+
+
 def _mask_targets(cfg, model, classes: list[str], weights):
     """A :class:`MaskTargets` when the model segments the lesion beside classifying (segcls), else None."""
     from medflow.data.loader import MaskTargets
     from medflow.models.registry import LESION
 
     if LESION not in model.output_names:
+        if cfg.loader.train_patch_size is not None:
+            raise StageFailed(f"loader.train_patch_size: patches take their class from the lesion mask, which "
+                              f"{cfg.model.name!r} does not segment (segcls does)")
         return None
     if cfg.train.distribute == "multi_worker":
         raise StageFailed(f"train.distribute: multi_worker trains one-output models; {cfg.model.name!r} has "
@@ -92,7 +106,8 @@ def _mask_targets(cfg, model, classes: list[str], weights):
     normal = cfg.dataset.normal_class
     if normal is not None and normal not in classes:
         raise StageFailed(f"dataset.normal_class: {normal!r} is not one of {classes}")
-    return MaskTargets(None if normal is None else classes.index(normal), weights or {})
+    return MaskTargets(None if normal is None else classes.index(normal), weights or {},
+                       patches=cfg.loader.train_patch_size is not None)
 
 
 def run(cfg, upstream, out: StageDir, ctx):
@@ -120,15 +135,17 @@ def run(cfg, upstream, out: StageDir, ctx):
         out.prepare()
     keras.utils.set_random_seed(cfg.augment.seed)
     source = build_source(cfg, pre, train_ids + val_ids, cache_dir=folder / "cache")
-    input_shape = (*cfg.loader.patch_size, len(plan["channels"]))
+    input_shape = (*cfg.loader.patch_size, len(plan["channels"]))  # what inference feeds the network
+    # Trained on patches of another size, the network is built for any size (fully convolutional).
+    build_shape = input_shape if cfg.loader.train_patch_size is None else (None, None, None, input_shape[-1])
     natural = trainer.steps_per_epoch(len(train_ids) * cfg.loader.samples_per_case, cfg.loader.batch_size)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, state = trainer.load_resume(out.path, prune=chief)  # every worker resumes from the chief's
     weights = None
     if family.class_targets and cfg.train.class_weights == "balanced":
         weights = trainer.class_weights([source.store.targets[c] for c in train_ids], len(classes))
-    build = lambda total: trainer.compile_model(cfg, input_shape, len(classes), task, total)  # noqa: E731
-    masks = _mask_targets(cfg, model or build(1), classes, weights) if family.class_targets else None
+    build = lambda total: trainer.compile_model(cfg, build_shape, len(classes), task, total)  # noqa: E731
+    masks = _mask_targets(cfg, model or _build_any_size(cfg, build), classes, weights) if family.class_targets else None
     if masks is not None:
         weights = None  # they travel as sample weights (Keras refuses class_weight for two outputs)
     val_ds = _val_dataset(cfg, source, val_ids, masks)

@@ -55,7 +55,7 @@ def explain_crops(plan, net, crops: np.ndarray, settings: ExplainSettings,
     model = getattr(net, "model", None)  # a Keras predictor carries its model; exported runtimes do not
     gradients = ("auto", "hirescam", "gradcam")
     if settings.method in gradients and model is not None:
-        layer = settings.layer or pick_layer(model, plan.preprocess.spacing, settings.max_voxel_mm)
+        layer = settings.layer or pick_layer(model, plan.preprocess.spacing, settings.max_voxel_mm, crops.shape[1:-1])
         if settings.layer is not None and settings.layer not in {lyr.name for lyr in model.layers}:
             raise ValueError(f"explain layer {settings.layer!r} is not a layer of {model.name}")
         if layer is not None:

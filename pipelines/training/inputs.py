@@ -15,7 +15,12 @@ from medflow.data.sampling import SamplerConfig
 
 
 def sampler_config(cfg) -> SamplerConfig:
+    """How training samples are cut: the inference window, or ``loader.train_patch_size`` patches
+    (random, centred on a lesion voxel with ``foreground_ratio``) for a fully convolutional classifier."""
     ld = cfg.loader
+    if ld.train_patch_size is not None:
+        return SamplerConfig(mode="3d", patch_size=tuple(ld.train_patch_size), slice_axis=ld.slice_axis,
+                             foreground_ratio=ld.foreground_ratio, crop="random")
     return SamplerConfig(mode=ld.mode, patch_size=tuple(ld.patch_size), slice_axis=ld.slice_axis,
                          foreground_ratio=ld.foreground_ratio, crop=ld.crop)
 

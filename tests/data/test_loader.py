@@ -157,6 +157,29 @@ def test_mask_targets_beside_the_class(tmp_path):
     assert x.numpy()[row][..., 0][masks[row] == 1].mean() > 2.0
 
 
+def test_patch_targets_follow_what_the_patch_shows(tmp_path):
+    """loader.train_patch_size: a patch holding lesion voxels keeps its case's class, one that misses the lesion
+    is normal, a normal case's patch is normal, and a weakly labelled case's patch weighs nothing."""
+    from medflow.data.loader import MaskTargets, Sample
+
+    masks = MaskTargets(normal=0, class_weight={0: 0.5, 1: 2.0}, patches=True)
+    image = np.zeros((4, 4, 4, 1), np.float32)
+    hit, miss = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
+    hit[1, 1, 1] = 1
+
+    def sample(label, target):
+        return Sample(image, label, target, 0, [0, 0, 0], [])
+
+    assert masks.target(sample(hit, 1)) == (1, 2.0)
+    assert masks.target(sample(miss, 1)) == (0, 0.5)
+    assert masks.target(sample(None, 0)) == (0, 0.5)  # a normal subject: no mask file, all zero
+    assert masks.target(sample(None, 1)) == (1, 0.0)  # weakly labelled: the patch's class is unknown
+    whole = MaskTargets(normal=0, class_weight={0: 0.5, 1: 2.0})
+    assert whole.target(sample(miss, 1)) == (1, 2.0)  # a whole-volume sample keeps the case's class
+    # without a lesion-free class, a patch that misses the lesion has no class
+    assert MaskTargets(normal=None, class_weight={}, patches=True).target(sample(miss, 1)) == (1, 0.0)
+
+
 def test_paste_sample_inverts_a_cut():
     from medflow.data.sampling import paste_sample
 

@@ -82,6 +82,14 @@ def test_the_layer_is_the_deepest_fine_enough_one():
     assert chosen == "lesion"  # the map its class head reads (not the identity that detaches it)
     cams = grad_cam(segcls, np.random.default_rng(0).normal(size=(1, 16, 16, 16, 1)).astype(np.float32), chosen)
     assert cams.shape == (1, 16, 16, 16)
+    # built for any size (trained on patches), the layers' voxels follow from the input's shape
+    anysize = build_model("segcls", (None, None, None, 1), 3, {"depth": 2, "filters": 4, "max_filters": 8})
+    assert pick_layer(anysize, (3.0, 3.0, 3.0), 8.0, (16, 16, 16)) == "lesion"
+    assert pick_layer(anysize, (10.0, 10.0, 10.0), 8.0, (16, 16, 16)) is None
+    with pytest.raises(ValueError, match="any input size"):
+        pick_layer(anysize, (3.0, 3.0, 3.0))
+    cams = grad_cam(anysize, np.random.default_rng(0).normal(size=(1, 16, 8, 16, 1)).astype(np.float32), "lesion")
+    assert cams.shape == (1, 16, 8, 16)
 
 
 def test_mass_in_mask():

@@ -32,7 +32,7 @@ def test_evidence_reads_presence_volume_and_signed_contrast():
     image[0, 5:7, 5:7, 5:7] = 3.0   # bright lesion
     image[1, 5:7, 5:7, 5:7] = -3.0  # dark lesion
     p[:, 5:7, 5:7, 5:7] = 1.0
-    feats = np.asarray(LesionEvidence(topk_fraction=8 / 12**3, context=5)([p, image]))
+    feats = np.asarray(LesionEvidence(topk=8, context=5)([p, image]))
     assert feats.shape == (2, 4)
     np.testing.assert_allclose(feats[:, 0], 1.0)  # max p
     np.testing.assert_allclose(feats[:, 1], 1.0)  # mean of the top 8: the lesion
@@ -98,3 +98,32 @@ def test_round_trip_and_export_parity(tmp_path):
     np.testing.assert_allclose(again.predict_on_batch(x)[LESION], ref[LESION], atol=1e-6)
     drift = parity(tmp_path, x)
     assert max(drift["max_abs_diff"].values()) < 1e-4
+
+
+def test_any_size_model_trains_on_patches_and_exports(tmp_path):
+    """Built for any size (loader.train_patch_size), one model takes a training patch and a larger inference
+    window alike, and every runtime agrees on the window."""
+    model = build_model("segcls", (None, None, None, 1), 3, SMALL)
+    rng = np.random.default_rng(2)
+    patch = model.predict_on_batch(rng.normal(size=(2, 8, 8, 8, 1)).astype(np.float32))
+    assert patch[LESION].shape == (2, 8, 8, 8, 1) and patch[PROBABILITIES].shape == (2, 3)
+    x = rng.normal(size=(2, 16, 12, 8, 1)).astype(np.float32)
+    ref = model.predict_on_batch(x)
+    assert ref[LESION].shape == (2, 16, 12, 8, 1)
+    export_formats(model, tmp_path)
+    for runtime in ("keras", "saved_model", "onnx"):
+        y = load_runtime(tmp_path, runtime)(x)
+        np.testing.assert_allclose(y[PROBABILITIES], ref[PROBABILITIES], atol=1e-5)
+        np.testing.assert_allclose(y[LESION], ref[LESION], atol=1e-5)
+
+
+def test_topk_counts_voxels_whatever_the_size():
+    """The top-k mean reads the same lesion on a small patch and on a large volume."""
+    layer = LesionEvidence(topk=4, context=3)
+    for size in (8, 24):
+        p = np.zeros((1, size, size, size, 1), np.float32)
+        p[0, 2:4, 2:4, 2] = 1.0  # 4 voxels
+        image = np.zeros_like(p)
+        assert float(np.asarray(layer([p, image]))[0, 1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="topk"):
+        LesionEvidence(topk=0)

@@ -87,6 +87,36 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"augment.transforms.{i}: {err}") from None
         return self
 
+    @model_validator(mode="after")
+    def _variants_valid(self):
+        for i, variant in enumerate(self.compare.models):
+            if variant.settings:
+                try:
+                    self.variant(variant)
+                except ConfigError as err:
+                    raise ValueError(f"compare.models.{i}.settings: {err}") from None
+        return self
+
+    def variant(self, model) -> PipelineConfig:
+        """This config for one compare entry: its model, and its ``settings`` applied (validated again)."""
+        from pydantic import ValidationError
+
+        from medflow.core.loading import apply_override  # loading imports this package
+
+        plain = ModelConfig(name=model.name, params=model.params)
+        if not getattr(model, "settings", None):
+            return self.model_copy(update={"model": plain})
+        doc = {**self.model_dump(mode="json"), "model": plain.model_dump(mode="json"), "compare": {"models": []}}
+        for dotted, value in model.settings.items():
+            apply_override(doc, str(dotted).split("."), value, f"settings.{dotted}")
+        try:
+            return PipelineConfig.model_validate(doc)
+        except ValidationError as err:
+            raise ConfigError("; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: "
+                + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
+                for e in err.errors())) from None
+
     def section(self, name: str) -> Any:
         """A config section as plain JSON data (what enters a stage's cache key)."""
         return getattr(self, name).model_dump(mode="json")

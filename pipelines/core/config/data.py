@@ -97,6 +97,10 @@ class LoaderConfig(_Strict):
     crop: Literal["random", "center"] = Field(
         default="random", description="classifiers: random crops (averaged at inference) or one centred crop"
     )
+    train_patch_size: list[int] | None = Field(
+        default=None, description="3d, lesion-segmenting classifiers (segcls): train on patches of this size, "
+        "centred on a lesion voxel with foreground_ratio; inference still sees patch_size"
+    )
     samples_per_case: int = Field(default=4, ge=1, description="samples per case per epoch")
     batch_size: int = Field(default=8, ge=1, description="samples per batch")
     cache: Literal["auto", "memory", "disk", "none"] = Field(
@@ -110,6 +114,9 @@ class LoaderConfig(_Strict):
         want = 2 if self.mode == "2d" else 3
         if len(self.patch_size) != want or any(p < 1 for p in self.patch_size):
             raise ValueError(f"patch_size needs {want} positive sizes in {self.mode} mode, got {self.patch_size}")
+        if self.train_patch_size is not None:
+            if self.mode != "3d" or len(self.train_patch_size) != 3 or any(p < 1 for p in self.train_patch_size):
+                raise ValueError(f"train_patch_size needs 3 positive sizes and mode 3d, got {self.train_patch_size}")
         return self
 
 

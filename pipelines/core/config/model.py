@@ -143,11 +143,28 @@ class EvaluateConfig(_Strict):
         return self
 
 
+class CompareModel(ModelConfig):
+    """One model of ``medflow compare``: a registered name, its parameters, and settings of its own."""
+
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="dotted config keys set for this model only "
+        "(e.g. loader.train_patch_size: null for a model that trains on whole volumes)"
+    )
+
+    @model_validator(mode="after")
+    def _not_the_model(self):
+        bad = [k for k in self.settings if k.split(".")[0] in ("model", "compare", "name", "stages")]
+        if bad:
+            raise ValueError(f"settings may not set {bad}: name and params say which model it is")
+        return self
+
+
 class CompareConfig(_Strict):
     """The models ``medflow compare`` trains on the same split, each a registered name and its parameters."""
 
-    models: list[ModelConfig] = Field(
-        default_factory=list, description="medflow compare: the models trained on the same split, each {name, params}"
+    models: list[CompareModel] = Field(
+        default_factory=list, description="medflow compare: the models trained on the same split, "
+        "each {name, params[, settings]}"
     )
 
 

@@ -83,6 +83,11 @@ def test_flatten():
     ("augment.transforms=[{name: affine, scale: [1.2, 0.8]}]", "augment.transforms.0: affine: scale: range needs lo <= hi"),
     ("augment.transforms=[{name: elastic2d, alpha: 1}]", None),
     ("loader.patch_size=[64, 64, 64]", "patch_size needs 2 positive sizes in 2d mode"),
+    ("loader.train_patch_size=[32, 32, 32]", "train_patch_size needs 3 positive sizes and mode 3d"),
+    ("compare.models=[{name: unet2d, settings: {loader.crop: sideways}}]",
+     "compare.models.0.settings: loader.crop: Input should be 'random' or 'center'"),
+    ("compare.models=[{name: unet2d, settings: {model.name: cnn}}]", "settings may not set ['model.name']"),
+    ("compare.models=[{name: unet2d, settings: {loader.bach_size: 2}}]", "settings: loader.bach_size: unknown key"),
     ("model.name=transformer", "unknown model 'transformer'"),
     ("model.params={depth: 3, colour: red}", "model 'unet2d' has no parameter(s) ['colour']"),
 ])
@@ -100,3 +105,13 @@ def test_3d_mode_rejects_2d_only_transforms(tmp_path):
     path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
     with pytest.raises(ConfigError, match="augment.transforms.0: transform 'affine2d' works on 2D samples"):
         load_config(path, ["loader.mode=3d", "loader.patch_size=[8,8,8]", "augment.transforms=[{name: affine2d}]"])
+
+
+def test_compare_settings_apply_to_their_model_only(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path / "data")
+    cfg = load_config(path, ["compare.models=[{name: unet2d, params: {depth: 3}, settings: {loader.batch_size: 3}},"
+                             " {name: unet2d}]"])
+    first, second = (cfg.variant(m) for m in cfg.compare.models)
+    assert first.loader.batch_size == 3 and first.model.params == {"depth": 3}
+    assert second.loader.batch_size == cfg.loader.batch_size and second.model.name == "unet2d"
+    assert cfg.loader.batch_size != 3  # the pipeline's own config is untouched

@@ -60,3 +60,34 @@ def test_segcls_pipeline_and_explained_predictions(tmp_path):
             assert np.all(np.isfinite(data)) and data.min() >= 0 and data.max() <= 1 + 1e-6
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert rows[0].split(",")[-1] == "explanation" and rows[1].endswith("hirescam")
+
+
+def test_segcls_trains_on_lesion_patches_and_infers_on_the_window(tmp_path):
+    """loader.train_patch_size: the network is built for any size, trains on patches centred on the lesion,
+    and evaluate still feeds it the whole inference window."""
+    root = make_cls_dataset(tmp_path / "cls", n=12, masks=True)
+    overrides = ["dataset.classes=[normal, lesion]", "dataset.normal_class=normal",
+                 "loader.train_patch_size=[4, 4, 4]", "loader.foreground_ratio=0.5", "train.epochs=2"]
+    _, _, ev = run_evaluation(tmp_path, root, EXTRA, overrides, layout="csv")
+    train_dir = next((tmp_path / "workspace/stages/train").glob("*/plan.json")).parent
+    assert json.loads((train_dir / "plan.json").read_text())["input_shape"] == [8, 8, 8, 1]
+    import keras
+
+    model = keras.saving.load_model(train_dir / "model.keras", safe_mode=True)
+    assert tuple(model.inputs[0].shape[1:4]) == (None, None, None)
+    summary = json.loads((Path(ev.path) / "summary.json").read_text())
+    assert 0.0 <= summary["reports"]["test"]["lesions"]["detection_sensitivity"] <= 1.0
+
+
+def test_train_patches_need_a_model_that_segments(tmp_path):
+    from medflow.core.engine import StageFailed
+
+    root = make_cls_dataset(tmp_path / "cls", n=12, masks=True)
+    extra = EXTRA.replace("name: segcls, params: {depth: 2, filters: 4, max_filters: 8}", "name: cnn, params: {}")
+    try:
+        run_evaluation(tmp_path, root, extra, ["dataset.classes=[normal, lesion]", "dataset.normal_class=normal",
+                                               "loader.train_patch_size=[4, 4, 4]"], layout="csv")
+    except StageFailed as err:
+        assert "loader.train_patch_size" in str(err)
+    else:
+        raise AssertionError("a cnn trained on patches should stop the train stage")
