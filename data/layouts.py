@@ -8,6 +8,11 @@ Two layouts are understood:
   ``file_ending``, channel files ``CASE_0000.nii.gz``).
 * ``csv``: a classification manifest ``path,label,patient_id[,split]``.
 
+An image entry of either may name a folder of DICOM files instead of a NIfTI
+file: each image series under it becomes a case (:mod:`medflow.data.dicom.listing`),
+with a de-identified id, and its patient from the PatientID where the dataset
+gives none.
+
 Problems with one case (a path outside the root, a duplicate id, an unknown
 class) are recorded on that case, so ingest can quarantine it and carry on.
 Problems with the dataset as a whole raise :class:`DatasetError`.
@@ -22,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medflow.data.dicom.listing import check_modality, expand_dicom
 from medflow.data.nifti import strip_nifti_suffix
 
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,6 +52,7 @@ class CaseEntry:
         split: a split fixed by the dataset ('train', 'val', 'test'), or None.
         error: a listing-level problem; such a case is quarantined.
         source: what to name in messages (the path as written in the dataset).
+        modality: a DICOM case's channel name from its header ('CT', 'MRI'); None for NIfTI.
     """
 
     case_id: str
@@ -56,6 +63,7 @@ class CaseEntry:
     split: str | None = None
     error: str | None = None
     source: str = ""
+    modality: str | None = None
 
 
 @dataclass
@@ -67,6 +75,7 @@ class DatasetListing:
     task: str  # 'segmentation' or 'classification'
     channels: list[str]  # modality name per channel, e.g. ['MRI'] or ['CT']
     classes: dict[int, str] = field(default_factory=dict)  # label value (seg) or index (cls) -> name
+    codes: dict[int, tuple] = field(default_factory=dict)  # label value -> (scheme, code, meaning), e.g. SNOMED CT
     cases: list[CaseEntry] = field(default_factory=list)
 
 
@@ -126,12 +135,14 @@ def _msd_labels(path: Path, labels) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def list_msd(root: str, include_unlabeled: bool = False) -> DatasetListing:
+def list_msd(root: str, include_unlabeled: bool = False, *, id_salt: str = "",
+             log_identifiers: bool = False) -> DatasetListing:
     """List an MSD / nnU-Net v2 segmentation dataset.
 
     Args:
         root: the dataset folder holding dataset.json.
         include_unlabeled: also list ``imagesTs/`` cases (no label, split 'inference').
+        id_salt, log_identifiers: for DICOM series entries (:func:`medflow.data.dicom.listing.series_cases`).
     """
     meta_path = Path(root) / "dataset.json"
     meta = _read_json(meta_path)
@@ -143,15 +154,36 @@ def list_msd(root: str, include_unlabeled: bool = False) -> DatasetListing:
         modality = meta.get("modality", {"0": "MRI"})
         channels = [str(v) for _, v in sorted(modality.items(), key=lambda kv: int(kv[0]))]
         cases = _list_msd_training(root, meta_path, meta, include_unlabeled)
+        cases = [c for case in cases for c in expand_dicom(case, id_salt, log_identifiers, one_series=True)]
+        for case in cases:  # a NIfTI entry without a patient is its own patient
+            case.patient_id = case.patient_id or case.case_id
     else:
         raise DatasetError(f"{meta_path}: neither an MSD 'training' list nor nnU-Net v2 'channel_names'")
     for case in cases:
         _check_id(case)
     _mark_duplicates(cases)
+    check_modality(cases, channels[0] if len(channels) == 1 else None)
     return DatasetListing(
         name=str(meta.get("name", Path(root).name)), layout="msd", task="segmentation",
-        channels=channels, classes=classes, cases=cases,
+        channels=channels, classes=classes, cases=cases, codes=_label_codes(meta_path, meta, classes),
     )
+
+
+def _label_codes(path: Path, meta: dict, classes: dict[int, str]) -> dict[int, tuple]:
+    """dataset.json's optional ``label_codes``: {"1": ["SCT", "85756007", "Tissue"], ...}, the coded
+    concept of each class that a DICOM SEG's segments carry."""
+    codes = meta.get("label_codes") or {}
+    if not isinstance(codes, dict):
+        raise DatasetError(f"{path}: 'label_codes' must be an object of label value -> [scheme, code, meaning]")
+    out = {}
+    for key, code in codes.items():
+        if not str(key).isdigit() or int(key) not in classes:
+            raise DatasetError(f"{path}: label_codes key {key!r} is not one of the label values {sorted(classes)}")
+        if not isinstance(code, list) or len(code) != 3 or not all(isinstance(c, str) and c for c in code):
+            raise DatasetError(f"{path}: label_codes[{key!r}] must be [scheme, code, meaning], e.g. "
+                               f"[\"SCT\", \"85756007\", \"Tissue\"]")
+        out[int(key)] = tuple(code)
+    return out
 
 
 def _list_msd_training(root, meta_path, meta, include_unlabeled) -> list[CaseEntry]:
@@ -168,7 +200,7 @@ def _list_msd_training(root, meta_path, meta, include_unlabeled) -> list[CaseEnt
         label, err_l = resolve_inside(root, str(item["label"]))
         case_id = strip_nifti_suffix(os.path.basename(str(item["image"])))
         cases.append(CaseEntry(
-            case_id=case_id, images=[image], label=label, patient_id=str(item.get("patient_id", case_id)),
+            case_id=case_id, images=[image], label=label, patient_id=str(item.get("patient_id", "")),
             source=str(item["image"]), error=err_i or (err_l and f"label {err_l}"),
         ))
     if include_unlabeled:
@@ -202,7 +234,8 @@ def _list_v2(root, ending, n_channels, include_unlabeled) -> list[CaseEntry]:
     return cases
 
 
-def list_csv(root: str, manifest: str = "manifest.csv", classes: list[str] | None = None) -> DatasetListing:
+def list_csv(root: str, manifest: str = "manifest.csv", classes: list[str] | None = None, *, id_salt: str = "",
+             log_identifiers: bool = False) -> DatasetListing:
     """List a classification dataset from a CSV manifest ``path,label,patient_id[,split][,mask]``.
 
     ``mask`` (optional, may be empty) is a lesion mask on the image's grid: ingest validates it like a
@@ -223,7 +256,7 @@ def list_csv(root: str, manifest: str = "manifest.csv", classes: list[str] | Non
         raise DatasetError(f"{path}: missing manifest") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DatasetError(f"{path}: unreadable CSV ({' '.join(str(err).split())})") from None
-    missing = [c for c in ("path", "label", "patient_id") if c not in columns]
+    missing = [c for c in ("path", "label") if c not in columns]
     if missing:
         raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} (need path,label,patient_id[,split])")
     if classes is None:
@@ -240,19 +273,23 @@ def list_csv(root: str, manifest: str = "manifest.csv", classes: list[str] | Non
         if not err and split is not None and split not in SPLITS:
             err = f"split {split!r} is not one of {list(SPLITS)}"
         patient = (row.get("patient_id") or "").strip()
-        if not err and not patient:
-            err = "empty patient_id"
+        if not err and not patient and not os.path.isdir(image):
+            err = "empty patient_id" if "patient_id" in columns else "no patient_id column (a NIfTI row needs one)"
         mask_rel, mask = (row.get("mask") or "").strip(), None
         if mask_rel and not err:
             mask, mask_err = resolve_inside(root, mask_rel)
             err = mask_err and f"mask {mask_err}"
         case_id = strip_nifti_suffix(os.path.basename(rel)) or f"row{row_no}"
-        cases.append(CaseEntry(case_id, [image], label=mask, target=target, patient_id=patient, split=split,
-                               source=rel or where, error=err and (f"row {row_no}: {err}")))
+        entry = CaseEntry(case_id, [image], label=mask, target=target, patient_id=patient, split=split,
+                          source=rel or where, error=err and (f"row {row_no}: {err}"))
+        cases += expand_dicom(entry, id_salt, log_identifiers, one_series=mask is not None)
     for case in cases:
         _check_id(case)
     _mark_duplicates(cases)
+    channel = next((c.modality for c in cases if c.modality and not c.error), "MRI")
+    check_modality(cases, channel)
     return DatasetListing(
-        name=Path(root).name, layout="csv", task="classification", channels=["MRI"],
+        name=Path(root).name, layout="csv", task="classification", channels=[channel],
         classes=dict(enumerate(classes)), cases=cases,
     )
+

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from medflow.data.geometry import same_grid, to_canonical
-from medflow.data.nifti import save_atomic
+from medflow.data.nifti import is_nifti_name, save_atomic, write_nifti
 from medflow.data.preprocess import PreprocessPlan, preprocess_case
 
 
@@ -95,8 +95,17 @@ def image_like(data: np.ndarray, reference: str | os.PathLike, *, dtype=np.uint8
 
 
 def write_like(path: str | os.PathLike, data: np.ndarray, reference: str | os.PathLike, *,
-               dtype=np.uint8) -> None:
-    """Write ``data`` as NIfTI with the affine and header of ``reference`` (atomically: temp file, rename)."""
+               dtype=np.uint8, affine: np.ndarray | None = None) -> None:
+    """Write ``data`` as NIfTI with the affine and header of ``reference`` (atomically: temp file, rename).
+
+    A reference that is no NIfTI file (a DICOM series) has no header to keep: the data is written with
+    ``affine``, the grid the series was read on.
+    """
+    if not is_nifti_name(reference):
+        if affine is None:
+            raise ValueError(f"{path}: {reference} is not a NIfTI file; its grid's affine is needed")
+        write_nifti(path, data, affine, dtype=dtype)
+        return
     try:
         img = image_like(data, reference, dtype=dtype)
     except ValueError as err:

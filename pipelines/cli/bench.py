@@ -16,6 +16,10 @@ def cmd_bench(args) -> int:
             from medflow.bench.suite import bench_suite
 
             bench_suite(repeats=args.repeats, size=args.size)
+        elif args.what == "dicom":
+            from medflow.bench.dicom import bench_dicom
+
+            bench_dicom(slices=args.slices, repeats=args.repeats, seed=args.seed)
         elif args.what == "augment":
             from medflow.bench.data import bench_augment
 
@@ -53,12 +57,14 @@ def add_parser(sub, fmt, examples) -> None:
                            medflow bench infer
                            medflow bench infer --export models:/segmentation@champion
                            medflow bench suite --repeats 3
+                           medflow bench dicom --repeats 5
                        """))
-    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite"),
+    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom"),
                    help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
                         "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
                         "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime; "
-                        "suite: all four, --repeats times each, medians to JSON and Markdown")
+                        "suite: all four, --repeats times each, medians to JSON and Markdown; dicom: a 200-slice "
+                        "512^2 CT series to a validated volume vs pydicom's raw decode")
     p.add_argument("--size", choices=("demo", "full"), default="demo")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)
@@ -76,5 +82,6 @@ def add_parser(sub, fmt, examples) -> None:
     p.add_argument("--export", default=None, help="infer: a segmentation export folder or models:/ URI "
                                                   "(default: the default config's network, untrained)")
     p.add_argument("--recon-export", default=None, help="infer: a reconstruction export folder or models:/ URI")
+    p.add_argument("--slices", type=int, default=200, help="dicom: slices of the series")
     p.add_argument("--repeats", type=int, default=3, help="train, infer, suite: timed repeats (the median is printed)")
     p.set_defaults(func=cmd_bench)

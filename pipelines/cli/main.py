@@ -36,6 +36,14 @@ def cmd_sample_data(args) -> int:
         with Progress(SIZES[args.size][name], f"sample-data {name}", unit="subject") as bar:
             path = builders[name](root, size=args.size, seed=args.seed, workers=workers, progress=bar)
         print(f"{name}: {path}")
+        if args.format == "dicom":
+            from medflow.data.sample.build import run_jobs
+            from medflow.data.sample.dicom import lesion_to_dicom, tissue_to_dicom
+
+            convert = {"brain_tissue": tissue_to_dicom, "brain_lesion": lesion_to_dicom}[name]
+            with Progress(SIZES[args.size][name], f"sample-data {name} as DICOM", unit="subject") as bar:
+                path = convert(path, workers=workers, progress=bar, run_jobs=run_jobs)
+            print(f"{name}_dicom: {path}")
     return 0
 
 
@@ -248,11 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
                            medflow sample-data                      # demo size, seed 0
                            medflow sample-data --size full --seed 7
                            medflow sample-data --only brain_lesion
+                           medflow sample-data --format dicom       # also DICOM series with SEG labels
                        """))
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--size", choices=("demo", "full"), default="demo", help="demo (minutes) or full (default demo)")
     p.add_argument("--only", action="append", choices=("brain_tissue", "brain_lesion"), help="build only this set")
     p.add_argument("--workers", type=int, default=0, help="parallel workers (default: all cores)")
+    p.add_argument("--format", choices=("nifti", "dicom"), default="nifti",
+                   help="dicom: also write each set as DICOM series with SEG labels, <name>_dicom (default nifti)")
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("run", help="run pipeline stages (finished ones are skipped)", formatter_class=fmt,

@@ -6,8 +6,10 @@ from the tracking store once and cached), or a train stage's folder (its
 ``plan.json`` and model; Keras only). The plan's task runs its own pre- and
 post-processing, so the outputs are:
 
-- segmentation: ``<name>.nii.gz`` label maps with each input's affine and header;
-- classification: ``predictions.csv`` (case, class, one probability per class); with ``--explain``
+- segmentation: ``<name>.nii.gz`` label maps with each input's affine and header; for a DICOM series
+  also ``<name>_seg.dcm``, a DICOM SEG that references the series' instances;
+- classification: ``predictions.csv`` (case, the SeriesInstanceUID of a DICOM input, class, one probability
+  per class); with ``--explain``
   also ``<name>_explanation.nii.gz`` (Grad-CAM or occlusion) and, for segcls, ``<name>_lesion.nii.gz``;
 - reconstruction: ``<name>.npy`` and ``<name>.nii.gz`` images.
 
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 
 from medflow.data.atomic import write_atomic
+from medflow.data.images import split_ref
 from medflow.data.nifti import CaseError
 from medflow.inference.bundle import Bundle, load_bundle, read_plan
 from medflow.inference.names import unique_names
@@ -65,8 +68,20 @@ def open_model(spec: str, runtime: str = "keras") -> Bundle:
     raise PredictError(f"{path}: no such model (an export folder, models:/NAME@ALIAS, or a train folder)")
 
 
+def dicom_series(folder: Path) -> list[Path]:
+    """``folder#SeriesInstanceUID`` of each DICOM image series under ``folder`` (none when it holds NIfTI
+    files at its top level, which are listed as before)."""
+    from medflow.data.dicom.scan import holds_dicom, scan_folder
+    from medflow.data.nifti import is_nifti_name
+
+    if any(is_nifti_name(p) for p in folder.iterdir()) or not holds_dicom(folder):
+        return []
+    return [Path(f"{folder}#{s.uid}") for s in scan_folder(folder)[0]]
+
+
 def list_inputs(paths, bundle: Bundle) -> list[Path]:
-    """The input files: files, or folders' files of the kind the model reads, each file once.
+    """The input files: files, or folders' files of the kind the model reads, each file once. A folder of
+    DICOM files gives one input per image series under it (``folder#SeriesInstanceUID``).
 
     ``paths`` is one path or several (``--input a.nii.gz scans/``); a file reached twice (the same
     path, a link, or a file also inside a folder given) is a PredictError naming both.
@@ -76,6 +91,10 @@ def list_inputs(paths, bundle: Bundle) -> list[Path]:
         path = Path(path)
         if path.is_file():
             found = [path]
+        elif split_ref(str(path))[1] is not None and bundle.task.reads_dicom:
+            found = [path]  # folder#SeriesInstanceUID: one series
+        elif path.is_dir() and bundle.task.reads_dicom and (series := dicom_series(path)):
+            found = series
         elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and bundle.task.is_input(p)
                            and not p.name.startswith("."))

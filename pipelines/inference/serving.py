@@ -6,6 +6,7 @@ bundle's whole inference path. One request row is one case; columns (one input p
 
 segmentation and classification
     ``nifti_b64``  the bytes of a .nii or .nii.gz file, base64-encoded
+    ``dicom_zip_b64``  a zip of one DICOM series (its files at any depth), base64-encoded
     ``image`` + ``affine``  an (X, Y, Z) or (X, Y, Z, C) array and its (4, 4) voxel-to-world matrix
     ``path``       a NIfTI file on the server (only with ``allow_paths``, below)
 reconstruction

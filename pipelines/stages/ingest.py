@@ -27,7 +27,8 @@ from medflow.data.fingerprint import aggregate, case_fingerprint, content_proble
 from medflow.data.geometry import same_grid
 from medflow.data.intensity import foreground_mask
 from medflow.data.layouts import DatasetError, DatasetListing, list_csv, list_msd
-from medflow.data.nifti import CaseError, Volume, read_nifti
+from medflow.data.images import read_image, read_label
+from medflow.data.nifti import CaseError, Volume
 
 
 def list_dataset(cfg) -> DatasetListing:
@@ -36,14 +37,20 @@ def list_dataset(cfg) -> DatasetListing:
     if not os.path.isdir(ds.root):
         raise StageFailed(f"{ds.root}: dataset root is not a folder")
     try:
+        ids = {"id_salt": cfg.dicom.id_salt, "log_identifiers": cfg.dicom.log_identifiers}
         if ds.layout == "msd":
-            return list_msd(ds.root, include_unlabeled=ds.include_unlabeled)
-        listing = list_csv(ds.root, ds.manifest, ds.classes)
+            return list_msd(ds.root, include_unlabeled=ds.include_unlabeled, **ids)
+        listing = list_csv(ds.root, ds.manifest, ds.classes, **ids)
         if ds.modality != "auto":
             listing.channels = [ds.modality]
         return listing
     except DatasetError as err:
         raise StageFailed(str(err)) from None
+
+
+def read_options(cfg) -> dict:
+    """How every later stage reads this dataset's images (kept in each case record)."""
+    return {"allow_tilt": True} if cfg.dicom.allow_tilt else {}
 
 
 def dataset_state(cfg) -> list:
@@ -91,7 +98,7 @@ def _check_label(label: Volume, image: Volume, classes: list[int], tol: float, w
 
 def ingest_case(job: dict) -> dict:
     """Validate and fingerprint one case; write its record. Runs in a worker process."""
-    images = [read_nifti(p) for p in job["images"]]
+    images = [read_image(p, **job["read"]) for p in job["images"]]
     ref = images[0]
     for other in images[1:]:
         if not same_grid(other.affine, other.data.shape, ref.affine, ref.data.shape, atol_mm=job["tolerance"]):
@@ -103,7 +110,8 @@ def ingest_case(job: dict) -> dict:
     mask = foreground_mask(ref.data) if len(images) > 1 else mask  # the reference channel's foreground
     label = None
     if job["label"] is not None:
-        label = _check_label(read_nifti(job["label"]), ref, job["classes"], job["tolerance"], job["label_kind"])
+        label = _check_label(read_label(job["label"], ref, job["class_names"]), ref, job["classes"], job["tolerance"],
+                             job["label_kind"])
         if label_outside(mask, label):
             raise CaseError(job["label"], f"{job['label_kind']} foreground lies entirely outside the image's "
                                           f"foreground (a label of another scan, or a flipped one?)")
@@ -112,8 +120,12 @@ def ingest_case(job: dict) -> dict:
     record = {
         "case_id": job["case_id"], "patient_id": job["patient_id"], "target": job["target"], "split": job["split"],
         "images": job["images"], "label": job["label"], "bytes": sum(v.nbytes_file for v in images),
-        "dtype": str(ref.data.dtype), "fingerprint": fp,
+        "dtype": str(ref.data.dtype), "fingerprint": fp, "read": job["read"],
+        "label_classes": job["class_names"],
     }
+    notices = [n for v in images for n in getattr(v, "notices", [])]
+    if notices:  # what the DICOM reader set aside: localizers, non-image objects, a resampled tilt
+        record["notices"] = notices
     with write_atomic(job["out"]) as tmp:
         tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
     return None
@@ -153,7 +165,8 @@ def run(cfg, upstream, out: StageDir, ctx):
             continue
         jobs.append((c.case_id, c.source, {
             "case_id": c.case_id, "patient_id": c.patient_id, "target": c.target, "split": c.split,
-            "images": c.images, "label": c.label, "classes": label_values,
+            "images": c.images, "label": c.label, "classes": label_values, "read": read_options(cfg),
+            "class_names": {str(k): v for k, v in listing.classes.items()} if label_maps else None,
             "label_kind": "label" if label_maps else "mask", "seed": cfg.ingest.fingerprint_seed,
             "tolerance": cfg.ingest.affine_tolerance_mm, "out": str(out.case_path(c.case_id, ".json")),
         }))
@@ -168,6 +181,11 @@ def run(cfg, upstream, out: StageDir, ctx):
     records = [json.loads(out.case_path(c.case_id, ".json").read_text()) for c in valid if c.case_id not in bad]
     if not records:
         raise StageFailed(f"{cfg.dataset.root}: no valid case ({len(quarantine)} quarantined)")
+    notices = sorted({n for r in records for n in r.get("notices", [])})
+    for n in notices[:20]:
+        log(f"[ingest] notice: {n}")
+    if len(notices) > 20:
+        log(f"[ingest] notice: ... and {len(notices) - 20} more (see the case records)")
     fingerprint = aggregate([{**r["fingerprint"], "target": r["target"]} for r in records],
                             listing.classes, label_maps)
     out.write_json("fingerprint.json", fingerprint)
@@ -178,7 +196,8 @@ def run(cfg, upstream, out: StageDir, ctx):
         log(f"[ingest] warning: {o['case_id']}: {o['problem']}")
     out.write_json("outliers.json", outliers)
     dataset = {"name": listing.name, "root": cfg.dataset.root, "layout": listing.layout, "task": listing.task,
-               "channels": listing.channels, "classes": {str(k): v for k, v in listing.classes.items()}}
+               "channels": listing.channels, "classes": {str(k): v for k, v in listing.classes.items()},
+               **({"codes": {str(k): list(v) for k, v in listing.codes.items()}} if listing.codes else {})}
     return out.finish(cfg, upstream, {
         "dataset": dataset,
         "cases": {r["case_id"]: {"file": f"cases/{r['case_id']}.json", "patient_id": r["patient_id"],

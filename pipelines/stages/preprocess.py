@@ -18,7 +18,8 @@ from medflow.core.cases import map_cases
 from medflow.core.engine import StageDir, StageFailed
 from medflow.data.casefile import file_sha256, read_meta, write_case
 from medflow.data.geometry import axcodes
-from medflow.data.nifti import CaseError, read_nifti
+from medflow.data.images import read_image, read_label
+from medflow.data.nifti import CaseError
 from medflow.data.preprocess import PreprocessPlan, preprocess_case, scheme_for_channel
 
 SPACING_TOLERANCE = 1e-4  # mm
@@ -49,8 +50,8 @@ def plan_from_config(pre, spacing: tuple[float, float, float], schemes: tuple[st
 def preprocess_job(job: dict) -> str:
     """Read one case's files, preprocess, write its case file; return its sha256. Runs in a worker process."""
     record = job["record"]
-    images = [read_nifti(p) for p in record["images"]]
-    label = read_nifti(record["label"]).data if record["label"] else None
+    images = [read_image(p, **record.get("read", {})) for p in record["images"]]
+    label = read_label(record["label"], images[0], record.get("label_classes")).data if record["label"] else None
     plan = PreprocessPlan(**job["plan"])
     image, lab, meta = preprocess_case([v.data for v in images], images[0].affine, label, plan)
     if meta["axcodes"] != "RAS" or not np.allclose(meta["spacing"], plan.spacing, atol=SPACING_TOLERANCE):
@@ -67,7 +68,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     out.prepare()
     out.write_json("plan.json", {**plan.to_json(), "channels": ingest.manifest["dataset"]["channels"],
                                  "classes": ingest.manifest["dataset"]["classes"],
-                                 "task": ingest.manifest["dataset"]["task"]})
+                                 "task": ingest.manifest["dataset"]["task"],
+                                 **({"class_codes": codes} if (codes := ingest.manifest["dataset"].get("codes"))
+                                    else {})})
     plan_args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in plan.to_json().items() if k != "orientation"}
     ids = sorted(ingest.cases)
     jobs = []

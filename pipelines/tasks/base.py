@@ -23,7 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medflow.data.nifti import CaseError, is_nifti_name, read_nifti, strip_nifti_suffix
+from medflow.data.dicom.series import DicomVolume
+from medflow.data.images import read_image, split_ref
+from medflow.data.nifti import CaseError, is_nifti_name, strip_nifti_suffix
 from medflow.inference.plan import InferencePlan
 
 Net = Callable[[np.ndarray], Any]
@@ -36,12 +38,16 @@ class VolumeCase:
     Attributes:
         channels: one (X, Y, Z) float32 array per input channel, on the grid of ``affine``.
         affine: (4, 4) voxel-to-world matrix.
-        reference: the NIfTI file it came from, whose header outputs keep (None for arrays).
+        reference: the NIfTI file it came from, whose header outputs keep (None for arrays and DICOM).
+        series_uid: a DICOM input's SeriesInstanceUID.
+        source_files: a DICOM input's slice files in the order of axis 2 (a DICOM SEG references them).
     """
 
     channels: list[np.ndarray]
     affine: np.ndarray
     reference: str | None = None
+    series_uid: str | None = None
+    source_files: list[str] | None = None
 
 
 class Task:
@@ -54,6 +60,7 @@ class Task:
 
     family: str = ""
     input_kind: str = "NIfTI"  # what `medflow predict --input DIR` lists
+    reads_dicom: bool = True  # `medflow predict --input DIR` also takes DICOM series (volume models)
     selection: dict = {}  # champion rule: metric, stage, greater_is_better
     class_targets: bool = False  # cases carry a class target (stratified splits, class weights)
     trained_by: str = "train"  # the stage that trains this family's models
@@ -88,10 +95,16 @@ class Task:
         return is_nifti_name(path)
 
     def case_name(self, path) -> str:
+        folder, uid = split_ref(str(path))
+        if uid is not None:  # a DICOM series: de-identified, as ingest names it with the default salt
+            from medflow.data.dicom.ids import case_id
+
+            return case_id(uid)
         return strip_nifti_suffix(Path(str(path)).name)
 
     def read_input(self, plan: InferencePlan, path, max_voxels: int | None = None) -> VolumeCase:
-        """The channels and affine of one NIfTI input; a 4D file holds the channels on its last axis.
+        """The channels and affine of one input: a NIfTI file (a 4D one holds the channels on its last axis)
+        or a DICOM series (``folder`` or ``folder#SeriesInstanceUID``, one channel).
 
         ``max_voxels`` refuses a larger header before decoding (untrusted bytes from a request).
 
@@ -99,7 +112,9 @@ class Task:
             CaseError: unreadable file, or a channel count the model was not trained on.
         """
         n = len(plan.channels)
-        vol = read_nifti(path, expect_ndim=3 if n == 1 else 4, max_voxels=max_voxels)
+        vol = read_image(path, expect_ndim=3 if n == 1 else 4, max_voxels=max_voxels)
+        if isinstance(vol, DicomVolume):
+            return VolumeCase([vol.data], vol.affine, None, series_uid=vol.series_uid, source_files=vol.files)
         data = vol.data if vol.data.ndim == 4 else vol.data[..., None]
         if data.shape[-1] != n:
             raise CaseError(path, f"{data.shape[-1]} channel(s), the model expects {n} ({', '.join(plan.channels)})")
@@ -159,6 +174,13 @@ class Task:
         path, blob, image = cell(row, "path"), cell(row, "nifti_b64"), cell(row, "image")
         if path is not None:
             return self.read_input(plan, path, max_voxels)
+        if cell(row, "dicom_zip_b64") is not None:
+            from medflow.inference.dicom_zip import read_zipped_series
+
+            case = read_zipped_series(cell(row, "dicom_zip_b64"), lambda folder: self.read_input(
+                plan, folder, max_voxels), max_voxels)
+            case.source_files = None  # the files are gone with the request's temporary folder
+            return case
         if blob is not None:
             if not isinstance(blob, str):
                 raise CaseError("nifti_b64", "must be a base64 string")
@@ -194,7 +216,7 @@ class Task:
             if not np.all(np.isfinite(arr)):
                 raise ValueError("image holds NaN or infinite values")
             return VolumeCase([arr[..., c] for c in range(arr.shape[-1])], affine, None)
-        raise ValueError("no input: give path, nifti_b64, or image and affine")
+        raise ValueError("no input: give path, nifti_b64, dicom_zip_b64, or image and affine")
 
     def answer(self, plan: InferencePlan, result, case) -> dict:
         """The served columns of one result."""
@@ -203,8 +225,8 @@ class Task:
     def signature(self, plan: InferencePlan) -> tuple[list, list]:
         """(input column specs, output column specs) beyond ``case`` and ``error``."""
         voxels = ("array", 3 if len(plan.channels) == 1 else 4)  # (X, Y, Z) or (X, Y, Z, C)
-        return ([("path", "string", False), ("nifti_b64", "string", False), ("image", voxels, False),
-                 ("affine", ("array", 2), False)], [])
+        return ([("path", "string", False), ("nifti_b64", "string", False), ("dicom_zip_b64", "string", False),
+                 ("image", voxels, False), ("affine", ("array", 2), False)], [])
 
     # -- review --------------------------------------------------------------------------------
     def card(self, plan: dict) -> dict:

@@ -117,16 +117,22 @@ class Classification(Task):
     def write_result(self, plan, result, output: Path, name: str, case) -> dict:
         """The case's row; an explained result (a dict from :meth:`explain`) also writes its maps as NIfTI
         with the input's header: ``<name>_explanation.nii.gz`` and ``<name>_lesion.nii.gz``."""
+        series = {"series_uid": case.series_uid} if getattr(case, "series_uid", None) else {}
         if not isinstance(result, dict):
-            return {"case": name, **self.row(plan, result)}
+            return {"case": name, **series, **self.row(plan, result)}
         from medflow.data.native import write_like
+        from medflow.data.nifti import write_nifti
 
-        if case.reference is None:
-            raise ValueError("explanation maps are written beside a NIfTI input; this case has no file")
+        if case.reference is None and case.source_files is None:
+            raise ValueError("explanation maps are written beside a NIfTI or DICOM input; this case has no file")
         for key in ("explanation", LESION):
             if key in result:
-                write_like(Path(output) / f"{name}_{key}.nii.gz", result[key], case.reference, dtype=np.float32)
-        return {"case": name, **self.row(plan, result["probabilities"]), "explanation": result["method"]}
+                dest = Path(output) / f"{name}_{key}.nii.gz"
+                if case.reference is None:  # a DICOM series: no header to keep, its grid's affine
+                    write_nifti(dest, result[key], case.affine, dtype=np.float32)
+                else:
+                    write_like(dest, result[key], case.reference, dtype=np.float32)
+        return {"case": name, **series, **self.row(plan, result["probabilities"]), "explanation": result["method"]}
 
     def output_files(self, name: str, explain: bool = False) -> list[str]:
         return [f"{name}_explanation.nii.gz", f"{name}_{LESION}.nii.gz"] if explain else []

@@ -20,6 +20,7 @@ class Reconstruction(Task):
     family = "reconstruction"
     planned_from_ingest = False  # the simulate section says what the data are
     input_kind = ".npy"
+    reads_dicom = False
     trained_by = "train_recon"
     selection = {"metric": "best_val_loss", "stage": "train_recon", "greater_is_better": False}
 

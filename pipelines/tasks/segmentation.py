@@ -60,7 +60,21 @@ class Segmentation(Task):
     def write_result(self, plan, result: SegmentationResult, output: Path, name: str, case: VolumeCase) -> None:
         from medflow.inference.outputs import write_labels
 
-        write_labels(Path(output) / f"{name}.nii.gz", result.labels, case.affine, case.reference)
+        nifti = Path(output) / f"{name}.nii.gz"
+        write_labels(nifti, result.labels, case.affine, case.reference)
+        if case.source_files:  # a DICOM input: also a SEG over its series, for the PACS; both or neither
+            from medflow.data.dicom.seg import write_seg
+
+            try:
+                codes = {int(k): tuple(v) for k, v in (plan.info.get("class_codes") or {}).items()}
+                write_seg(Path(output) / f"{name}_seg.dcm", result.labels, case.source_files,
+                          dict(enumerate(plan.classes)), codes=codes)
+            except Exception as err:
+                nifti.unlink(missing_ok=True)
+                raise ValueError(f"DICOM SEG not written ({' '.join(str(err).split())[:200]})") from err
+
+    def output_files(self, name: str, explain: bool = False) -> list[str]:
+        return [f"{name}.nii.gz", f"{name}_seg.dcm"]
 
     def answer(self, plan: InferencePlan, result: SegmentationResult, case: VolumeCase) -> dict:
         from medflow.inference.outputs import label_nifti_bytes

@@ -21,7 +21,9 @@ def volume_plan(task, cfg, facts: dict) -> InferencePlan:
         preprocess=plan_from_json(facts["preprocess"]),
         window=Window(mode=ld.mode, patch_size=tuple(ld.patch_size), slice_axis=ld.slice_axis, crop=ld.crop),
         inference=inference_settings(cfg),
-        selection=dict(task.selection))
+        selection=dict(task.selection),
+        # SNOMED CT (or other) codes of the classes, from dataset.json's label_codes: a DICOM SEG's segments
+        info={"class_codes": codes} if (codes := facts["preprocess"].get("class_codes")) else {})
 
 
 def inference_settings(cfg) -> InferenceSettings:

@@ -15,6 +15,7 @@ from medflow.core.config.base import ConfigError, _Strict
 from medflow.core.config.data import (
     AugmentConfig,
     DatasetConfig,
+    DicomConfig,
     IngestConfig,
     LoaderConfig,
     PreprocessConfig,
@@ -30,7 +31,7 @@ from medflow.core.config.model import (
     TrainConfig,
 )
 
-__all__ = ["AugmentConfig", "CompareConfig", "ConfigError", "DatasetConfig", "EvaluateConfig", "ExportConfig",
+__all__ = ["AugmentConfig", "CompareConfig", "ConfigError", "DatasetConfig", "DicomConfig", "EvaluateConfig", "ExportConfig",
            "IngestConfig", "LoaderConfig", "ModelConfig", "PipelineConfig", "PreprocessConfig", "SimulateConfig",
            "SplitConfig", "TrackingConfig", "TrainConfig"]
 
@@ -44,6 +45,7 @@ class PipelineConfig(_Strict):
     stages: list[str] = Field(min_length=1, description="stage names in order (see medflow run --help)")
     dataset: DatasetConfig | None = Field(default=None, description="required by ingest")
     simulate: SimulateConfig = SimulateConfig()
+    dicom: DicomConfig = DicomConfig()
     ingest: IngestConfig = IngestConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()

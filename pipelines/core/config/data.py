@@ -28,6 +28,17 @@ class DatasetConfig(_Strict):
     )
 
 
+class DicomConfig(_Strict):
+    """DICOM series inputs: geometry exceptions and de-identification."""
+
+    allow_tilt: bool = Field(default=False, description="resample a gantry-tilted series onto an orthogonal grid "
+                             "(default: refuse it)")
+    log_identifiers: bool = Field(default=False, description="use the raw PatientID as patient id (default: a salted "
+                                  "hash; nothing identifying reaches MLflow or the logs)")
+    id_salt: str = Field(default="", description="salt of the hashed case and patient ids (a per-site value keeps "
+                         "ids from matching across sites; medflow predict names outputs with the empty salt)")
+
+
 class IngestConfig(_Strict):
     """Reading and validating every case."""
 

@@ -34,10 +34,10 @@ from medflow.tasks.explanations import ExplainSettings, explain_crops
 
 def read_case(record: dict):
     """The raw volume of an ingested case record, as inference sees it."""
-    from medflow.data.nifti import read_nifti
+    from medflow.data.images import read_image
     from medflow.tasks.base import VolumeCase
 
-    images = [read_nifti(p) for p in record["images"]]
+    images = [read_image(p, **record.get("read", {})) for p in record["images"]]
     return VolumeCase([v.data for v in images], images[0].affine, record["images"][0])
 
 

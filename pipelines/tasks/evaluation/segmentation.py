@@ -25,6 +25,7 @@ import numpy as np
 
 from medflow.core.cases import map_cases
 from medflow.core.engine import StageDir, StageFailed
+from medflow.data.images import read_image, read_label
 from medflow.data.nifti import CaseError, read_nifti
 from medflow.inference.plan import InferencePlan
 from medflow.models.metrics import case_metrics, row_normalize
@@ -55,12 +56,12 @@ def evaluate_case(record: dict, net, plan: InferencePlan, ev, dest: StageDir) ->
     case_id = record["case_id"]
     if not record["label"]:
         raise CaseError(record["images"][0], "no label map to evaluate against")
-    images = [read_nifti(p) for p in record["images"]]
-    truth = np.rint(read_nifti(record["label"]).data).astype(np.int64)
+    images = [read_image(p, **record.get("read", {})) for p in record["images"]]
+    truth = np.rint(read_label(record["label"], images[0], record.get("label_classes")).data).astype(np.int64)
     classes = list(plan.classes)
     case = VolumeCase([v.data for v in images], images[0].affine, record["images"][0])
     pred = TASKS[plan.family].infer(plan, net, case).labels
-    write_like(dest.path / "predictions" / f"{case_id}.nii.gz", pred, record["images"][0])
+    write_like(dest.path / "predictions" / f"{case_id}.nii.gz", pred, record["images"][0], affine=images[0].affine)
     spacing = voxel_spacing(images[0].affine)
     rows, cm = case_metrics(truth, pred, spacing, classes, surface=ev.hd95)
     result = {"case_id": case_id, "methods": {"network": {"rows": rows, "confusion": cm.tolist()}}}
@@ -147,11 +148,12 @@ def _montage(results, records, report, classes, path) -> list[str]:
     picks = [("worst", ranked[0]), ("median", ranked[len(ranked) // 2]), ("best", ranked[-1])]
     rows = []
     for tag, case_id in picks[::-1] if len(ranked) > 2 else [("case", c) for c in ranked]:
-        image = read_nifti(records[case_id]["images"][0])
+        record = records[case_id]
+        image = read_image(record["images"][0], **record.get("read", {}))
         canonical, affine = to_canonical(image.data, image.affine)
         vols = [canonical] + [to_canonical(v, image.affine)[0] for v in (
-            read_nifti(records[case_id]["label"]).data, read_nifti(path.parent / "predictions"
-                                                                   / f"{case_id}.nii.gz").data)]
+            read_label(record["label"], image, record.get("label_classes")).data,
+            read_nifti(path.parent / "predictions" / f"{case_id}.nii.gz").data)]
         fg = np.nonzero(vols[1] > 0)
         centre = [int(np.median(a)) if a.size else n // 2 for a, n in zip(fg, vols[0].shape)]
         dice = _mean_dice(results[case_id]["methods"]["network"]["rows"], report)
