@@ -52,7 +52,7 @@ def read_dicom(ref: str, *, allow_tilt: bool = False, max_voxels: int | None = N
         raise CaseError(ref, f"the folder holds {len(series)} image series; name one as "
                              f"{os.path.basename(folder)}#<SeriesInstanceUID> ({', '.join(s.uid for s in series[:3])})")
     vol = read_series(series[0].files, ref, allow_tilt=allow_tilt, max_voxels=max_voxels,
-                      datasets=series[0].datasets)
+                      datasets=series[0].datasets, offsets=series[0].offsets)
     vol.notices[:0] = notices
     return vol
 

@@ -155,3 +155,13 @@ def sampler(mode, patch_size, **changes):
     ld = LoaderConfig()
     kw = {"slice_axis": ld.slice_axis, "foreground_ratio": ld.foreground_ratio, "crop": ld.crop, **changes}
     return SamplerConfig(mode, tuple(patch_size), **kw)
+
+
+def run_medflow(*args, env):
+    """``python -m medflow.cli.main ARGS`` from the repository root, failing on a non-zero exit; the result."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "medflow.cli.main", *args], env=env, cwd=root, check=True,
+                          capture_output=True, text=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +12,18 @@ import pytest
 
 from medflow.data.casefile import read_meta
 from mlflow import MlflowClient
+from tests.helpers import run_medflow
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _medflow(*args, env):
-    return subprocess.run([sys.executable, "-m", "medflow.cli.main", *args], env=env, cwd=ROOT, check=True,
-                          capture_output=True, text=True)
-
-
 def test_demo_job_end_to_end(tmp_path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     env = dict(os.environ, MEDFLOW_WORKSPACE=str(tmp_path / "ws"), MLFLOW_TRACKING_URI=store)
-    _medflow("sample-data", "--size", "demo", env=env)
+    run_medflow("sample-data", "--size", "demo", env=env)
     configs = [str(ROOT / f"pipelines/configs/{n}.yaml") for n in ("segmentation", "classification", "reconstruction")]
-    out = _medflow("run", *configs, "--profile", "demo", env=env).stdout
+    out = run_medflow("run", *configs, "--profile", "demo", env=env).stdout
     assert "pipeline segmentation" in out and "pipeline classification" in out and "medflow ui" in out
     assert "test set, native space; mean Dice over gray_matter, white_matter" in out and "multi_otsu" in out
     assert "balanced accuracy" in out  # the classifier's summary
@@ -70,7 +64,7 @@ def test_demo_job_end_to_end(tmp_path):
     shutil.copytree(data, broken)
     blob = (broken / "imagesTr/brain_004.nii.gz").read_bytes()
     (broken / "imagesTr/brain_004.nii.gz").write_bytes(blob[: len(blob) // 2])
-    res = _medflow("run", configs[0], "--set", f"dataset.root={broken}", "--stage", "preprocess", env=env)
+    res = run_medflow("run", configs[0], "--set", f"dataset.root={broken}", "--stage", "preprocess", env=env)
     assert "brain_004.nii.gz: truncated or corrupt gzip" in res.stderr
     (ingest_run,) = [r for r in client.search_runs([client.get_experiment_by_name("segmentation").experiment_id])
                      if r.data.tags.get("medflow.stage") == "ingest" and r.data.metrics.get("quarantined") == 1]

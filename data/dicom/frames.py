@@ -47,7 +47,8 @@ class Frame:
         rows, columns: matrix size.
         slope, intercept: the modality rescale (stored value -> HU or other units).
         image_type: ImageType values, upper case.
-        dataset: the decoded object the pixels come from.
+        dataset: the decoded object the pixels come from (without its PixelData when parsed up to it).
+        pixel_offset: where the PixelData element starts in ``file`` (None: in ``dataset``, or unknown).
     """
 
     file: str
@@ -62,6 +63,7 @@ class Frame:
     intercept: float
     image_type: tuple
     dataset: Dataset
+    pixel_offset: int | None = None
 
 
 def _group(ds: Dataset, per: Dataset | None, name: str):
@@ -72,8 +74,9 @@ def _group(ds: Dataset, per: Dataset | None, name: str):
     return None
 
 
-def frames_of(where: str, path: str, ds: Dataset) -> list[Frame]:
-    """The frames of one decoded object (pixels not yet decoded); CaseError when it has no usable geometry."""
+def frames_of(where: str, path: str, ds: Dataset, pixel_offset: int | None = None) -> list[Frame]:
+    """The frames of one decoded object (pixels not yet decoded); CaseError when it has no usable geometry.
+    ``pixel_offset``: where its PixelData element starts in the file, for a dataset parsed up to it."""
     name = os.path.basename(path)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise CaseError(where, f"{name}: {ds.get('PhotometricInterpretation', 'colour')} image with "
@@ -81,7 +84,7 @@ def frames_of(where: str, path: str, ds: Dataset) -> list[Frame]:
     image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     common = dict(file=path, sop_uid=str(ds.get("SOPInstanceUID", "")), rows=int(ds.Rows), columns=int(ds.Columns),
-                  image_type=image_type, dataset=ds)
+                  image_type=image_type, dataset=ds, pixel_offset=pixel_offset)
     if "PerFrameFunctionalGroupsSequence" in ds:
         per_frame = ds.PerFrameFunctionalGroupsSequence
         if len(per_frame) != n_frames:
@@ -114,18 +117,46 @@ def frames_of(where: str, path: str, ds: Dataset) -> list[Frame]:
                   **common)]
 
 
-def _native(ds: Dataset, syntax, rows: int, columns: int, name: str, where: str) -> np.ndarray | None:
+def _from_file(frame: Frame, syntax, need: int, name: str, where: str) -> bytes | None:
+    """The pixel bytes of a dataset parsed up to its PixelData element, read straight from the file (pydicom's
+    deferred read costs several times the I/O); None for an encapsulated (compressed) element."""
+    explicit = syntax == ExplicitVRLittleEndian
+    with open(frame.file, "rb") as fh:
+        fh.seek(frame.pixel_offset)
+        head = fh.read(12 if explicit else 8)
+        if len(head) < (12 if explicit else 8) or head[:4] != b"\xe0\x7f\x10\x00":
+            return None
+        length = int.from_bytes(head[8:12] if explicit else head[4:8], "little")
+        if explicit and head[4:6] not in (b"OW", b"OB"):
+            return None
+        if length == 0xFFFFFFFF:  # undefined length: encapsulated fragments
+            return None
+        raw = fh.read(min(length, need))
+    if len(raw) < need:
+        raise CaseError(where, f"{name}: truncated pixel data ({len(raw)} of {need} bytes)")
+    return raw
+
+
+def _native(frame: Frame, syntax, name: str, where: str) -> np.ndarray | None:
     """The stored values of an uncompressed little-endian single frame, straight from the bytes (no copy
     beyond the unused high bits), or None where pydicom's general path is needed."""
-    if syntax not in _NATIVE or int(ds.get("NumberOfFrames", 1) or 1) != 1 or "PixelData" not in ds:
+    ds, rows, columns = frame.dataset, frame.rows, frame.columns
+    if syntax not in _NATIVE or int(ds.get("NumberOfFrames", 1) or 1) != 1:
         return None
     alloc, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if alloc not in (8, 16, 32) or not 0 < stored <= alloc:
         return None
     dtype = np.dtype(f"<{'i' if signed else 'u'}{alloc // 8}")
-    raw = ds.PixelData
     need = rows * columns * dtype.itemsize
+    if "PixelData" in ds:
+        raw = ds.PixelData
+    elif frame.pixel_offset is not None:
+        raw = _from_file(frame, syntax, need, name, where)
+    else:
+        return None
+    if raw is None:
+        return None
     if len(raw) < need:
         raise CaseError(where, f"{name}: truncated pixel data ({len(raw)} of {need} bytes)")
     pixels = np.frombuffer(raw, dtype=dtype, count=rows * columns).reshape(rows, columns)
@@ -139,8 +170,14 @@ def _decoded(where: str, frame: Frame) -> np.ndarray:
     ds, name = frame.dataset, os.path.basename(frame.file)
     syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
     try:
-        native = _native(ds, syntax, frame.rows, frame.columns, name, where)
-        return native if native is not None else ds.pixel_array
+        native = _native(frame, syntax, name, where)
+        if native is not None:
+            return native
+        if "PixelData" not in ds:  # parsed up to the pixels: pydicom's decoders need the whole object
+            import pydicom
+
+            ds = pydicom.dcmread(frame.file, force=True)
+        return ds.pixel_array
     except (NotImplementedError, RuntimeError) as err:
         label = syntax.name if syntax is not None else "this transfer syntax"
         hint = next((v for k, v in _DECODERS.items() if k in label), None)

@@ -32,9 +32,6 @@ _NON_IMAGE_PREFIXES = (
 )
 
 
-DEFER_BYTES = 64 << 10  # elements larger than this (pixel data) are read when used, not when parsed
-
-
 @dataclass
 class SeriesFiles:
     """The files of one image series, as grouped by :func:`scan_folder`.
@@ -52,7 +49,8 @@ class SeriesFiles:
     modality: str
     patient_id: str
     files: list[str] = field(default_factory=list)
-    datasets: list = field(default_factory=list)  # with scan_folder(keep=True): each file's dataset
+    datasets: list = field(default_factory=list)  # with scan_folder(keep=True): each file's dataset, no pixels
+    offsets: list = field(default_factory=list)  # ... and the file offset of its PixelData element (or None)
 
 
 def sop_kind(sop_class_uid: str) -> str | None:
@@ -64,20 +62,35 @@ def sop_kind(sop_class_uid: str) -> str | None:
     return None
 
 
+def _parse(path: str, whole: bool, force: bool = False):
+    """The dataset up to the pixel data (``whole``: every element, else the scan tags), with
+    ``pixel_offset``, the file offset of the PixelData element (None without one)."""
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=force,
+                             **({} if whole else {"specific_tags": _SCAN_TAGS}))
+        at = fh.tell()
+        head = fh.read(4)
+    # pydicom stops with the file at the PixelData tag (7FE0,0010): where a reader finds the pixels.
+    return ds, at if head == b"\xe0\x7f\x10\x00" else None
+
+
 def read_header(path: str, whole: bool = False):
-    """The scan tags of one file (``whole``: every element, large ones such as the pixel data deferred
-    until read), or a one-line reason it is not a readable DICOM file."""
-    how = {"defer_size": DEFER_BYTES} if whole else {"stop_before_pixels": True, "specific_tags": _SCAN_TAGS}
+    """The scan tags of one file (``whole``: every element but the pixel data, and ``pixel_offset``), or
+    a one-line reason it is not a readable DICOM file.
+
+    Returns:
+        ((dataset, pixel_offset), None) or (None, problem).
+    """
     try:
-        return pydicom.dcmread(path, **how), None
+        return _parse(path, whole), None
     except InvalidDicomError:
         pass
     except Exception as err:  # pydicom raises many types for damaged files
         return None, f"unreadable DICOM header ({' '.join(str(err).split())[:160]})"
     try:  # old files without the preamble and file meta: accepted when they carry a SOP class and a series
-        ds = pydicom.dcmread(path, force=True, **how)
+        ds, at = _parse(path, whole, force=True)
         if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
-            return ds, None
+            return (ds, at), None
     except Exception:  # noqa: BLE001  (anything force-read that fails is simply not DICOM)
         pass
     return None, "not DICOM (no DICM preamble)"
@@ -110,8 +123,9 @@ def holds_dicom(folder: str | os.PathLike, *, limit: int = 2000) -> bool:
 def scan_folder(folder: str | os.PathLike, *, keep: bool = False) -> tuple[list[SeriesFiles], list[str]]:
     """Group the image files under ``folder`` (any depth) by series.
 
-    ``keep``: parse each file whole (pixel data deferred: read only when used) and keep the datasets in
-    :attr:`SeriesFiles.datasets`, so a reader parses each file once; otherwise only the grouping tags.
+    ``keep``: parse each file's every element but the pixel data and keep the datasets (and where each
+    file's pixels start) in :attr:`SeriesFiles.datasets`, so a reader parses each file once and reads
+    native pixels straight from the file; otherwise only the grouping tags are read.
 
     Returns:
         (series sorted by UID, notices): a notice is one line naming a file that was set aside and why
@@ -127,7 +141,8 @@ def scan_folder(folder: str | os.PathLike, *, keep: bool = False) -> tuple[list[
             if name.startswith("."):
                 continue
             path = str(Path(dirpath) / name)
-            ds, problem = read_header(path, whole=keep)
+            parsed, problem = read_header(path, whole=keep)
+            ds, offset = parsed if parsed else (None, None)
             sop = None if problem else ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get(
                 "MediaStorageSOPClassUID")  # a DICOMDIR names its class in the file meta only
             if problem is None and sop is None:
@@ -145,6 +160,7 @@ def scan_folder(folder: str | os.PathLike, *, keep: bool = False) -> tuple[list[
             entry.files.append(path)
             if keep:
                 entry.datasets.append(ds)
+                entry.offsets.append(offset)
             if "LOCALIZER" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
                 imaging.add(uid)
     for uid in sorted(set(series) - imaging):  # a series of scouts alone is no volume to learn from

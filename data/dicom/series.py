@@ -151,7 +151,7 @@ def untilt(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def read_series(files: list[str], where: str, *, allow_tilt: bool = False, max_voxels: int | None = None,
-                datasets: list | None = None) -> DicomVolume:
+                datasets: list | None = None, offsets: list | None = None) -> DicomVolume:
     """Read one series' files (any order) into a :class:`DicomVolume`.
 
     Args:
@@ -159,7 +159,8 @@ def read_series(files: list[str], where: str, *, allow_tilt: bool = False, max_v
         where: what messages name (the series folder, or ``folder#SeriesInstanceUID``).
         allow_tilt: resample a gantry-tilted stack instead of refusing it.
         max_voxels: refuse a series with more voxels before decoding any pixel data.
-        datasets: the files already parsed (``scan_folder(keep=True)``), so none is parsed twice.
+        datasets, offsets: the files already parsed up to their pixel data, and where that starts
+            (``scan_folder(keep=True)``), so none is parsed twice.
 
     Raises:
         CaseError: one line naming ``where`` and the problem.
@@ -170,7 +171,9 @@ def read_series(files: list[str], where: str, *, allow_tilt: bool = False, max_v
             datasets.append(pydicom.dcmread(path, force=True))  # the scan vetted it (old files lack a preamble)
         except Exception as err:
             raise CaseError(where, f"{os.path.basename(path)}: unreadable DICOM ({' '.join(str(err).split())[:160]})")
-    frames = [f for path, ds in zip(files, datasets) for f in frames_of(where, path, ds)]
+    offsets = list(offsets) if offsets is not None else []
+    offsets += [None] * (len(datasets) - len(offsets))
+    frames = [f for path, ds, at in zip(files, datasets, offsets) for f in frames_of(where, path, ds, at)]
     frames, notices = _drop_localizers(where, frames)
     if len(frames) < 2:
         raise CaseError(where, f"{len(frames)} image(s): a volume needs at least 2 slices")

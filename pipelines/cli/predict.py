@@ -44,7 +44,8 @@ def add_parser(sub, fmt, examples) -> None:
     p.add_argument("--model", required=True,
                    help="export folder, models:/NAME@ALIAS or models:/NAME/VERSION, or a train stage's folder")
     p.add_argument("--input", type=Path, nargs="+", required=True,
-                   help="files, or folders of NIfTI volumes / .npy sinograms (each file once)")
+                   help="files, or folders of NIfTI volumes / .npy sinograms (each file once), or folders of DICOM "
+                        "series (each series under them, at any depth; FOLDER#SeriesInstanceUID names one)")
     p.add_argument("--output", type=Path, required=True, help="output folder (not one that holds an input)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --output (by default "
                                                             "the run stops before writing anything)")

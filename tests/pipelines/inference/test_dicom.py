@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medflow.cli.main import main
 from medflow.data.dicom.seg import write_seg
 from medflow.data.dicom.write import write_series
 from medflow.data.images import read_image
@@ -124,6 +125,14 @@ def test_classification_on_dicom_takes_patients_from_the_header_and_names_series
     assert len(rows) == 12 and all(row["case"] in ingest for row in rows)  # predict names series as ingest does
     uids = {r["series_uid"] for r in rows}
     assert uids == {pydicom.dcmread(p / "slice_0000.dcm").SeriesInstanceUID for p in (root / "series").iterdir()}
+    # Explanation maps of a series lie on the grid it was read on.
+    one = next((root / "series").iterdir())
+    assert main(["predict", "--model", str(stages["export"]), "--input", str(one), "--output",
+                 str(tmp_path / "explained"), "--explain", "occlusion"]) == 0
+    (row,) = list(csv.DictReader((tmp_path / "explained" / "predictions.csv").open()))
+    explanation = nib.load(str(tmp_path / "explained" / f"{row['case']}_explanation.nii.gz"))
+    source = read_image(one)
+    assert explanation.shape == source.data.shape and np.allclose(explanation.affine, source.affine)
     assert _leaks(tmp_path, exclude=("nifti", "dicom")) == []
 
 
