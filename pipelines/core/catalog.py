@@ -13,7 +13,8 @@ from medflow.stages import evaluate, export, ingest, preprocess, simulate, split
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("ingest", ingest.run, inputs=(), sections=("dataset", "ingest"), extra_key=ingest.dataset_state,
+        Stage("ingest", ingest.run, inputs=(), sections=("dataset", "ingest", "dicom"),
+              extra_key=ingest.dataset_state,
               shardable=True, outputs="case records, fingerprint.json, cases.csv, quarantine.json"),
         Stage("preprocess", preprocess.run, inputs=("ingest",), sections=("preprocess",), shardable=True,
               outputs="cases/<id>.npz (RAS, target spacing, normalized), plan.json"),

@@ -107,3 +107,14 @@ def test_label_codes_are_checked(tmp_path):
             list_msd(str(root))
     (root / "dataset.json").write_text(json.dumps({**meta, "label_codes": {"1": ["SCT", "85756007", "Tissue"]}}))
     assert list_msd(str(root)).codes == {1: ("SCT", "85756007", "Tissue")}
+
+
+def test_the_dicom_section_keys_the_ingest_stage(tmp_path):
+    from medflow.core.catalog import STAGES
+    from medflow.core.loading import load_config
+    from tests.helpers import write_pipeline
+
+    path = write_pipeline(tmp_path / "p.yaml", tmp_path)
+    keys = {STAGES["ingest"].key(load_config(path, over), {}) for over in
+            ([], ["dicom.id_salt=site-a"], ["dicom.allow_tilt=true"], ["dicom.log_identifiers=true"])}
+    assert len(keys) == 4  # a salt or a reading rule changes the ids or the volumes: never a stale ingest
