@@ -14,12 +14,17 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow test-faults test-browser test-all bench lock ui mlflow-run clean-workspace help
+.PHONY: install install-ray run test test-slow test-ray test-faults test-browser test-all bench lock ui mlflow-run \
+	clean-workspace help
+
+# The optional `ray` extra (executor: ray) and what it brings, pinned at the end of requirements.lock.
+RAY_PKGS := ray|filelock|jsonschema|jsonschema-specifications|referencing|rpds-py|msgpack|fsspec|tensorboardX
 
 help:
 	@echo "make run        install, build demo sample data, run the main job, print a summary"
 	@echo "make test       fast test suite"
 	@echo "make test-slow  slow end-to-end tests"
+	@echo "make test-ray   executor ray on a local instance and a two-node cluster (installs the ray extra)"
 	@echo "make test-faults  fault suite: kills, full disks, damage, concurrency, load, hostile clients; a table"
 	@echo "make test-browser  MLflow UI and report.html in headless Chromium (installs Debian chromium, selenium)"
 	@echo "make bench      medflow bench suite: ingest, augment, train, infer; medians to JSON + Markdown"
@@ -38,6 +43,10 @@ $(STAMP): requirements.lock pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+install-ray: install
+	sed -n 's/^# extra ray: //p' requirements.lock > $(VENV)/ray-extra.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/ray-extra.txt
+
 run: install
 	$(BIN)/medflow sample-data --size $(PROFILE)
 	$(BIN)/medflow run pipelines/configs/segmentation.yaml pipelines/configs/classification.yaml \
@@ -47,7 +56,11 @@ test: install
 	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not browser and not faults" -q
+	$(BIN)/python -m pytest -m "slow and not browser and not faults and not ray" -q
+
+# Ray on this machine: a local instance and a two-node ray.cluster_utils.Cluster, every address on 127.0.0.1.
+test-ray: install-ray
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(BIN)/python -m pytest -m ray -q -p no:cacheprovider
 
 # The fault suite (tests/faults): kill -9 at seeded points of every stage, full and read-only disks,
 # damaged files, concurrent runs (SQLite and a loopback mlflow server), the scoring server under load
@@ -87,11 +100,14 @@ mlflow-run: install
 	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/mlflow run mlflow --env-manager local \
 		--experiment-name $(basename $(notdir $(PIPELINE))) -P pipeline=$(PIPELINE) -P profile=$(PROFILE)
 
-# Re-pin every transitive dependency from the current venv.
+# Re-pin every transitive dependency from the current venv. The `ray` extra's pins (make install-ray)
+# go to the end as "# extra ray: NAME==VERSION" lines, so `make install` and `make run` never install Ray.
 lock: install
 	( echo "# Full pinned dependency set for Python 3.11 (pip freeze of a working install)."; \
-	  echo "# Regenerate: make lock"; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^medflow' ) > requirements.lock
+	  echo "# Regenerate: make lock (after make install-ray, so the ray extra's pins are kept)"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^medflow' | grep -v -i -E "^($(RAY_PKGS))=="; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -i -E "^($(RAY_PKGS))==" | sed 's/^/# extra ray: /' \
+	) > requirements.lock
 
 clean-workspace:
 	rm -rf workspace

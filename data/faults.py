@@ -12,6 +12,10 @@ stage STAGE (see :func:`in_stage`):
 - ``enospc`` / ``erofs``: the N-th ``write`` point raises the OSError a full disk or a read-only
   file system gives, naming the file, so the caller's clean-up runs as it would for a real one.
 
+``MEDFLOW_FAULT_ONCE=FILE`` makes the fault happen once among all processes that share FILE: the
+first to reach its point creates FILE and acts, the others (and that process's retried work) pass.
+Ray workers count their own points, so this is how one worker, not each, is killed.
+
 ``MEDFLOW_FAULT_COUNT=FILE`` appends one line ``STAGE KIND`` per point, so a suite can count a
 stage's points on an uninterrupted run and choose seeded ones to fail at. Both act in the process
 that reads them: the suite runs with ``workers: 1``, where every case is done in that process.
@@ -27,6 +31,7 @@ from contextlib import contextmanager
 
 FAULT_ENV = "MEDFLOW_FAULT"
 COUNT_ENV = "MEDFLOW_FAULT_COUNT"
+ONCE_ENV = "MEDFLOW_FAULT_ONCE"
 ACTIONS = ("kill", "enospc", "erofs")
 _ERRNO = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
 
@@ -79,6 +84,12 @@ def point(kind: str, path: str | os.PathLike | None = None) -> None:
     _seen[stage] = _seen.get(stage, 0) + 1
     if _seen[stage] != n:
         return
+    once = os.environ.get(ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # another process has had this fault already
+            return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     code = _ERRNO[action]

@@ -91,11 +91,11 @@ def spec_dict(spec: EllipsesSpec) -> dict:
     return {"format": FORMAT_VERSION, **asdict(spec)}
 
 
-def build(folder: Path, spec: EllipsesSpec, *, workers: int, progress) -> dict:
+def build(folder: Path, spec: EllipsesSpec, *, workers: int, progress, mapper=None) -> dict:
     """Build (or finish, or reuse) the dataset in ``folder``; return its manifest.
 
     A folder holding a different spec is refused rather than mixed: callers key
-    folders by the spec (the stage engine does).
+    folders by the spec (the stage engine does). ``mapper``: see :func:`medflow.data.sample.build.run_jobs`.
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST
@@ -117,7 +117,7 @@ def build(folder: Path, spec: EllipsesSpec, *, workers: int, progress) -> dict:
                 jobs.append((spec, folder, split, c))
     progress.skip(done)
     run_jobs(_write_chunk, jobs, workers, progress,
-             ticks=lambda job: min(job[0].chunk, job[0].counts[job[2]] - job[3] * job[0].chunk))
+             ticks=lambda job: min(job[0].chunk, job[0].counts[job[2]] - job[3] * job[0].chunk), mapper=mapper)
     chunks = {split: [_chunk_path(folder, split, c) for c in range(_n_chunks(spec, split))] for split in SPLITS}
     return write_manifest(folder, spec_dict(spec), spec.geometry(),
                           {split: spec.counts.get(split, 0) for split in SPLITS}, chunks)

@@ -112,7 +112,7 @@ def _volume_chunk(job) -> dict:
 
 
 def build_ct(folder: Path, files: dict[str, list[Path]], geometry: CtGeometry, *, fbp_filter: str,
-             frequency_scaling: float, seed: int, slice_step: int, workers: int, progress) -> dict:
+             frequency_scaling: float, seed: int, slice_step: int, workers: int, progress, mapper=None) -> dict:
     """The (sinogram, FBP, HU slice) dataset of CT volumes, one chunk per volume (resumable, reused).
 
     A volume that cannot be read is left out with a one-line problem in the manifest's
@@ -139,7 +139,7 @@ def build_ct(folder: Path, files: dict[str, list[Path]], geometry: CtGeometry, *
             for split in SPLITS for i, path in enumerate(files[split])]
     todo = [j for j in jobs if not j[1].exists()]
     progress.skip(len(jobs) - len(todo))
-    problems = [r for r in run_jobs(_volume_chunk, todo, workers, progress) if "error" in r]
+    problems = [r for r in run_jobs(_volume_chunk, todo, workers, progress, mapper=mapper) if "error" in r]
     bad = {p["path"] for p in problems}
     chunks = {s: [j[1] for j in jobs if j[1].parent.name == s and str(j[0]) not in bad and j[1].exists()]
               for s in SPLITS}

@@ -110,14 +110,17 @@ def _prepare(out_dir: Path, stamp: dict, index_file: str) -> bool:
     return False
 
 
-def run_jobs(fn, jobs, workers: int, progress, ticks=None) -> list:
+def run_jobs(fn, jobs, workers: int, progress, ticks=None, mapper=None) -> list:
     """``fn`` over ``jobs`` in ``workers`` processes (forkserver), results in order.
 
-    ``ticks(job)`` is how far each finished job moves ``progress`` (default 1).
+    ``ticks(job)`` is how far each finished job moves ``progress`` (default 1). ``mapper(fn, jobs)``,
+    an iterator of results in job order, replaces the local pool (a Ray executor's).
     """
     jobs = list(jobs)
     results = []
-    if workers <= 1:
+    if mapper is not None:
+        mapped, pool = mapper(fn, jobs), None
+    elif workers <= 1:
         mapped = map(fn, jobs)
         pool = None
     else:

@@ -15,7 +15,11 @@ def cmd_bench(args) -> int:
         if args.what == "suite":
             from medflow.bench.suite import bench_suite
 
-            bench_suite(repeats=args.repeats, size=args.size)
+            bench_suite(repeats=args.repeats, size=args.size or "demo")
+        elif args.what == "scale":
+            from medflow.bench.scale import bench_scale
+
+            bench_scale(size=args.size or "full", seed=args.seed)
         elif args.what == "dicom":
             from medflow.bench.dicom import bench_dicom
 
@@ -23,7 +27,7 @@ def cmd_bench(args) -> int:
         elif args.what == "augment":
             from medflow.bench.data import bench_augment
 
-            bench_augment(size=args.size, seed=args.seed)
+            bench_augment(size=args.size or "demo", seed=args.seed)
         elif args.what == "infer":
             from medflow.bench.infer import bench_infer
 
@@ -36,7 +40,7 @@ def cmd_bench(args) -> int:
         else:
             from medflow.bench.data import bench_ingest
 
-            bench_ingest(size=args.size, workers=args.workers, seed=args.seed)
+            bench_ingest(size=args.size or "demo", workers=args.workers, seed=args.seed)
     except (ConfigError, BundleError, PredictError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -58,14 +62,16 @@ def add_parser(sub, fmt, examples) -> None:
                            medflow bench infer --export models:/segmentation@champion
                            medflow bench suite --repeats 3
                            medflow bench dicom --repeats 5
+                           medflow bench scale
                        """))
-    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom"),
+    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom", "scale"),
                    help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
                         "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
                         "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime; "
                         "suite: all four, --repeats times each, medians to JSON and Markdown; dicom: a 200-slice "
-                        "512^2 CT series to a validated volume vs pydicom's raw decode")
-    p.add_argument("--size", choices=("demo", "full"), default="demo")
+                        "512^2 CT series to a validated volume vs pydicom's raw decode; scale: ingest + preprocess "
+                        "cases/s, local pools of 1 and 2 beside Ray with 1 and 2 workers (full set by default)")
+    p.add_argument("--size", choices=("demo", "full"), default=None, help="sample set (default: demo; scale: full)")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="unet2d", help="train: a registered model name")

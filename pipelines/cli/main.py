@@ -139,7 +139,9 @@ def cmd_run(args) -> int:
             results, parent = run_pipeline(cfg, target=args.stage, force=args.force, strict=args.strict,
                                            workers=args.workers, tracker=tracker, config_path=path,
                                            profile=args.profile, shard=shard, merge=getattr(args, "merge", False),
-                                           verify=getattr(args, "verify", False))
+                                           verify=getattr(args, "verify", False),
+                                           executor=getattr(args, "executor", None),
+                                           ray_address=getattr(args, "ray_address", None))
         except StageFailed as err:
             print(f"error: {err}", file=sys.stderr)
             status = EXIT_FAILED
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                            medflow run pipelines/configs/segmentation.yaml
                            medflow run pipelines/configs/segmentation.yaml --profile demo --stage preprocess
                            medflow run pipelines/configs/segmentation.yaml --set dataset.root=/data/Task04_Hippocampus --stage ingest
+                           medflow run pipelines/configs/segmentation.yaml --executor ray --ray-address ray://head:10001
                            medflow run pipelines/configs/classification.yaml --set preprocess.spacing=[2,2,2] --force
                            medflow run pipelines/configs/*.yaml --profile demo --strict
                        """))
@@ -287,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "machine and the config's train.budget (else 30m); FILE applies a plan file; --set still wins")
     p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of --stage's cases (ingest, "
                                                            "preprocess); then `medflow merge`")
+    p.add_argument("--executor", choices=("local", "ray"), help="per-case stages on a local process pool or as Ray "
+                   "tasks with retries (default: the config's executor, local)")
+    p.add_argument("--ray-address", help="executor ray: the cluster to join (default: RAY_ADDRESS, else a local "
+                                         "Ray instance)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="finish a sharded stage from its shards (all of them must have finished)",

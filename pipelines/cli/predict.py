@@ -12,6 +12,7 @@ def cmd_predict(args) -> int:
     from medflow.core.cases import parse_shard
     from medflow.core.progress import Progress
     from medflow.inference.bundle import BundleError
+    from medflow.core.engine import StageFailed
     from medflow.inference.predict import PredictError, list_inputs, open_model, predict_files
     from medflow.tasks.explanations import ExplainSettings
 
@@ -23,8 +24,9 @@ def cmd_predict(args) -> int:
         total = len(files) if shard is None else len(files[shard[0]::shard[1]])
         with Progress(total, "predict", unit="file") as bar:
             report = predict_files(bundle, files, args.output, batch_size=args.batch, progress=bar, shard=shard,
-                                   explain=explain, overwrite=args.overwrite)
-    except (PredictError, BundleError, ValueError) as err:
+                                   explain=explain, overwrite=args.overwrite, executor=args.executor,
+                                   ray_address=args.ray_address)
+    except (PredictError, BundleError, ValueError, StageFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"predict ({report['family']}, {args.runtime}): {len(report['written'])} written to {args.output}, "
@@ -58,4 +60,8 @@ def add_parser(sub, fmt, examples) -> None:
     p.add_argument("--explain-layer", help="the Grad-CAM layer (default: the deepest with voxels of at most 8 mm)")
     p.add_argument("--shard", metavar="INDEX/COUNT", help="do only this share of the inputs (N machines, one "
                                                            "output folder)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="ray: each input a Ray task "
+                   "(the model loaded once per worker); volume models only (default local)")
+    p.add_argument("--ray-address", help="--executor ray: the cluster to join (default: RAY_ADDRESS, else a local "
+                                         "Ray instance)")
     p.set_defaults(func=cmd_predict)

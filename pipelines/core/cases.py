@@ -53,7 +53,8 @@ def map_cases(
     jobs: Iterable[tuple[str, str, Any]], worker: Callable[[Any], Any], ctx: RunContext, desc: str,
     *, done: int = 0, total: int | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
-    """Run ``worker(args)`` for each (case_id, source, args), in parallel when ctx.workers > 1.
+    """Run ``worker(args)`` for each (case_id, source, args): in parallel when ctx.workers > 1, or as Ray
+    tasks when ctx.executor is "ray" (medflow.core.ray_exec; ``worker`` must then be importable by name).
 
     The worker writes its own output atomically and returns a small summary, so
     no volume travels between processes. A failing case is quarantined (or, with
@@ -71,6 +72,8 @@ def map_cases(
         def settle(case_id, source, fn):
             try:
                 results[case_id] = fn()
+            except StageFailed:  # the executor lost the case's worker for good: no case's fault
+                raise
             except WriteFailed as err:  # a full or read-only disk is no case's fault: stop, resume later
                 raise StageFailed(f"[{desc}] {err}: stopped; nothing half-written is kept, and the next run "
                                   f"resumes with the {len(results)} case(s) written") from None
@@ -80,7 +83,11 @@ def map_cases(
                 report_quarantine(record, ctx, desc)
             bar.update(1)
 
-        if ctx.workers <= 1 or len(jobs) <= 1:
+        if ctx.executor == "ray" and jobs:
+            from medflow.core.ray_exec import ray_map
+
+            ray_map(jobs, worker, settle, ctx.ray_address, desc)
+        elif ctx.workers <= 1 or len(jobs) <= 1:
             for case_id, source, args in jobs:
                 settle(case_id, source, lambda: worker(args))
         else:

@@ -45,6 +45,8 @@ class RunContext:
     worker: bool = False  # a multi-worker training process that is not the chief: trains, writes nothing
     distributed: bool = False  # one of several TF_CONFIG workers: they all train one key together, unlocked
     verify: bool = False  # reuse checks each case file's checksum, not only its size (`medflow run --verify`)
+    executor: str = "local"  # per-case maps: "local" (process pool) or "ray" (medflow.core.ray_exec)
+    ray_address: str | None = None  # executor ray: the cluster to join (None: RAY_ADDRESS, else a local instance)
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)
@@ -134,7 +136,10 @@ class StageDir:
     def prepare(self) -> None:
         """Create the folder and drop temporaries left by a killed run."""
         self.cases_dir.mkdir(parents=True, exist_ok=True)
-        # Files, and folders such as a half-written checkpoint, at any depth (predictions/, val/...).
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Drop temporaries: files, and folders such as a half-written checkpoint, at any depth."""
         for tmp in sorted(self.path.rglob(".tmp-*"), key=lambda p: len(p.parts)):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
@@ -245,7 +250,11 @@ class StageDir:
 
         Each case entry with a ``file`` gains its ``size`` and ``sha256`` (unless the stage gave them),
         so reuse can tell a damaged or missing file (:meth:`damaged_cases`).
+
+        Temporaries still in the folder are dropped first: every case is settled when a stage finishes,
+        so one left now is a write whose worker died and was retried elsewhere (a Ray task).
         """
+        self.sweep()
         for entry in body.get("cases", {}).values():
             if isinstance(entry, dict) and "file" in entry:
                 path = self.path / entry["file"]

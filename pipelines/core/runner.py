@@ -106,7 +106,8 @@ def resolve_workers(cfg, workers: int | None) -> int:
 
 def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, tracker=None,
                  config_path=None, profile=None, shard=None, merge=False,
-                 verify=False) -> tuple[list[StageResult], str | None]:
+                 verify=False, executor: str | None = None,
+                 ray_address: str | None = None) -> tuple[list[StageResult], str | None]:
     """Run (or skip) each planned stage.
 
     Args:
@@ -119,6 +120,7 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         shard: (index, count): do only this share of ``target``'s cases (its upstream must be finished).
         merge: finish ``target`` from its shards, failing if any shard has not finished.
         verify: reuse checks each case file's sha256 too, not only its size.
+        executor: per-case maps on "local" or "ray" (default: cfg.executor); ray_address: the cluster to join.
 
     Returns:
         (one StageResult per planned stage, the parent tracking run id). A failed stage raises
@@ -127,6 +129,11 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
     ctx.verify = verify
+    ctx.executor, ctx.ray_address = executor or cfg.executor, ray_address
+    if ctx.executor == "ray":
+        from medflow.core.ray_exec import require_ray
+
+        require_ray()  # one line naming the extra, before any stage starts
     if shard is not None or merge:
         if target is None or not STAGES[target].shardable:
             shardable = ", ".join(n for n in cfg.stages if STAGES[n].shardable)

@@ -37,12 +37,15 @@ class Bundle:
         plan: its inference plan.
         runtime: which runtime runs the network ('keras', 'saved_model' or 'onnx').
         net: ``net(x) -> y`` over float32 batches shaped like the model's input.
+        source: how another process opens the same bundle (medflow.inference.remote.reopen):
+            ("bundle", folder, runtime) or ("train", folder, model file); empty for one made in memory.
     """
 
     folder: Path
     plan: InferencePlan
     runtime: str
     net: object
+    source: tuple = ()
 
     @property
     def family(self) -> str:
@@ -102,4 +105,4 @@ def load_bundle(folder: Path, runtime: str = "keras", *, threads: int = 0) -> Bu
         net = load_runtime(folder, runtime, threads=threads)
     except FileNotFoundError as err:
         raise BundleError(str(err)) from None
-    return Bundle(folder, plan, runtime, net)
+    return Bundle(folder, plan, runtime, net, ("bundle", str(folder), runtime))

@@ -43,7 +43,8 @@ def _trained_model(folder: Path, runtime: str, model_file: str) -> Bundle:
     if runtime != "keras":
         raise PredictError(f"{folder}: a train folder runs on the keras runtime only; export it for {runtime}")
     plan = read_plan(folder)
-    return Bundle(folder, plan, "keras", keras_predictor(load_keras(folder / model_file)))
+    return Bundle(folder, plan, "keras", keras_predictor(load_keras(folder / model_file)),
+                  ("train", str(folder), model_file))
 
 
 def open_model(spec: str, runtime: str = "keras") -> Bundle:
@@ -66,6 +67,41 @@ def open_model(spec: str, runtime: str = "keras") -> Bundle:
             raise PredictError(f"{path}: no plan.json beside it (a train folder's model, or an export bundle)")
         return _trained_model(path.parent, runtime, path.name)
     raise PredictError(f"{path}: no such model (an export folder, models:/NAME@ALIAS, or a train folder)")
+
+
+def _predict_on_ray(bundle: Bundle, files, names, output: Path, bad, progress, suffix, explain, address) -> list:
+    """Each input a Ray task (medflow.inference.remote.predict_one); the table is written here, in input order."""
+    from medflow.core.engine import StageFailed
+    from medflow.core.ray_exec import ray_map
+    from medflow.inference.remote import predict_one
+    from medflow.tasks.base import Task
+
+    task = bundle.task
+    if type(task).predict_files is not Task.predict_files or not bundle.source:
+        raise PredictError(f"{bundle.folder}: --executor ray runs volume models case by case; a {bundle.family} "
+                           f"model predicts in batches in one process (use --shard to split it over machines)")
+    rows, written = {}, []
+    jobs = [(name, str(path), {"source": bundle.source, "path": str(path), "name": name, "output": str(output),
+                               "explain": explain}) for path, name in zip(files, names)]
+
+    def settle(name, source, fn):
+        try:
+            row = fn()
+            written.append(name)
+            if row is not None:
+                rows[name] = row
+        except (CaseError, ValueError) as err:
+            bad(source, err)
+        finally:
+            if progress is not None:
+                progress.update(1)
+
+    try:
+        ray_map(jobs, predict_one, settle, address, "predict")
+    except StageFailed as err:
+        raise PredictError(str(err)) from None
+    task.finish_outputs(output, [rows[n] for n in names if n in rows], suffix)
+    return [n for n in names if n in written]
 
 
 def dicom_series(folder: Path) -> list[Path]:
@@ -143,7 +179,8 @@ def check_output(bundle: Bundle, files: list[Path], names: list[str], output: Pa
 
 
 def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size: int = 16, progress=None,
-                  shard: tuple[int, int] | None = None, explain=None, overwrite: bool = False) -> dict:
+                  shard: tuple[int, int] | None = None, explain=None, overwrite: bool = False,
+                  executor: str = "local", ray_address: str | None = None) -> dict:
     """Run the bundle on every file into ``output``.
 
     ``explain`` (an ExplainSettings, classifiers only) also writes ``<name>_explanation.nii.gz`` (and, for a
@@ -178,8 +215,12 @@ def predict_files(bundle: Bundle, files: list[Path], output: Path, *, batch_size
         quarantine.append({"path": str(path), "problem": problem})
         print(f"{path}: {problem}", file=sys.stderr, flush=True)
 
-    written = bundle.task.predict_files(bundle.plan, bundle.net, files, output, names=names, bad=bad,
-                                        progress=progress, batch_size=batch_size, suffix=suffix, explain=explain)
+    if executor == "ray":
+        written = _predict_on_ray(bundle, files, names, output, bad, progress, suffix, explain, ray_address)
+    else:
+        written = bundle.task.predict_files(bundle.plan, bundle.net, files, output, names=names, bad=bad,
+                                            progress=progress, batch_size=batch_size, suffix=suffix,
+                                            explain=explain)
     with write_atomic(output / f"quarantine{suffix}.json") as tmp:
         tmp.write_text(json.dumps(quarantine, indent=1))
     return {"model": str(bundle.folder), "family": bundle.family, "written": written, "quarantine": quarantine}

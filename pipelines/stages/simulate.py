@@ -50,7 +50,7 @@ def _ct_volumes(cfg, out: StageDir, ctx) -> dict:
         with ctx.progress(len(files), "simulate") as bar:
             manifest = build_ct(out.path / "data", splits, geometry, fbp_filter=sc.fbp_filter,
                                 frequency_scaling=sc.frequency_scaling, seed=sc.seed, slice_step=sc.slice_step,
-                                workers=ctx.workers, progress=bar)
+                                workers=ctx.workers, progress=bar, mapper=_mapper(ctx))
     except ValueError as err:
         raise StageFailed(f"{root}: {err}") from None
     for problem in manifest.get("quarantine", []):
@@ -58,6 +58,15 @@ def _ct_volumes(cfg, out: StageDir, ctx) -> dict:
         if ctx.strict:
             raise StageFailed(f"[simulate] --strict: {problem['error']}")
     return manifest
+
+
+def _mapper(ctx):
+    """Ray tasks for the chunks under ``executor: ray``; None keeps the local pool."""
+    if ctx.executor != "ray":
+        return None
+    from medflow.core.ray_exec import ordered_mapper
+
+    return ordered_mapper(ctx.ray_address, "simulate")
 
 
 def run(cfg, upstream, out: StageDir, ctx):
@@ -70,7 +79,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     else:
         spec = spec_from_config(cfg.simulate)
         with ctx.progress(sum(spec.counts.values()), "simulate") as bar:
-            manifest = build(out.path / "data", spec, workers=ctx.workers, progress=bar)
+            manifest = build(out.path / "data", spec, workers=ctx.workers, progress=bar, mapper=_mapper(ctx))
     out.write_json("geometry.json", manifest["geometry"])
     return out.finish(cfg, upstream, {
         "data": "data",

@@ -12,7 +12,8 @@ The folder is self-contained for export and inference: model.keras plus plan.jso
 
 With ``train.distribute: multi_worker`` every worker named in ``TF_CONFIG`` runs
 this stage; each reads its slice of every global batch, and only the chief
-(worker 0) writes the folder, the model and the manifest.
+(worker 0) writes the folder, the model and the manifest. With ``ray``, Ray
+Train's workers do the same (medflow.training.ray_train).
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def _mask_targets(cfg, model, classes: list[str], weights):
 
 def run(cfg, upstream, out: StageDir, ctx):
     """Train (or resume training) on ``cfg.train.fold``."""
+    if cfg.train.distribute == "ray":  # Ray Train's workers run this stage as multi_worker ones
+        from medflow.training.ray_train import train_on_ray
+
+        return train_on_ray(cfg, upstream, out, ctx)
     import time
 
     import keras

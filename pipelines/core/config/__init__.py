@@ -7,7 +7,7 @@ error naming its key path, e.g. ``preprocess.spacing.1: Input should be greater 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -58,6 +58,9 @@ class PipelineConfig(_Strict):
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
     workers: int = Field(default=0, ge=0, description="parallel case workers; 0 = all cores")
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="per-case work (ingest, preprocess, segmentation evaluate, simulate): local (a "
+        "process pool) or ray (a Ray task per case, with retries; pip install 'medflow[ray]'); never part of a key")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named --set bundles")
 
     @field_validator("stages")

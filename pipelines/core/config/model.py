@@ -66,11 +66,13 @@ class TrainConfig(_Strict):
         default="auto", description="reconstruction loss (auto: mse); other tasks fix theirs"
     )
     preview_cases: int = Field(default=4, ge=1, description="cases in the augmentation preview")
-    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
+    distribute: Literal["none", "mirrored", "multi_worker", "ray"] = Field(
         default="none",
-        description="tf.distribute: mirrored (this machine's devices, Keras fit) or "
-        "multi_worker (TF_CONFIG workers; a distributed step, since Keras fit fails there)",
+        description="tf.distribute: mirrored (this machine's devices, Keras fit), "
+        "multi_worker (TF_CONFIG workers; a distributed step, since Keras fit fails there), or ray (the "
+        "multi_worker step in Ray Train's TensorflowTrainer, which starts train.workers and sets TF_CONFIG)",
     )
+    workers: int = Field(default=2, ge=1, description="distribute ray: training workers, one CPU each by default")
 
     @field_validator("budget")
     @classmethod
@@ -86,7 +88,7 @@ class TrainConfig(_Strict):
         if self.epochs is not None and self.budget is not None:
             raise ValueError(f"train.epochs ({self.epochs}) and train.budget ({self.budget}) are both set; give one "
                              "(--set train.epochs=null to train to the budget)")
-        if self.budget is not None and self.distribute == "multi_worker":
+        if self.budget is not None and self.distribute in ("multi_worker", "ray"):
             raise ValueError("train.budget with train.distribute: multi_worker: each worker would time itself and "
                              "plan its own run; give train.epochs")
         return self

@@ -44,6 +44,22 @@ def _case_ids(cfg, split, train_info, ingest) -> list[str]:
     return ids
 
 
+def evaluate_job(job: dict) -> dict:
+    """:func:`evaluate_case` in another process (a Ray worker): the network reopened once per process.
+
+    ``job["ev"]`` is the evaluate section as a dict (read by attribute: importing the config schema here
+    would tie this module's code version, and so evaluate's key, to every stage)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from medflow.inference.remote import reopen
+
+    path, key, module = job["out"]
+    dest = StageDir(None, "evaluate", key, module, parent=Path(path).parent)
+    return evaluate_case(job["record"], reopen(tuple(job["source"])).net, InferencePlan.from_json(job["plan"]),
+                         SimpleNamespace(**job["ev"]), dest)
+
+
 def evaluate_case(record: dict, net, plan: InferencePlan, ev, dest: StageDir) -> dict:
     """Segment one case in native space, write its prediction and metrics; return its metrics."""
     from medflow.data.geometry import voxel_spacing
@@ -181,9 +197,15 @@ def run(cfg, upstream, out: StageDir, ctx, plan: InferencePlan, net):
     records = {c: json.loads(ingest.file(ingest.cases[c]["file"]).read_text()) for c in ids}
     todo = [c for c in ids if not out.has(c, ".json")]
     jobs = [(c, records[c]["images"][0], records[c]) for c in todo]
-    serial = dataclasses.replace(ctx, workers=1)  # one TensorFlow model in this process uses every core
-    fresh, quarantine = map_cases(jobs, lambda rec: evaluate_case(rec, net, plan, ev, out), serial,
-                                  "evaluate", done=len(ids) - len(todo), total=len(ids))
+    if ctx.executor == "ray":  # each case a Ray task; each worker loads the model once (inference.remote)
+        shared = {"source": ("train", str(train.path), train.manifest["inference_model"]), "plan": plan.to_json(),
+                  "ev": ev.model_dump(mode="json"), "out": [str(out.path), out.key, out.module]}
+        fresh, quarantine = map_cases([(c, s, {**shared, "record": r}) for c, s, r in jobs], evaluate_job, ctx,
+                                      "evaluate", done=len(ids) - len(todo), total=len(ids))
+    else:
+        serial = dataclasses.replace(ctx, workers=1)  # one TensorFlow model in this process uses every core
+        fresh, quarantine = map_cases(jobs, lambda rec: evaluate_case(rec, net, plan, ev, out), serial,
+                                      "evaluate", done=len(ids) - len(todo), total=len(ids))
     bad = {q["case_id"] for q in quarantine}
     results = {c: fresh.get(c) or json.loads(out.case_path(c, ".json").read_text()) for c in ids if c not in bad}
     if not results:
