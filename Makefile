@@ -14,7 +14,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-ray run test test-slow test-ray test-faults test-browser test-all bench lock ui mlflow-run \
+.PHONY: install install-ray run test test-slow test-ray test-faults test-browser test-all bench bench-peers lock ui \
+	mlflow-run \
 	clean-workspace help
 
 # The optional `ray` extra (executor: ray) and what it brings, pinned at the end of requirements.lock.
@@ -28,6 +29,7 @@ help:
 	@echo "make test-faults  fault suite: kills, full disks, damage, concurrency, load, hostile clients; a table"
 	@echo "make test-browser  MLflow UI and report.html in headless Chromium (installs Debian chromium, selenium)"
 	@echo "make bench      medflow bench suite: ingest, augment, train, infer; medians to JSON + Markdown"
+	@echo "make bench-peers  medflow beside MONAI and PyTorch on the same files (their own venv, .venv-peers)"
 	@echo "make ui         MLflow UI on 127.0.0.1"
 	@echo "make mlflow-run PIPELINE=segmentation   the pipeline as an MLflow project run (mlflow run mlflow/)"
 
@@ -85,6 +87,14 @@ test-all: install
 
 bench: install
 	$(BIN)/medflow bench suite --size $(PROFILE)
+
+# medflow beside MONAI and PyTorch on the same files, in one run. The peers live in their own venv
+# (.venv-peers, from pipelines/bench/peers/requirements.txt); none of them becomes medflow's dependency.
+PEERS := .venv-peers
+bench-peers: install
+	@[ -x $(PEERS)/bin/python ] || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q -r pipelines/bench/peers/requirements.txt
+	$(BIN)/medflow bench peers --peers-python $(PEERS)/bin/python --size $(PROFILE)
 
 ui: install
 	$(BIN)/medflow ui

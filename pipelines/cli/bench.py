@@ -16,6 +16,14 @@ def cmd_bench(args) -> int:
             from medflow.bench.suite import bench_suite
 
             bench_suite(repeats=args.repeats, size=args.size or "demo")
+        elif args.what == "peers":
+            from medflow.bench.peers_bench import PeersError, bench_peers
+
+            try:
+                bench_peers(args.peers_python, size=args.size or "demo", repeats=args.repeats, seed=args.seed)
+            except PeersError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return EXIT_CONFIG
         elif args.what == "scale":
             from medflow.bench.scale import bench_scale
 
@@ -63,14 +71,16 @@ def add_parser(sub, fmt, examples) -> None:
                            medflow bench suite --repeats 3
                            medflow bench dicom --repeats 5
                            medflow bench scale
+                           medflow bench peers --peers-python .venv-peers/bin/python
                        """))
-    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom", "scale"),
+    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom", "scale", "peers"),
                    help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
                         "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
                         "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime; "
                         "suite: all four, --repeats times each, medians to JSON and Markdown; dicom: a 200-slice "
                         "512^2 CT series to a validated volume vs pydicom's raw decode; scale: ingest + preprocess "
-                        "cases/s, local pools of 1 and 2 beside Ray with 1 and 2 workers (full set by default)")
+                        "cases/s, local pools of 1 and 2 beside Ray with 1 and 2 workers (full set by default); "
+                        "peers: medflow beside MONAI and PyTorch on the same files (make bench-peers)")
     p.add_argument("--size", choices=("demo", "full"), default=None, help="sample set (default: demo; scale: full)")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)
@@ -89,5 +99,6 @@ def add_parser(sub, fmt, examples) -> None:
                                                   "(default: the default config's network, untrained)")
     p.add_argument("--recon-export", default=None, help="infer: a reconstruction export folder or models:/ URI")
     p.add_argument("--slices", type=int, default=200, help="dicom: slices of the series")
+    p.add_argument("--peers-python", default=".venv-peers/bin/python", help="peers: the peers' interpreter")
     p.add_argument("--repeats", type=int, default=3, help="train, infer, suite: timed repeats (the median is printed)")
     p.set_defaults(func=cmd_bench)
