@@ -10,9 +10,9 @@ from medflow.cli.exit_codes import EXIT_CONFIG, EXIT_FAILED
 
 def cmd_predict(args) -> int:
     from medflow.core.cases import parse_shard
+    from medflow.core.engine import StageFailed
     from medflow.core.progress import Progress
     from medflow.inference.bundle import BundleError
-    from medflow.core.engine import StageFailed
     from medflow.inference.predict import PredictError, list_inputs, open_model, predict_files
     from medflow.tasks.explanations import ExplainSettings
 

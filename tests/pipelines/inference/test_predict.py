@@ -92,3 +92,35 @@ def test_inputs_given_twice_existing_outputs_and_inputs_inside_the_output(train_
     assert main(["predict", "--model", str(train_folder), "--input", str(out / "b.npy"), "--output", str(out),
                  "--overwrite"]) == 2
     assert "lies inside the output folder" in capsys.readouterr().err
+
+
+def test_predict_on_onnx_runs_without_tensorflow(tmp_path):
+    """`medflow predict --runtime onnx` never imports TensorFlow (its start-up is most of a one-volume run)."""
+    import subprocess
+    import sys
+
+    from medflow.cli.main import build_parser, needs_tensorflow
+    from medflow.core.config import PreprocessConfig
+    from medflow.core.loading import load_config
+    from medflow.models.runtimes import export_formats
+    from medflow.stages.preprocess import plan_from_config
+    from medflow.tasks import TASKS
+    from tests.helpers import make_msd, write_pipeline
+
+    cfg = load_config(write_pipeline(tmp_path / "p.yaml", make_msd(tmp_path / "msd", n=1)),
+                      ["loader.patch_size=[16,16]"])
+    shape = [16, 16, 1]
+    export_formats(build_model("unet2d", shape, 3, {"depth": 1, "filters": 2}), tmp_path / "bundle")
+    pre = plan_from_config(PreprocessConfig(spacing=(2.0, 2.0, 2.0)), (2.0, 2.0, 2.0), ("mr",))
+    facts = {"classes": ["background", "cube", "slab"], "channels": ["MR"], "input_shape": shape,
+             "preprocess": pre.to_json()}
+    TASKS["segmentation"].inference_plan(cfg, facts).save(tmp_path / "bundle")
+    args = ["predict", "--model", str(tmp_path / "bundle"), "--input", str(tmp_path / "msd" / "imagesTr"),
+            "--output", str(tmp_path / "out"), "--runtime", "onnx"]
+    assert not needs_tensorflow(build_parser().parse_args(args))
+    assert needs_tensorflow(build_parser().parse_args(args[:-1] + ["keras"]))
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"  # any import fails
+            "from medflow.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "case_00.nii.gz").exists()
