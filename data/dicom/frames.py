@@ -168,7 +168,8 @@ def _native(frame: Frame, syntax, name: str, where: str) -> np.ndarray | None:
 
 def _decoded(where: str, frame: Frame) -> np.ndarray:
     ds, name = frame.dataset, os.path.basename(frame.file)
-    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
+    meta = getattr(ds, "file_meta", None)  # not `in dir(ds)`: that lists every keyword, per frame
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
         native = _native(frame, syntax, name, where)
         if native is not None:

@@ -80,6 +80,7 @@ def read_seg(path: str | os.PathLike, instances: list, classes: dict[int, str] |
         CaseError: not a SEG, overlapping segments, or a SEG that does not reference these instances.
     """
     path = str(path)
+    classes = {int(k): str(v) for k, v in classes.items()} if classes else None  # JSON records key by string
     try:
         seg = hd.seg.segread(path)
     except Exception as err:
