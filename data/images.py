@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from medflow.data.dicom.scan import holds_dicom, is_dicom_file, scan_folder
+from medflow.data.dicom.scan import is_dicom_file, scan_folder
 from medflow.data.dicom.series import DicomVolume, read_series
 from medflow.data.nifti import CaseError, Volume, read_nifti
 
@@ -27,12 +27,6 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     if sep and is_uid(tail) and os.path.isdir(head):
         return head, tail
     return str(ref), None
-
-
-def is_dicom_source(ref: str | os.PathLike) -> bool:
-    """True for a DICOM series reference (a folder holding DICOM files, or ``folder#UID``)."""
-    path, uid = split_ref(str(ref))
-    return uid is not None or (os.path.isdir(path) and holds_dicom(path))
 
 
 def read_dicom(ref: str, *, allow_tilt: bool = False, max_voxels: int | None = None) -> DicomVolume:

@@ -10,7 +10,7 @@ so a folder holding several series is split into them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from medflow.data.dicom.ids import case_id, patient_key
 from medflow.data.dicom.scan import scan_folder
@@ -27,24 +27,22 @@ class SeriesCase:
         ref: ``folder#SeriesInstanceUID``, what the readers take.
         patient: ``pt-<hash>`` of the PatientID, or the PatientID itself with ``log_identifiers``.
         modality: the channel name of the header's Modality ('CT', 'MRI', ...).
-        notices: files under the folder set aside (non-image objects, not DICOM).
     """
 
     case_id: str
     ref: str
     patient: str
     modality: str
-    notices: list = field(default_factory=list)
 
 
 def series_cases(folder: str, *, salt: str = "", log_identifiers: bool = False) -> list[SeriesCase]:
     """The image series under ``folder`` as cases (empty when it holds none)."""
-    series, notices = scan_folder(folder)
+    series, _ = scan_folder(folder)  # what it sets aside, ingest's reader reports per case
     out = []
     for s in series:
         patient = s.patient_id if log_identifiers else patient_key(s.patient_id, salt)
         out.append(SeriesCase(case_id(s.uid, salt), f"{folder}#{s.uid}", patient,
-                              MODALITY_CHANNEL.get(s.modality.upper(), s.modality.upper() or "MRI"), notices))
+                              MODALITY_CHANNEL.get(s.modality.upper(), s.modality.upper() or "MRI")))
     return out
 
 

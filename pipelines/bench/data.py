@@ -9,14 +9,31 @@ resampling, normalization, writing).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import platform
 import tempfile
 import time
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from medflow.core.workspace import sample_root
+
+
+@contextmanager
+def fresh_workspace(prefix: str = "medflow-bench-"):
+    """A temporary ``MEDFLOW_WORKSPACE`` for the block: fresh stage folders, so nothing is reused."""
+    old = os.environ.get("MEDFLOW_WORKSPACE")
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.environ["MEDFLOW_WORKSPACE"] = tmp
+        try:
+            yield Path(tmp)
+        finally:
+            if old is None:
+                os.environ.pop("MEDFLOW_WORKSPACE", None)
+            else:
+                os.environ["MEDFLOW_WORKSPACE"] = old
 
 
 def _decode(path: str) -> int:
@@ -50,18 +67,10 @@ def bench_ingest(size: str = "demo", workers: int = 0, seed: int = 0) -> dict:
 
     raw_s, raw_bytes = _raw_decode(files, workers)
     cfg = load_config(packaged_config("segmentation"), [f"dataset.root={data_dir}"])
-    old = os.environ.get("MEDFLOW_WORKSPACE")
-    with tempfile.TemporaryDirectory(prefix="medflow-bench-") as tmp:
-        os.environ["MEDFLOW_WORKSPACE"] = tmp  # fresh stage folders: nothing is skipped
-        try:
-            start = time.perf_counter()
-            results, _ = run_pipeline(cfg, target="preprocess", workers=workers)
-            pipe_s = time.perf_counter() - start
-        finally:
-            if old is None:
-                os.environ.pop("MEDFLOW_WORKSPACE", None)
-            else:
-                os.environ["MEDFLOW_WORKSPACE"] = old
+    with fresh_workspace():
+        start = time.perf_counter()
+        results, _ = run_pipeline(cfg, target="preprocess", workers=workers)
+        pipe_s = time.perf_counter() - start
     n = len(cases)
     print(f"\nmedflow bench ingest: {n} volumes + {n} label maps of the {size} brain-tissue set, "
           f"{disk_mb:.1f} MB on disk (.nii.gz), {raw_bytes / 1e6:.1f} MB decoded (float32)")

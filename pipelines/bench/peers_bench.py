@@ -50,7 +50,7 @@ def _peer(python: str, *args: str) -> dict:
 
 
 def _medflow_ingest(data_dir: Path, workers: int) -> dict:
-    from medflow.bench.data import _raw_decode
+    from medflow.bench.data import _raw_decode, fresh_workspace
     from medflow.core.loading import load_config, packaged_config
     from medflow.core.runner import run_pipeline
 
@@ -59,15 +59,10 @@ def _medflow_ingest(data_dir: Path, workers: int) -> dict:
     raw_s, _ = _raw_decode(files, workers)
     cfg = load_config(packaged_config("segmentation"), [f"dataset.root={data_dir}",
                                                         f"preprocess.spacing=[{SPACING},{SPACING},{SPACING}]"])
-    old = os.environ.get("MEDFLOW_WORKSPACE")
-    with tempfile.TemporaryDirectory(prefix="medflow-bench-peers-") as tmp:
-        os.environ["MEDFLOW_WORKSPACE"] = tmp
-        try:
-            start = time.perf_counter()
-            run_pipeline(cfg, target="preprocess", workers=workers)
-            seconds = time.perf_counter() - start
-        finally:
-            os.environ.pop("MEDFLOW_WORKSPACE") if old is None else os.environ.__setitem__("MEDFLOW_WORKSPACE", old)
+    with fresh_workspace("medflow-bench-peers-"):
+        start = time.perf_counter()
+        run_pipeline(cfg, target="preprocess", workers=workers)
+        seconds = time.perf_counter() - start
     return {"cases": len(cases), "cases_per_s": len(cases) / seconds, "raw_decode_cases_per_s": len(cases) / raw_s}
 
 

@@ -17,23 +17,18 @@ shows in the figure.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 
 def _stages(cfg, executor: str, workers: int) -> float:
+    from medflow.bench.data import fresh_workspace
     from medflow.core.runner import run_pipeline
 
-    old = os.environ.get("MEDFLOW_WORKSPACE")
-    with tempfile.TemporaryDirectory(prefix="medflow-bench-scale-") as tmp:
-        os.environ["MEDFLOW_WORKSPACE"] = tmp
-        try:
-            start = time.perf_counter()
-            run_pipeline(cfg, target="preprocess", workers=workers, executor=executor)
-            return time.perf_counter() - start
-        finally:
-            os.environ.pop("MEDFLOW_WORKSPACE") if old is None else os.environ.__setitem__("MEDFLOW_WORKSPACE", old)
+    with fresh_workspace("medflow-bench-scale-"):
+        start = time.perf_counter()
+        run_pipeline(cfg, target="preprocess", workers=workers, executor=executor)
+        return time.perf_counter() - start
 
 
 def bench_scale(size: str = "full", seed: int = 0) -> dict:
@@ -90,6 +85,7 @@ def _training(seed: int) -> list[tuple]:
     """(distribute, workers, samples, train stage seconds) for multi_worker (1) and ray (1, 2)."""
     import json
 
+    from medflow.bench.data import fresh_workspace
     from medflow.core.loading import load_config, packaged_config
     from medflow.core.progress import Progress
     from medflow.core.runner import run_pipeline
@@ -102,19 +98,14 @@ def _training(seed: int) -> list[tuple]:
     common = [f"dataset.root={data_dir}", "train.budget=null", f"train.epochs={TRAIN_EPOCHS}",
               "train.early_stopping_patience=0"]
     rows = []
-    old = os.environ.get("MEDFLOW_WORKSPACE")
-    with tempfile.TemporaryDirectory(prefix="medflow-bench-train-") as tmp:
-        os.environ["MEDFLOW_WORKSPACE"] = tmp
-        try:
-            for kind, workers in (("multi_worker", 1), ("ray", 1), ("ray", 2)):
-                cfg = load_config(packaged_config("segmentation"), common + [f"train.distribute={kind}",
-                                                                             f"train.workers={workers}"], ["demo"])
-                run_pipeline(cfg, target="split")
-                start = time.perf_counter()
-                results, _ = run_pipeline(cfg, target="train")
-                sec = time.perf_counter() - start
-                plan = json.loads((Path(results[-1].path) / "train_plan.json").read_text())
-                rows.append((kind, workers, plan["epochs"] * plan["steps"] * cfg.loader.batch_size, sec))
-        finally:
-            os.environ.pop("MEDFLOW_WORKSPACE") if old is None else os.environ.__setitem__("MEDFLOW_WORKSPACE", old)
+    with fresh_workspace("medflow-bench-train-"):
+        for kind, workers in (("multi_worker", 1), ("ray", 1), ("ray", 2)):
+            cfg = load_config(packaged_config("segmentation"), common + [f"train.distribute={kind}",
+                                                                         f"train.workers={workers}"], ["demo"])
+            run_pipeline(cfg, target="split")
+            start = time.perf_counter()
+            results, _ = run_pipeline(cfg, target="train")
+            sec = time.perf_counter() - start
+            plan = json.loads((Path(results[-1].path) / "train_plan.json").read_text())
+            rows.append((kind, workers, plan["epochs"] * plan["steps"] * cfg.loader.batch_size, sec))
     return rows

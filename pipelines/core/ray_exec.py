@@ -1,7 +1,8 @@
 """Per-case maps on Ray: each case a Ray task with retries, on a local instance or an existing cluster.
 
 ``executor: ray`` (or ``medflow run --executor ray``) sends every case of a per-case
-map (ingest, preprocess) to Ray instead of the local process pool. The contract is
+map (ingest, preprocess, segmentation evaluate, simulate's chunks; ``medflow predict
+--executor ray``'s inputs) to Ray instead of the local process pool. The contract is
 the local pool's:
 
 - a worker writes its own case file, atomically, into the shared stage folder and
@@ -80,6 +81,31 @@ def _run_case(worker: Callable[[Any], Any], stage: str, args: Any) -> Any:
         return worker(args)
 
 
+def _submit(ray, fn: Callable[[Any], Any], stage: str, jobs: list) -> list:
+    """One Ray task per job (``fn(job)`` in a worker, retried when its worker or node dies); their refs."""
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_case)
+    fn_ref = ray.put(fn)
+    return [remote.remote(fn_ref, stage, job) for job in jobs]
+
+
+def _get(ray, ref, stage: str, what: str) -> Any:
+    """A task's result, its job's own exception, or StageFailed for a task lost on every try."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:  # the job's own exception, raised in the worker
+        raise err.cause if err.cause is not None else err from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError,
+            ray.exceptions.TaskUnschedulableError) as err:
+        raise StageFailed(f"[{stage}] {what}: its Ray worker was lost {MAX_RETRIES + 1} times "
+                          f"({type(err).__name__}); stopped, nothing quarantined, and the next run resumes "
+                          f"with what was written") from None
+
+
+def _cancel(ray, refs) -> None:
+    for ref in refs:
+        ray.cancel(ref, force=True)
+
+
 def ray_map(jobs: list, worker: Callable[[Any], Any], settle: Callable, address: str | None, stage: str) -> None:
     """Run ``worker(args)`` for each (case_id, source, args) as a Ray task; ``settle(case_id, source, fn)``
     receives each result (``fn()`` returns it or raises the case's own exception) as it completes.
@@ -88,55 +114,29 @@ def ray_map(jobs: list, worker: Callable[[Any], Any], settle: Callable, address:
         StageFailed: a task whose worker or node died ``MAX_RETRIES`` + 1 times (no case quarantined).
     """
     ray = connect(address)
-    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_case)
-    fn_ref = ray.put(worker)
-    pending = {remote.remote(fn_ref, stage, args): (case_id, source) for case_id, source, args in jobs}
+    refs = _submit(ray, worker, stage, [args for _, _, args in jobs])
+    pending = {ref: (case_id, source) for ref, (case_id, source, _) in zip(refs, jobs)}
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
             case_id, source = pending.pop(ref)
-
-            def result(ref=ref):
-                try:
-                    return ray.get(ref)
-                except ray.exceptions.RayTaskError as err:  # the case's own exception, raised in the worker
-                    raise err.cause if err.cause is not None else err from None
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                        ray.exceptions.ObjectLostError, ray.exceptions.TaskUnschedulableError) as err:
-                    raise StageFailed(f"[{stage}] {case_id}: its Ray worker was lost {MAX_RETRIES + 1} times "
-                                      f"({type(err).__name__}); stopped, nothing quarantined, and the next run "
-                                      f"resumes with the cases written") from None
-
-            settle(case_id, source, result)
+            settle(case_id, source, lambda: _get(ray, ref, stage, case_id))
     except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        _cancel(ray, pending)
         raise
 
 
 def ordered_mapper(address: str | None, stage: str) -> Callable:
     """``mapper(fn, jobs)``: each job a Ray task (with retries), results yielded in job order, for loops that
-    need them in order (the simulate stage's chunks). A lost worker's task is retried; one lost every time
-    stops the stage with one line."""
+    need them in order (the simulate stage's chunks)."""
     def mapper(fn, jobs):
         ray = connect(address)
-        remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_case)
-        fn_ref = ray.put(fn)
-        refs = [remote.remote(fn_ref, stage, job) for job in jobs]
+        refs = _submit(ray, fn, stage, list(jobs))
         try:
-            for ref in refs:
-                try:
-                    yield ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    raise err.cause if err.cause is not None else err from None
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                        ray.exceptions.ObjectLostError) as err:
-                    raise StageFailed(f"[{stage}] a Ray worker was lost {MAX_RETRIES + 1} times "
-                                      f"({type(err).__name__}); stopped, and the next run resumes") from None
+            for i, ref in enumerate(refs):
+                yield _get(ray, ref, stage, f"job {i}")
         except BaseException:
-            for ref in refs:
-                ray.cancel(ref, force=True)
+            _cancel(ray, refs)
             raise
 
     return mapper
