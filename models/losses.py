@@ -174,3 +174,20 @@ class LesionDice(keras.metrics.Metric):
     def reset_state(self):
         self.inter.assign(0.0)
         self.total.assign(0.0)
+
+
+@keras.saving.register_keras_serializable(package="medflow")
+class ImagePSNR(keras.metrics.Mean):
+    """Mean over images of 10 log10(range^2 / MSE), range = max(truth) - min(truth) of each image: the PSNR
+    DIVal reports (models/metrics.image_quality), per epoch. Inputs (B, H, W, C)."""
+
+    def __init__(self, name: str = "psnr", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "float32")
+        axes = tuple(range(1, len(y_true.shape)))
+        span = ops.max(y_true, axis=axes) - ops.min(y_true, axis=axes)
+        mse = ops.mean(ops.square(y_true - ops.cast(y_pred, "float32")), axis=axes)
+        psnr = 10.0 * ops.log(ops.square(span) / ops.maximum(mse, 1e-12)) / ops.log(10.0)
+        return super().update_state(psnr, sample_weight=sample_weight)

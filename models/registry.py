@@ -17,19 +17,24 @@ MODELS: dict[str, Callable] = {}
 LESION, PROBABILITIES = "lesion", "probabilities"
 
 
-def register_model(name: str, task: str):
-    """Register ``fn(input_shape, n_classes, **params) -> keras.Model`` under ``name`` for ``task``."""
+def register_model(name: str, task: str, consumes: str = "image"):
+    """Register ``fn(input_shape, n_classes, **params) -> keras.Model`` under ``name`` for ``task``.
+
+    ``consumes``: what the model reads; reconstruction models read an FBP "image" (the exported model
+    puts the FBP layer in front) or the "sinogram" itself, and then take the geometry as a parameter.
+    """
     def wrap(fn):
         if name in MODELS:
             raise ValueError(f"model {name!r} registered twice")
         fn.task = task
+        fn.consumes = consumes
         MODELS[name] = fn
         return fn
     return wrap
 
 
 def _load_all() -> None:
-    from medflow.models import classifiers, mil, reconstruction, segcls, unet  # noqa: F401  (registration)
+    from medflow.models import classifiers, lpd, mil, reconstruction, segcls, unet  # noqa: F401  (registration)
 
 
 def check_model(name: str, params: dict) -> Callable:

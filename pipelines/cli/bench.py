@@ -28,6 +28,10 @@ def cmd_bench(args) -> int:
             from medflow.bench.scale import bench_scale
 
             bench_scale(size=args.size or "full", seed=args.seed)
+        elif args.what == "projector":
+            from medflow.bench.projector import bench_projector
+
+            bench_projector(repeats=args.repeats)
         elif args.what == "dicom":
             from medflow.bench.dicom import bench_dicom
 
@@ -70,17 +74,20 @@ def add_parser(sub, fmt, examples) -> None:
                            medflow bench infer --export models:/segmentation@champion
                            medflow bench suite --repeats 3
                            medflow bench dicom --repeats 5
+                           medflow bench projector
                            medflow bench scale
                            medflow bench peers --peers-python .venv-peers/bin/python
                        """))
-    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom", "scale", "peers"),
+    p.add_argument("what", choices=("ingest", "augment", "train", "infer", "suite", "dicom", "scale", "peers",
+                                      "projector"),
                    help="ingest: ingest+preprocess vs raw nibabel decode; augment: samples/s of the default "
                         "chains; train: train samples/s and model GFLOP/s vs float32 matmul GFLOP/s; "
                         "infer: per-volume and per-sinogram latency on Keras, SavedModel and ONNX Runtime; "
                         "suite: all four, --repeats times each, medians to JSON and Markdown; dicom: a 200-slice "
                         "512^2 CT series to a validated volume vs pydicom's raw decode; scale: ingest + preprocess "
                         "cases/s, local pools of 1 and 2 beside Ray with 1 and 2 workers (full set by default); "
-                        "peers: medflow beside MONAI and PyTorch on the same files (make bench-peers)")
+                        "peers: medflow beside MONAI and PyTorch on the same files (make bench-peers); projector: "
+                        "the CT ray transform (radon vs the sparse matrix; the layer's gather vs tf.sparse)")
     p.add_argument("--size", choices=("demo", "full"), default=None, help="sample set (default: demo; scale: full)")
     p.add_argument("--workers", type=int, default=0, help="default: all cores")
     p.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,7 @@ def _run(args, fn, **kwargs) -> int:
     print(f"\nexperiment {tracker.experiment_name}, parent run {result['parent_run_id']}")
     print(result.get("folds_md") or result.get("table_md"), end="")
     if "best" in result:
-        print(f"best on {cfg.evaluate.split} balanced accuracy: {result['best']}")
+        print(f"best on {result['metric'].replace('_', ' ')}: {result['best']}")
     print(f"report: {result['report_dir']}")
     print(f"tracking store: {tracker.uri}\nopen the MLflow UI:  medflow ui")
     return 0

@@ -23,7 +23,7 @@ from medflow.core.runner import NullTracker, log_report, make_context, plan_stag
 from medflow.data.atomic import write_atomic
 from medflow.review.spec import SEP, run_label
 
-PER_RUN = ("train", "evaluate")
+PER_RUN = ("train", "evaluate", "train_recon", "evaluate_recon")  # a volume task's pair, or reconstruction's
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr")
 
 
@@ -33,16 +33,20 @@ def _with(cfg, section: str, **changes):
 
 def _check(cfg) -> None:
     names = [s.name for s in plan_stages(cfg)]
-    if "evaluate" not in names:
+    if "evaluate" not in names and "evaluate_recon" not in names:
         raise StageFailed("cross-validation and comparison need the evaluate stage in the pipeline's stages")
 
 
+def _summary(results) -> tuple[dict, Path]:
+    folder = Path(next(r.path for r in results if r.name in ("evaluate", "evaluate_recon")))
+    return json.loads((folder / "summary.json").read_text()), folder
+
+
 def _report(results) -> tuple[dict, Path]:
-    folder = Path(next(r.path for r in results if r.name == "evaluate"))
-    summary = json.loads((folder / "summary.json").read_text())
+    summary, folder = _summary(results)
     if "reports" not in summary:
-        raise StageFailed("cross-validation and comparison aggregate classification reports; "
-                          "this pipeline's evaluate stage scored a segmentation")
+        raise StageFailed("cross-validation aggregates classification reports; "
+                          "this pipeline's evaluate stage scored another task")
     return summary, folder
 
 
@@ -58,18 +62,6 @@ def _table(rows: list[dict]) -> tuple[str, str]:
     md = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     md += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
     return buf.getvalue(), "\n".join(md) + "\n"
-
-
-def _scores(reports: dict, primary: str) -> dict:
-    """A comparison row's figures: METRICS on val and test, then the primary split's recall per class."""
-    row = {}
-    for split in ("val", "test"):
-        rep = reports.get(split)
-        for m in METRICS:
-            row[f"{split}_{m}"] = rep[m] if rep else float("nan")
-    for cname, stats in (reports.get(primary) or {}).get("per_class", {}).items():
-        row[f"{primary}_recall_{cname}"] = stats["recall"]
-    return row
 
 
 def _per_run(cfg):
@@ -155,17 +147,29 @@ def run_cv(cfg, *, tracker=None, strict=False, workers=None, force=False, config
 
 def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, force=False, config_path=None,
                 profile=None) -> dict:
-    """Train and evaluate each model of ``cfg.compare.models`` (or ``models``, by name) on the same split."""
-    from medflow.models.registry import build_model
+    """Train and evaluate each model of ``cfg.compare.models`` (or ``models``, by name) on the same split.
+
+    The rows' figures and the baselines scored beside the networks come from the task
+    (:meth:`medflow.tasks.base.Task.compare_scores`): accuracy figures for classifiers, PSNR and SSIM
+    beside FBP and TV for reconstruction, which also gets one figure of every model on the same images.
+    """
+    from medflow.models.runtimes import load_keras
+    from medflow.tasks import TASKS
+    from medflow.tasks.figures import save_figure
 
     _check(cfg)
     variants = [m for m in cfg.compare.models if not models or m.name in models]
     if not variants:
         raise StageFailed("nothing to compare: list compare.models in the pipeline YAML"
                           + (f" (asked for {', '.join(models)})" if models else ""))
+    families = {cfg.variant(v).model.family for v in variants}
+    if len(families) > 1:
+        raise StageFailed(f"compare.models mixes task families ({', '.join(sorted(families))}); compare one")
+    task = TASKS[families.pop()]
     tracker = tracker or NullTracker()
     ctx = make_context(cfg, tracker, strict, workers)
-    rows = []
+    rows, evaluated = [], {}
+    primary = cfg.evaluate.split
     label = SEP.join([cfg.name, f"comparison of {len(variants)} models"])
     with tracker.pipeline(cfg, config_path, profile, run_name=label, kind="comparison") as parent:
         parent_id = parent.info.run_id if parent is not None else None
@@ -178,28 +182,36 @@ def run_compare(cfg, models=None, *, tracker=None, strict=False, workers=None, f
                 model_outputs = dict(outputs)
                 results = run_stages(cfg_m, _per_run(cfg_m), model_outputs, tracker, ctx, force=force)
                 log_report(cfg_m, model_outputs, tracker, run.info.run_id if run is not None else None)
-            summary, _ = _report(results)
-            train = next(r for r in results if r.name == "train")
-            info = json.loads((Path(train.path) / "train.json").read_text())
-            params = build_model(variant.name, info["input_shape"], len(info["classes"]), variant.params).count_params()
-            row = {"model": variant.name, "parameters": params, "best_epoch": info["best_epoch"],
-                   **_scores(summary["reports"], cfg.evaluate.split)}
-            with open(Path(train.path) / "history.csv") as fh:  # the training's own time, also when reused
+            summary, folder = _summary(results)
+            evaluated[variant.name] = folder
+            try:
+                scores, baselines = task.compare_scores(summary, primary)
+            except ValueError as err:
+                raise StageFailed(str(err)) from None
+            train = Path(next(r.path for r in results if r.name in ("train", "train_recon")))
+            info = json.loads((train / "train.json").read_text())
+            row = {"model": variant.name, "parameters": load_keras(train / "model.keras").count_params(),
+                   "best_epoch": info["best_epoch"], **scores}
+            with open(train / "history.csv") as fh:  # the training's own time, also when reused
                 row["train_seconds"] = round(sum(float(h.get("epoch_seconds") or 0) for h in csv.DictReader(fh)), 1)
             rows.append(row)
-        # The baselines (normative) are fit on the same fold's training cases whatever the network: one row each.
-        for name, reports in summary.get("baselines", {}).items():
-            rows.append({"model": f"{name} (baseline)", "parameters": "", "best_epoch": "",
-                         **_scores(reports, cfg.evaluate.split), "train_seconds": ""})
+        # Baselines (normative; FBP and TV) are the same whatever the network: one row each.
+        for name, scores in baselines:
+            rows.append({"model": f"{name} (baseline)", "parameters": "", "best_epoch": "", **scores,
+                         "train_seconds": ""})
         csv_text, md = _table(rows)
-        dest = _save({"comparison.csv": csv_text, "comparison.md": md, "comparison.json": json.dumps(rows, indent=1)},
-                     tracker, parent_id, f"comparison/{cfg.name}-{parent_id or 'local'}")
-        primary = cfg.evaluate.split
+        files = {"comparison.csv": csv_text, "comparison.md": md, "comparison.json": json.dumps(rows, indent=1)}
+        fig = task.compare_figure(outputs, evaluated)
+        if fig is not None:
+            png = io.BytesIO()
+            save_figure(fig, png)
+            files["comparison.png"] = png.getvalue()
+        dest = _save(files, tracker, parent_id, f"comparison/{cfg.name}-{parent_id or 'local'}")
+        metric = next(k for k in (f"{primary}_{task.compare_metric}", task.compare_metric) if k in rows[0])
         networks = rows[:len(variants)]
-        best = max(networks, key=lambda r: -1 if np.isnan(r[f"{primary}_balanced_accuracy"])
-                   else r[f"{primary}_balanced_accuracy"])
+        best = max(networks, key=lambda r: -np.inf if np.isnan(r[metric]) else r[metric])
         if parent_id:
             tracker.log_to(parent_id, {  # "normative (baseline)" logs as normative_...: MLflow names take no brackets
-                f"{r['model'].split(' ')[0]}_{primary}_balanced_accuracy": r[f"{primary}_balanced_accuracy"]
-                for r in rows if np.isfinite(r[f"{primary}_balanced_accuracy"])})
-    return {"rows": rows, "best": best["model"], "parent_run_id": parent_id, "report_dir": str(dest), "table_md": md}
+                f"{r['model'].split(' ')[0]}_{metric}": r[metric] for r in rows if np.isfinite(r[metric])})
+    return {"rows": rows, "best": best["model"], "metric": metric, "parent_run_id": parent_id,
+            "report_dir": str(dest), "table_md": md}

@@ -1,10 +1,12 @@
-"""Reconstruction train stage: an image-to-image network on FBP inputs (FBPConvNet by default).
+"""Reconstruction train stage: an image-to-image network on FBP inputs (FBPConvNet by default), or a
+network on the sinograms themselves (learned primal-dual).
 
 Reads:  simulate (train and validation triples, geometry)
 Writes: <workspace>/stages/train_recon/<key>/train_plan.json, ckpt-<epoch>/ + last.json (resume points), best.keras,
         model.keras (FBP image -> image, the best epoch), reconstructor.keras (sinogram -> image: the
-        FBP layer of the training geometry, then model.keras), plan.json (the inference plan: the
-        geometry), geometry.json, history.csv, train.json, then manifest.json (last)
+        FBP layer of the training geometry, then model.keras; for a sinogram model, model.keras
+        itself), plan.json (the inference plan: the geometry), geometry.json, history.csv, train.json,
+        then manifest.json (last)
 
 The trainer is the one every task uses (pipelines/trainer.py); only the data differ.
 Each epoch's order is a seeded permutation of (seed, epoch), so a resumed run
@@ -17,7 +19,13 @@ import numpy as np
 
 from medflow.core.engine import StageDir, StageFailed
 from medflow.data.atomic import write_atomic
+from medflow.models.registry import check_model
 from medflow.models.runtimes import load_keras
+
+
+def family_consumes(cfg) -> str:
+    """What the configured model reads: "sinogram" (lpd) or "image", the FBP (fbpconvnet, fbpunet)."""
+    return check_model(cfg.model.name, cfg.model.params).consumes
 
 
 def epoch_batches(n: int, batch: int, seed: int, epochs: range, steps: int | None = None):
@@ -47,23 +55,36 @@ def dihedral(image: np.ndarray, element: int) -> np.ndarray:
     return np.ascontiguousarray(out[::-1] if element >= 4 else out)
 
 
-def _datasets(fbp, gt, val, batch: int, seed: int, epochs: range, augment: bool, steps: int):
+def _datasets(inputs, gt, val, batch: int, seed: int, epochs: range, augment: bool, steps: int, name: str):
+    """(train, validation) tf.data of (input, truth) batches; ``name`` is the input's key in ``val``: "fbp"
+    gives (B, S, S, 1) images, "sinogram" (B, D, A) sinograms (no channel axis, as exported models take)."""
     import tensorflow as tf
 
+    channel = (lambda a: a[..., None]) if name == "fbp" else (lambda a: a)  # noqa: E731
+
     def gen():
-        for i, idx in enumerate(epoch_batches(len(fbp), batch, seed, epochs, steps)):
-            x, y = fbp[idx], gt[idx]
+        for i, idx in enumerate(epoch_batches(len(inputs), batch, seed, epochs, steps)):
+            x, y = inputs[idx], gt[idx]
             if augment:
                 draw = dihedral_draw(seed, epochs.start + i // steps, i % steps, batch)
                 x = np.stack([dihedral(a, e) for a, e in zip(x, draw)])
                 y = np.stack([dihedral(a, e) for a, e in zip(y, draw)])
-            yield x[..., None], y[..., None]
+            yield channel(x), y[..., None]
 
-    size = fbp.shape[1]
+    size = gt.shape[1]
+    x_spec = tf.TensorSpec((batch, *channel(inputs[:1]).shape[1:]), tf.float32)
     spec = tf.TensorSpec((batch, size, size, 1), tf.float32)
-    train = tf.data.Dataset.from_generator(gen, output_signature=(spec, spec)).prefetch(2)
-    val_ds = tf.data.Dataset.from_tensor_slices((val["fbp"][..., None], val["gt"][..., None])).batch(batch).cache()
+    train = tf.data.Dataset.from_generator(gen, output_signature=(x_spec, spec)).prefetch(2)
+    val_ds = tf.data.Dataset.from_tensor_slices((channel(val[name]), val["gt"][..., None])).batch(batch).cache()
     return train, val_ds
+
+
+def sinogram_facts(geometry: dict) -> dict:
+    """Builder parameters of a sinogram-input model: the geometry and ||A|| (power iteration, once)."""
+    from medflow.data.ct.projector import operator_norm, ray_transform
+
+    matrix = ray_transform(geometry["image_size"], tuple(geometry["angles_deg"]), geometry["detectors"])
+    return {"geometry": geometry, "opnorm": operator_norm(matrix)}
 
 
 def run(cfg, upstream, out: StageDir, ctx):
@@ -84,18 +105,24 @@ def run(cfg, upstream, out: StageDir, ctx):
     if family.trained_by != out.name:  # this stage trains on simulated (sinogram, FBP, truth) triples
         raise StageFailed(f"model {cfg.model.name!r} is a {task} model; train_recon needs a reconstruction model")
     data = sim.file(sim.manifest["data"])
-    train = load_split(data, "train", names=("fbp", "gt"))
-    val = load_split(data, "validation", names=("fbp", "gt"))
+    geometry = sim.manifest["geometry"]
+    name = "sinogram" if family_consumes(cfg) == "sinogram" else "fbp"
+    if name == "sinogram" and cfg.train.dihedral_augment:
+        raise StageFailed(f"train.dihedral_augment: {cfg.model.name} reads sinograms, and a quarter turn about the "
+                          "rotation centre (pixel S // 2) is not one of the even grid's; set it false")
+    train = load_split(data, "train", names=(name, "gt"))
+    val = load_split(data, "validation", names=(name, "gt"))
     batch = cfg.loader.batch_size
-    if len(train["fbp"]) < batch:
-        raise StageFailed(f"{data}: {len(train['fbp'])} training images, fewer than one batch of {batch}")
+    if len(train[name]) < batch:
+        raise StageFailed(f"{data}: {len(train[name])} training images, fewer than one batch of {batch}")
     out.prepare()
-    size = train["fbp"].shape[1]
-    natural = len(train["fbp"]) // batch
+    size = train["gt"].shape[1]
+    natural = len(train[name]) // batch
     model, state = trainer.load_resume(out.path)
-    build = lambda total: trainer.compile_model(cfg, (size, size, 1), 1, task, total)  # noqa: E731
-    data = lambda epochs, steps: _datasets(train["fbp"], train["gt"], val, batch, cfg.simulate.seed,  # noqa: E731
-                                           epochs, cfg.train.dihedral_augment, steps)
+    shape, facts = ((size, size, 1), None) if name == "fbp" else (train[name].shape[1:], sinogram_facts(geometry))
+    build = lambda total: trainer.compile_model(cfg, shape, 1, task, total, facts)  # noqa: E731
+    data = lambda epochs, steps: _datasets(train[name], train["gt"], val, batch, cfg.simulate.seed,  # noqa: E731
+                                           epochs, cfg.train.dihedral_augment, steps, name)
     _, val_ds = data(range(0), natural)
 
     def probe():
@@ -116,15 +143,15 @@ def run(cfg, upstream, out: StageDir, ctx):
         state = trainer.fit(cfg, model, train_ds, val_ds, steps=run_plan.steps, epochs=run_plan.epochs,
                             start_epoch=start, folder=out.path, state=state, log_metrics=ctx.log_metrics)
     trainer.publish_model(out, state)
-    geometry = sim.manifest["geometry"]
     net = load_keras(out.path / "model.keras")
     with write_atomic(out.path / "reconstructor.keras", suffix=".keras") as tmp:
-        sinogram_model(net, geometry).save(tmp)
+        (net if name == "sinogram" else sinogram_model(net, geometry)).save(tmp)
     out.write_json("geometry.json", geometry)
     family.inference_plan(cfg, {"geometry": geometry}).save(out.path, out.write_json)
     out.write_json("train.json", {
-        "task": task, "input_shape": [size, size, 1], "geometry": geometry, "model": cfg.model.model_dump(mode="json"),
-        "train_images": len(train["fbp"]), "val_images": len(val["fbp"]), "best_epoch": state["best_epoch"],
+        "task": task, "input_shape": list(shape), "geometry": geometry, "consumes": name,
+        "model": cfg.model.model_dump(mode="json"),
+        "train_images": len(train[name]), "val_images": len(val[name]), "best_epoch": state["best_epoch"],
         "monitor": cfg.train.monitor,
     })
     return out.finish(cfg, upstream, {

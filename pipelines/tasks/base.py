@@ -247,6 +247,18 @@ class Task:
         """The evaluate stage body for this family: score held-out cases through :meth:`infer`."""
         raise NotImplementedError
 
+    # -- comparison (`medflow compare`) ------------------------------------------------------------
+    compare_metric: str = ""  # the comparison row's column that picks the best model (greater is better)
+
+    def compare_scores(self, summary: dict, split: str) -> tuple[dict, list[tuple[str, dict]]]:
+        """(the network's row figures, [(baseline name, its row figures)...]) of an evaluate summary.json."""
+        raise ValueError(f"medflow compare does not aggregate {self.family} evaluations")
+
+    def compare_figure(self, upstream: dict, evaluated: dict[str, Path]):
+        """A figure of every compared model on the same cases (``evaluated``: model name -> its evaluate
+        folder; ``upstream``: the shared stages' outputs), or None."""
+        return None
+
 
 def cell(row: dict, name: str):
     """The row's value for ``name``, treating NaN/None/'' (a column other rows filled) as absent."""

@@ -158,6 +158,26 @@ class Classification(Task):
     def card(self, plan: dict) -> dict:
         return volume_card(plan, f"probabilities of {plan['classes']}", f", {plan['window']['crop']} crop")
 
+    compare_metric = "balanced_accuracy"
+
+    def compare_scores(self, summary: dict, split: str) -> tuple[dict, list[tuple[str, dict]]]:
+        """Accuracy, balanced accuracy, macro F1 and AUC on val and test, then ``split``'s recall per class;
+        the baselines (normative) the same way."""
+        def scores(reports):
+            row = {}
+            for part in ("val", "test"):
+                rep = reports.get(part)
+                for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr"):
+                    row[f"{part}_{m}"] = rep[m] if rep else float("nan")
+            for cname, stats in (reports.get(split) or {}).get("per_class", {}).items():
+                row[f"{split}_recall_{cname}"] = stats["recall"]
+            return row
+
+        if "reports" not in summary:
+            raise ValueError("cross-validation and comparison aggregate classification reports; "
+                             "this pipeline's evaluate stage scored another task")
+        return scores(summary["reports"]), [(n, scores(r)) for n, r in summary.get("baselines", {}).items()]
+
     def summary_text(self, s: dict) -> list[str]:
         """Accuracy figures per split."""
         lines = []

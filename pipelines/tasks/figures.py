@@ -68,23 +68,27 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
 
 
 def reconstruction_figure(rows: Sequence[dict], title: str = ""):
-    """One row per case: truth | FBP | network | |network - truth|, each with its PSNR/SSIM in the title.
+    """One row per case: truth | each method | |last method - truth|, each with its PSNR/SSIM in the title.
 
-    ``rows``: dicts with ``name``, ``truth``, ``fbp``, ``net`` (H, W) arrays and ``fbp_q``/``net_q``
-    (image_quality dicts).
+    ``rows``: dicts with ``name``, ``truth`` (H, W) and ``methods``, a list of (label, (H, W) image,
+    image_quality dict); the error panel shows the last method (the network).
     """
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    n_cols = 2 + max(len(row["methods"]) for row in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.5 * n_cols, 2.6 * len(rows)), squeeze=False)
     for ax_row, row in zip(axes, rows):
         lo, hi = float(row["truth"].min()), float(row["truth"].max())
+        label, last, _ = row["methods"][-1]
         panels = [("truth " + row["name"], row["truth"], (lo, hi), "gray"),
-                  ("FBP {psnr:.2f} dB / {ssim:.3f}".format(**row["fbp_q"]), row["fbp"], (lo, hi), "gray"),
-                  ("network {psnr:.2f} dB / {ssim:.3f}".format(**row["net_q"]), row["net"], (lo, hi), "gray"),
-                  ("|network - truth|", np.abs(row["net"] - row["truth"]), (0.0, 0.25 * (hi - lo)), "magma")]
+                  *((f"{name} {q['psnr']:.2f} dB / {q['ssim']:.3f}", image, (lo, hi), "gray")
+                    for name, image, q in row["methods"]),
+                  (f"|{label} - truth|", np.abs(last - row["truth"]), (0.0, 0.25 * (hi - lo)), "magma")]
         for ax, (name, image, (vmin, vmax), cmap) in zip(ax_row, panels):
             # Array axis 0 is x: transposed so x runs left to right and y upward (origin lower).
             ax.imshow(image.T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
             ax.set_title(name, fontsize=8)
+            ax.axis("off")
+        for ax in ax_row[len(panels):]:
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -27,9 +27,12 @@ class Reconstruction(Task):
     def loss_and_metrics(self, tc, n_classes: int, outputs: list[str] | None = None) -> tuple:
         import keras
 
+        from medflow.models.losses import ImagePSNR
+
         l1 = tc.loss == "l1"
         loss = keras.losses.MeanAbsoluteError() if l1 else keras.losses.MeanSquaredError()
-        return loss, [keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")]
+        other = keras.metrics.MeanSquaredError(name="mse") if l1 else keras.metrics.MeanAbsoluteError(name="mae")
+        return loss, [other, ImagePSNR()]  # psnr: DIVal's per-image PSNR, so val_psnr can pick the best epoch
 
     def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
         from medflow.planning.rules import plan_images
@@ -145,9 +148,36 @@ class Reconstruction(Task):
         scaling = s.get("fbp_frequency_scaling", {})
         for method, m in s["methods"].items():
             note = f"  (frequency scaling {scaling[method[4:]]})" if method[4:] in scaling else ""
+            if method == "tv" and "tv" in s:
+                note = f"  (weight {s['tv']['weight']:g}, {s['tv']['iterations']} iterations)"
             lines.append(f"    {method:<11} PSNR {m['psnr_mean']:.2f} +/- {m['psnr_sd']:.2f}  "
                          f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}{note}")
+        second = s.get("second_simulator")
+        if second:
+            lines.append(f"  the same test phantoms, second simulator (replicated pixels, {second['detectors']} point "
+                         f"detectors {second['pitch']}x apart, rebinned):")
+            for method, m in second["methods"].items():
+                lines.append(f"    {method:<11} PSNR {m['psnr_mean']:.2f} +/- {m['psnr_sd']:.2f}  "
+                             f"SSIM {m['ssim_mean']:.3f} +/- {m['ssim_sd']:.3f}  "
+                             f"(main - second: {second['gap_db'][method]:+.2f} dB)")
         return lines
+
+    compare_metric = "psnr"
+
+    def compare_scores(self, summary: dict, split: str) -> tuple[dict, list[tuple[str, dict]]]:
+        """Test PSNR and SSIM (mean, sd) of the network and of each classical method scored beside it."""
+        def scores(m):
+            return {"psnr": m["psnr_mean"], "psnr_sd": m["psnr_sd"], "ssim": m["ssim_mean"], "ssim_sd": m["ssim_sd"]}
+
+        methods = summary["methods"]
+        return scores(methods["network"]), [(name, scores(m)) for name, m in methods.items() if name != "network"]
+
+    def compare_figure(self, upstream: dict, evaluated: dict):
+        """truth | FBP | TV | each model | |best model - truth| on the same test images (the best model's
+        worst, median and best), from each evaluate stage's reconstructions.npz."""
+        from medflow.tasks.evaluation.reconstruction import compare_figure
+
+        return compare_figure(upstream, evaluated)
 
     def evaluate(self, cfg, upstream, out, ctx, plan, train):
         from medflow.tasks.evaluation import reconstruction

@@ -36,18 +36,26 @@ def _write_json(path: Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
 
 
-def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int):
-    """Build and compile the configured model; loss and metrics follow the task."""
+def compile_model(cfg, input_shape, n_classes: int, task: str, total_steps: int, facts: dict | None = None):
+    """Build and compile the configured model; loss and metrics follow the task.
+
+    ``facts``: builder parameters that come from the data, not the config (a sinogram model's geometry).
+    """
     tc = cfg.train
-    model = build_model(cfg.model.name, input_shape, n_classes, cfg.model.params)
+    model = build_model(cfg.model.name, input_shape, n_classes, {**cfg.model.params, **(facts or {})})
     lr = tc.learning_rate
     if tc.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(tc.learning_rate, decay_steps=max(total_steps, 1), alpha=0.01)
+        lr = keras.optimizers.schedules.CosineDecay(tc.learning_rate, decay_steps=max(total_steps, 1),
+                                                    alpha=tc.cosine_floor)
     opt = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}[tc.optimizer]
     kwargs = {"weight_decay": tc.weight_decay} if tc.optimizer == "adamw" and tc.weight_decay else {}
     if tc.optimizer == "sgd":
         kwargs["momentum"] = tc.momentum
         kwargs["nesterov"] = True
+    else:
+        kwargs["beta_2"] = tc.beta_2
+    if tc.clip_norm:
+        kwargs["global_clipnorm"] = tc.clip_norm
     loss, metrics = loss_and_metrics(tc, task, n_classes, model.output_names)
     model.compile(optimizer=opt(learning_rate=lr, **kwargs), loss=loss, metrics=metrics)
     return model
@@ -110,7 +118,7 @@ class StageCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.folder, self.monitor, self.patience, self.log_metrics = Path(folder), monitor, patience, log_metrics
         self.samples_per_epoch, self._epoch_start = samples_per_epoch, None
-        self.mode = "max" if any(k in monitor for k in ("dice", "accuracy", "auc")) else "min"
+        self.mode = "max" if any(k in monitor for k in ("dice", "accuracy", "auc", "psnr")) else "min"
         self.state = state or {"epoch": -1, "best": None, "best_epoch": -1, "history": []}
 
     def _better(self, value: float) -> bool:

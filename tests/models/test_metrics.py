@@ -104,3 +104,17 @@ def test_classification_report_matches_scikit_learn():
     assert rep["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     one_class = classification_report(np.zeros(4, int), np.tile([0.6, 0.3, 0.1], (4, 1)), ["a", "b", "c"])
     assert np.isnan(one_class["roc_auc_macro_ovr"]) and one_class["accuracy"] == 1.0
+
+
+def test_image_psnr_metric_equals_image_quality():
+    from medflow.models.losses import ImagePSNR
+    from medflow.models.metrics import image_quality
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((3, 12, 12, 1)).astype(np.float32) * np.array([1, 2, 5], np.float32)[:, None, None, None]
+    recon = truth + 0.05 * rng.standard_normal(truth.shape).astype(np.float32)
+    metric = ImagePSNR()
+    metric.update_state(truth[:2], recon[:2])
+    metric.update_state(truth[2:], recon[2:])
+    expected = np.mean([image_quality(t[..., 0], r[..., 0])["psnr"] for t, r in zip(truth, recon)])
+    assert float(metric.result()) == pytest.approx(expected, rel=1e-5)

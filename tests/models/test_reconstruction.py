@@ -51,3 +51,18 @@ def test_image_quality_matches_scikit_image():
     assert q["ssim"] == pytest.approx(structural_similarity(truth, recon, data_range=data_range), rel=1e-9)
     assert image_quality(truth, truth)["psnr"] == float("inf")
 
+
+
+def test_fbpunet_is_divals_unet(tmp_path):
+    """5 scales of (32, 32, 64, 64, 128) channels, 4-channel 1x1 skips, bilinear up, 1x1 out, not residual."""
+    model = build_model("fbpunet", (64, 64, 1), 1, {})
+    assert model.output_shape == (None, 64, 64, 1)
+    assert [model.get_layer(f"down{i}_b_conv").filters for i in range(1, 5)] == [32, 64, 64, 128]
+    assert all(model.get_layer(f"up{i}_skip_conv").kernel.shape[:2] == (1, 1) for i in range(1, 5))
+    assert model.get_layer("up4_b_conv").filters == 32 and "correction" not in {la.name for la in model.layers}
+    x = np.random.default_rng(0).random((2, 64, 64, 1)).astype(np.float32)
+    model.save(tmp_path / "u.keras")
+    loaded = keras.saving.load_model(tmp_path / "u.keras", safe_mode=True)
+    assert np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="scales must be 1..6"):
+        build_model("fbpunet", (64, 64, 1), 1, {"scales": 7})

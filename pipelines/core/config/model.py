@@ -43,10 +43,16 @@ class TrainConfig(_Strict):
     momentum: float = Field(
         default=0.99, ge=0, lt=1, description="sgd: Nesterov momentum (0.99 as nnU-Net; classification.yaml sets 0.9)"
     )
+    beta_2: float = Field(default=0.999, gt=0, lt=1, description="adam, adamw: second-moment decay (DIVal's LPD: 0.99)")
+    clip_norm: float | None = Field(default=None, gt=0, description="clip the global gradient norm to this (DIVal: 1)")
     learning_rate: float = Field(default=1e-3, gt=0, description="initial learning rate")
     weight_decay: float = Field(default=0.0, ge=0, description="adamw: decoupled weight decay")
     schedule: Literal["constant", "cosine", "plateau"] = Field(
         default="cosine", description="cosine, constant or plateau (halve on a 3-epoch plateau)"
+    )
+    cosine_floor: float = Field(
+        default=0.01, ge=0, le=1, description="cosine: the last step's learning rate as a fraction of the first "
+        "(DIVal: 0.1 for FBP + U-Net, 0 for LPD)"
     )
     early_stopping_patience: int = Field(default=0, ge=0, description="epochs without improvement; 0 = off")
     monitor: str = Field(
@@ -129,6 +135,14 @@ class EvaluateConfig(_Strict):
         default_factory=lambda: ["ramp", "hann"], description="reconstruction: FBP baselines scored beside the network"
     )
     figure_cases: int = Field(default=4, ge=1, description="reconstruction: cases in the comparison figure")
+    tv: bool = Field(default=True, description="reconstruction: score TV-regularized PDHG beside FBP (models/tv.py)")
+    tv_tune_images: int = Field(
+        default=16, ge=1, description="reconstruction: validation images that choose TV's weight and iterations"
+    )
+    second_simulator: bool = Field(
+        default=True, description="reconstruction: also score every method on the test phantoms measured by a "
+        "second simulator (data/ct/second.py), the gap a new measurement model opens"
+    )
     fbp_tune: bool = Field(
         default=True,
         description="reconstruction: pick each FBP filter's frequency scaling "

@@ -19,6 +19,7 @@ from medflow.core.config import ConfigError
 from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import load_split
+from medflow.data.ct.projector import operator_norm, ray_transform
 from medflow.stages.train_recon import epoch_batches
 from medflow.tracking.runs import MlflowTracker
 from mlflow import MlflowClient
@@ -54,12 +55,25 @@ def test_stages_write_scores_figure_and_models(finished):
     assert [r.state for r in res.values()] == ["ran"] * 4
     summary = json.loads((Path(res["evaluate_recon"].path) / "summary.json").read_text())
     methods = summary["methods"]
-    assert set(methods) == {"fbp_ramp", "fbp_hann", "network"}
+    assert set(methods) == {"fbp_ramp", "fbp_hann", "tv", "network"}
     assert all(m["images"] == 6 for m in methods.values())
     # The Hann window trades resolution for noise; with 12 noisy angles it must score above the bare ramp.
     assert methods["fbp_hann"]["psnr_mean"] > methods["fbp_ramp"]["psnr_mean"]
+    # TV, tuned on validation and started from the FBP, beats every FBP on sparse noisy views.
+    assert methods["tv"]["psnr_mean"] > max(methods["fbp_hann"]["psnr_mean"], methods["fbp_ramp"]["psnr_mean"])
+    tv = summary["tv"]
+    assert tv["iterations"] in (100, 250, 500, 1000) and len(tv["tuning_grid"]) == 7 * 4
+    geometry = summary["geometry"]
+    matrix = ray_transform(geometry["image_size"], tuple(geometry["angles_deg"]), geometry["detectors"])
+    assert tv["lambda"] == pytest.approx(tv["weight"] * operator_norm(matrix) ** 2, rel=1e-4)
+    second = summary["second_simulator"]
+    assert set(second["methods"]) == set(methods) and second["detectors"] == 42  # round(46 / 1.1)
+    for method, gap in second["gap_db"].items():
+        assert gap == pytest.approx(methods[method]["psnr_mean"] - second["methods"][method]["psnr_mean"])
+    # A fair second scanner: FBP scores about as well on it as on the main simulator.
+    assert abs(second["gap_db"]["fbp_hann"]) < 1.5
     rows = list(csv.DictReader((Path(res["evaluate_recon"].path) / "metrics.csv").open()))
-    assert len(rows) == 18 and {r["method"] for r in rows} == set(methods)
+    assert len(rows) == 24 and {r["method"] for r in rows} == set(methods)
     net_psnr = np.mean([float(r["psnr"]) for r in rows if r["method"] == "network"])
     assert net_psnr == pytest.approx(methods["network"]["psnr_mean"], abs=1e-3)
     assert (Path(res["evaluate_recon"].path) / "comparison.png").stat().st_size > 10_000
@@ -73,7 +87,8 @@ def test_metrics_and_figure_are_in_mlflow(finished):
     assert parent.data.metrics["test_psnr"] == pytest.approx(
         json.loads((Path(finished["results"]["evaluate_recon"].path) / "summary.json").read_text())
         ["methods"]["network"]["psnr_mean"])
-    assert {"test_ssim", "test_psnr_fbp_ramp", "test_psnr_fbp_hann"} <= set(parent.data.metrics)
+    assert {"test_ssim", "test_psnr_fbp_ramp", "test_psnr_fbp_hann", "test_psnr_tv",
+            "test_psnr_second_simulator"} <= set(parent.data.metrics)
     exp = parent.info.experiment_id
     (evaluate,) = client.search_runs([exp], "tags.`medflow.stage` = 'evaluate_recon'")
     assert {"stage/comparison.png", "stage/metrics.csv", "stage/summary.json"} <= {
