@@ -165,3 +165,25 @@ def run_medflow(*args, env):
     root = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, "-m", "medflow.cli.main", *args], env=env, cwd=root, check=True,
                           capture_output=True, text=True)
+
+
+def tracked_pipeline_run(tmp, pipeline_yaml: str):
+    """Run a pipeline YAML text once into ``tmp`` (workspace and a SQLite store there), for a module fixture.
+
+    Yields {tmp, cfg, results (stage name -> result), parent (run id), store}; the workspace variable is
+    set while the fixture lives.
+    """
+    import pytest
+
+    from medflow.core.loading import load_config
+    from medflow.core.runner import run_pipeline
+    from medflow.tracking.runs import MlflowTracker
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDFLOW_WORKSPACE", str(tmp / "workspace"))
+    store = f"sqlite:///{tmp / 'store.db'}"
+    (tmp / "p.yaml").write_text(pipeline_yaml)
+    cfg = load_config(tmp / "p.yaml")
+    results, parent = run_pipeline(cfg, tracker=MlflowTracker(store))
+    yield {"tmp": tmp, "cfg": cfg, "results": {r.name: r for r in results}, "parent": parent, "store": store}
+    mp.undo()

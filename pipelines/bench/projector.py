@@ -39,6 +39,20 @@ def _sparse_ops(matrix):
     return fwd, adj
 
 
+def _gradient(op):
+    """A traced x -> d sum(op(x)^2) / dx (one forward and one backward pass of ``op``)."""
+    import tensorflow as tf
+
+    @tf.function
+    def grad(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            total = tf.reduce_sum(op(v) ** 2)
+        return tape.gradient(total, v)
+
+    return grad
+
+
 def bench_projector(size: int = 128, angles: int = 30, batches=(1, 5, 16), repeats: int = 5,
                     oversample: int = 3) -> dict:
     import tensorflow as tf
@@ -74,20 +88,7 @@ def bench_projector(size: int = 128, angles: int = 30, batches=(1, 5, 16), repea
         y = tf.constant(rng.random((b, d, angles, 1)), tf.float32)
         xf, yf = tf.reshape(x, (b, -1)), tf.reshape(y, (b, -1))
 
-        @tf.function
-        def grad(v):
-            with tf.GradientTape() as tape:
-                tape.watch(v)
-                total = tf.reduce_sum(a(v) ** 2)
-            return tape.gradient(total, v)
-
-        @tf.function
-        def sparse_grad(v):
-            with tf.GradientTape() as tape:
-                tape.watch(v)
-                total = tf.reduce_sum(sparse_a(v) ** 2)
-            return tape.gradient(total, v)
-
+        grad, sparse_grad = _gradient(a), _gradient(sparse_a)
         fa, fat = tf.function(lambda v: a(v)), tf.function(lambda v: at(v))
         rows.append({"batch": b,
                      "gather_A_ms": _median_ms(lambda: fa(x).numpy(), repeats),

@@ -147,7 +147,8 @@ def run(cfg, upstream, out: StageDir, ctx):
     with write_atomic(out.path / "reconstructor.keras", suffix=".keras") as tmp:
         (net if name == "sinogram" else sinogram_model(net, geometry)).save(tmp)
     out.write_json("geometry.json", geometry)
-    family.inference_plan(cfg, {"geometry": geometry}).save(out.path, out.write_json)
+    # The plan says what the exported model reads, for its card: a sinogram model has no FBP in its graph.
+    family.inference_plan(cfg, {"geometry": {**geometry, "model_reads": name}}).save(out.path, out.write_json)
     out.write_json("train.json", {
         "task": task, "input_shape": list(shape), "geometry": geometry, "consumes": name,
         "model": cfg.model.model_dump(mode="json"),

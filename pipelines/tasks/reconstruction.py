@@ -133,10 +133,15 @@ class Reconstruction(Task):
     def card(self, plan: dict) -> dict:
         g, (d, a) = plan["geometry"], plan["input_shape"]
         s = g["image_size"]
-        carried = [f"Parallel beam, {len(g['angles_deg'])} angles from {g['angles_deg'][0]} to {g['angles_deg'][-1]} "
-                   f"degrees, {g['detectors']} detectors, FBP with the {g['fbp_filter']} filter "
-                   f"(frequency scaling {g.get('frequency_scaling', 1.0)}) inside the model graph",
-                   f"Sinogram units: {g.get('units', 'line integrals')}"]
+        beam = (f"Parallel beam, {len(g['angles_deg'])} angles from {g['angles_deg'][0]} to {g['angles_deg'][-1]} "
+                f"degrees, {g['detectors']} detectors")
+        if g.get("model_reads") == "sinogram":  # learned primal-dual: the operator itself is in the graph
+            first = (f"{beam}; the forward operator and its adjoint for this geometry are inside the model graph "
+                     "(gather, multiply, sum: exported to SavedModel and ONNX alike)")
+        else:
+            first = (f"{beam}, FBP with the {g['fbp_filter']} filter (frequency scaling "
+                     f"{g.get('frequency_scaling', 1.0)}) inside the model graph")
+        carried = [first, f"Sinogram units: {g.get('units', 'line integrals')}"]
         return {"input": f"a ({d}, {a}) sinogram (detectors, angles) as `.npy`",
                 "output": f"a {s}x{s} image ({g.get('units', 'attenuation')})", "carried": carried,
                 "predict_input": "SINOGRAMS_DIR",

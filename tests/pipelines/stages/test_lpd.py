@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +19,8 @@ from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import load_split
 from medflow.tracking.runs import MlflowTracker
+from tests.helpers import tracked_pipeline_run
+from tests.pipelines.stages.test_reconstruction import _ct_folder
 
 PIPELINE = """
 name: lpd_test
@@ -33,15 +36,7 @@ workers: 1
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lpd")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDFLOW_WORKSPACE", str(tmp / "workspace"))
-    store = f"sqlite:///{tmp / 'store.db'}"
-    (tmp / "p.yaml").write_text(PIPELINE)
-    cfg = load_config(tmp / "p.yaml")
-    results, parent = run_pipeline(cfg, tracker=MlflowTracker(store))
-    yield {"tmp": tmp, "cfg": cfg, "results": {r.name: r for r in results}, "store": store}
-    mp.undo()
+    yield from tracked_pipeline_run(tmp_path_factory.mktemp("lpd"), PIPELINE)
 
 
 def test_lpd_trains_on_sinograms_and_exports_itself(finished):
@@ -58,6 +53,9 @@ def test_lpd_trains_on_sinograms_and_exports_itself(finished):
     assert np.array_equal(model.predict(sino, verbose=0), exported.predict(sino, verbose=0))
     summary = json.loads((Path(res["evaluate_recon"].path) / "summary.json").read_text())
     assert set(summary["methods"]) == {"fbp_hann", "network"}
+    card = (Path(res["export_recon"].path) / "MODEL_CARD.md").read_text()
+    assert "forward operator and its adjoint for this geometry are inside the model graph" in card
+    assert "FBP with the" not in card
 
 
 def test_lpd_answers_predict_and_serve_on_every_runtime(finished, tmp_path, monkeypatch):
@@ -113,10 +111,6 @@ def test_compare_puts_fbp_tv_fbpconvnet_and_lpd_in_one_table_and_figure(finished
 
 
 def test_lpd_on_ct_volumes_reconstructs_in_hu_on_any_detector_count(tmp_path, monkeypatch):
-    from tests.pipelines.stages.test_reconstruction import _ct_folder
-
-    import nibabel as nib
-
     monkeypatch.setenv("MEDFLOW_WORKSPACE", str(tmp_path / "workspace"))
     root = _ct_folder(tmp_path / "ct")
     path = tmp_path / "ct.yaml"

@@ -21,8 +21,8 @@ from medflow.core.runner import run_pipeline
 from medflow.data.ct.ellipses import load_split
 from medflow.data.ct.projector import operator_norm, ray_transform
 from medflow.stages.train_recon import epoch_batches
-from medflow.tracking.runs import MlflowTracker
 from mlflow import MlflowClient
+from tests.helpers import tracked_pipeline_run
 
 PIPELINE = """
 name: recon_test
@@ -39,15 +39,7 @@ workers: 1
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One tracked run of the tiny pipeline (shared by the tests below: training is the slow part)."""
-    tmp = tmp_path_factory.mktemp("recon")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDFLOW_WORKSPACE", str(tmp / "workspace"))
-    store = f"sqlite:///{tmp / 'store.db'}"
-    (tmp / "p.yaml").write_text(PIPELINE)
-    cfg = load_config(tmp / "p.yaml")
-    results, parent = run_pipeline(cfg, tracker=MlflowTracker(store))
-    yield {"tmp": tmp, "cfg": cfg, "results": {r.name: r for r in results}, "parent": parent, "store": store}
-    mp.undo()
+    yield from tracked_pipeline_run(tmp_path_factory.mktemp("recon"), PIPELINE)
 
 
 def test_stages_write_scores_figure_and_models(finished):
