@@ -55,16 +55,19 @@ def dihedral(image: np.ndarray, element: int) -> np.ndarray:
     return np.ascontiguousarray(out[::-1] if element >= 4 else out)
 
 
-def _datasets(inputs, gt, val, batch: int, seed: int, epochs: range, augment: bool, steps: int, name: str):
+def _datasets(inputs, gt, val, batch: int, seed: int, epochs: range, augment: bool, steps: int, name: str,
+              remeasure=None):
     """(train, validation) tf.data of (input, truth) batches; ``name`` is the input's key in ``val``: "fbp"
-    gives (B, S, S, 1) images, "sinogram" (B, D, A) sinograms (no channel axis, as exported models take)."""
+    gives (B, S, S, 1) images, "sinogram" (B, D, A) sinograms (no channel axis, as exported models take).
+    ``remeasure(indices, epoch, batch_index)``, if given, makes the batch's inputs from re-measured sinograms."""
     import tensorflow as tf
 
     channel = (lambda a: a[..., None]) if name == "fbp" else (lambda a: a)  # noqa: E731
 
     def gen():
         for i, idx in enumerate(epoch_batches(len(inputs), batch, seed, epochs, steps)):
-            x, y = inputs[idx], gt[idx]
+            x = remeasure(idx, epochs.start + i // steps, i % steps) if remeasure else inputs[idx]
+            y = gt[idx]
             if augment:
                 draw = dihedral_draw(seed, epochs.start + i // steps, i % steps, batch)
                 x = np.stack([dihedral(a, e) for a, e in zip(x, draw)])
@@ -77,6 +80,26 @@ def _datasets(inputs, gt, val, batch: int, seed: int, epochs: range, augment: bo
     train = tf.data.Dataset.from_generator(gen, output_signature=(x_spec, spec)).prefetch(2)
     val_ds = tf.data.Dataset.from_tensor_slices((channel(val[name]), val["gt"][..., None])).batch(batch).cache()
     return train, val_ds
+
+
+def remeasurer(cfg, sinograms: np.ndarray, geometry: dict, name: str):
+    """``train.measurement_augment``: (indices, epoch, batch_index) -> the batch's inputs, each sinogram
+    re-measured by a seeded draw (data/ct/measurement.py), then its FBP for an image model."""
+    from medflow.data.ct.measurement import draw_measurement, perturb_sinogram
+    from medflow.data.ct.physics import fbp_geometry
+
+    tc, seed = cfg.train, cfg.simulate.seed
+
+    def remeasure(indices, epoch: int, batch_index: int) -> np.ndarray:
+        out = []
+        for j, i in enumerate(indices):
+            draw = draw_measurement(np.random.default_rng([seed, epoch, batch_index, 6, j]),
+                                    tc.augment_detector_px, tc.augment_noise_max)
+            sino = perturb_sinogram(sinograms[i], draw, cfg.simulate.noise)
+            out.append(sino if name == "sinogram" else fbp_geometry(sino, geometry))
+        return np.stack(out)
+
+    return remeasure
 
 
 def sinogram_facts(geometry: dict) -> dict:
@@ -110,7 +133,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     if name == "sinogram" and cfg.train.dihedral_augment:
         raise StageFailed(f"train.dihedral_augment: {cfg.model.name} reads sinograms, and a quarter turn about the "
                           "rotation centre (pixel S // 2) is not one of the even grid's; set it false")
-    train = load_split(data, "train", names=(name, "gt"))
+    augment_measurement = cfg.train.measurement_augment
+    extra = ("sinogram",) if augment_measurement and name != "sinogram" else ()
+    train = load_split(data, "train", names=(name, "gt", *extra))
     val = load_split(data, "validation", names=(name, "gt"))
     batch = cfg.loader.batch_size
     if len(train[name]) < batch:
@@ -121,8 +146,9 @@ def run(cfg, upstream, out: StageDir, ctx):
     model, state = trainer.load_resume(out.path)
     shape, facts = ((size, size, 1), None) if name == "fbp" else (train[name].shape[1:], sinogram_facts(geometry))
     build = lambda total: trainer.compile_model(cfg, shape, 1, task, total, facts)  # noqa: E731
+    remeasure = remeasurer(cfg, train["sinogram"], geometry, name) if augment_measurement else None
     data = lambda epochs, steps: _datasets(train[name], train["gt"], val, batch, cfg.simulate.seed,  # noqa: E731
-                                           epochs, cfg.train.dihedral_augment, steps, name)
+                                           epochs, cfg.train.dihedral_augment, steps, name, remeasure)
     _, val_ds = data(range(0), natural)
 
     def probe():

@@ -68,6 +68,16 @@ class TrainConfig(_Strict):
         default=False,
         description="reconstruction: random flips and quarter turns of (FBP, truth) pairs, symmetries of the geometry",
     )
+    measurement_augment: bool = Field(
+        default=False, description="reconstruction: re-measure each training sinogram with a random detector blur "
+        "and shift and extra noise (data/ct/measurement.py), so no one simulator is all the network sees"
+    )
+    augment_detector_px: float = Field(
+        default=0.5, ge=0, description="measurement_augment: largest detector blur sigma (shift: half), detector px"
+    )
+    augment_noise_max: float = Field(
+        default=2.0, ge=1, description="measurement_augment: largest total noise, as a multiple of simulate.noise"
+    )
     loss: Literal["auto", "mse", "l1"] = Field(
         default="auto", description="reconstruction loss (auto: mse); other tasks fix theirs"
     )
