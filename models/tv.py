@@ -24,6 +24,11 @@ WEIGHTS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the first, coarse grid (x sqrt(10) a
 CHECKPOINTS = (100, 250, 500, 1000)  # iteration counts scored while tuning (ellipses: still rising at 800)
 
 
+def checkpoints_up_to(most: int) -> tuple[int, ...]:
+    """The tuning's iteration counts for at most ``most`` iterations: CHECKPOINTS below it, then ``most``."""
+    return tuple(c for c in CHECKPOINTS if c < most) + (int(most),)
+
+
 def _grad(x):
     """(N, S, S, 1) -> (N, S, S, 2) forward differences, zero past the last row and column."""
     import tensorflow as tf

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from medflow.data.ct.ellipses import EllipsesSpec, make_sample
 from medflow.models.metrics import image_quality
-from medflow.models.tv import TVSolver, _grad, _grad_adjoint, tune
+from medflow.models.tv import TVSolver, _grad, _grad_adjoint, checkpoints_up_to, tune
 
 SPEC = EllipsesSpec(size=32, angles=10, counts={"train": 0, "validation": 6, "test": 0})
 
@@ -61,3 +61,8 @@ def test_tune_scans_a_grid_and_returns_its_best(samples):
     assert len(result["grid"]) == 4 * 2  # two weights, then the best one's half and double
     assert result["score"] == max(row[2] for row in result["grid"])
     assert (result["weight"], result["iterations"], result["score"]) in {tuple(r) for r in result["grid"]}
+
+
+def test_checkpoints_stop_at_the_iteration_cap():
+    assert checkpoints_up_to(1000) == (100, 250, 500, 1000)
+    assert checkpoints_up_to(300) == (100, 250, 300) and checkpoints_up_to(50) == (50,)

@@ -149,6 +149,10 @@ class EvaluateConfig(_Strict):
     tv_tune_images: int = Field(
         default=16, ge=1, description="reconstruction: validation images that choose TV's weight and iterations"
     )
+    tv_iterations: int = Field(
+        default=1000, ge=1, description="reconstruction: the most PDHG iterations TV may run; the tuning scores "
+        "100, 250, 500 and 1000 below it, and it"
+    )
     second_simulator: bool = Field(
         default=True, description="reconstruction: also score every method on the test phantoms measured by a "
         "second simulator (data/ct/second.py), the gap a new measurement model opens"

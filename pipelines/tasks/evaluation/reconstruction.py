@@ -107,7 +107,7 @@ class _TV:
     def __init__(self, cfg, sim, geometry: dict):
         from medflow.data.ct.ellipses import load_split
         from medflow.models.metrics import image_quality
-        from medflow.models.tv import TVSolver, tune
+        from medflow.models.tv import TVSolver, checkpoints_up_to, tune
 
         self.geometry = geometry
         self.scale, self.offset = geometry.get("fbp_scale", 1.0), geometry.get("fbp_offset", 0.0)
@@ -117,7 +117,8 @@ class _TV:
         started = time.perf_counter()
         self.chosen = tune(self.solver, val["sinogram"][:k], val["gt"][:k],
                            lambda truth, x: image_quality(truth, self.scale * x + self.offset)["psnr"],
-                           self._init(val["sinogram"][:k]))
+                           self._init(val["sinogram"][:k]),
+                           checkpoints=checkpoints_up_to(cfg.evaluate.tv_iterations))
         self.tune_seconds = time.perf_counter() - started
         self.seconds = 0.0
 

@@ -46,7 +46,7 @@ simulate: {size: 32, angles: 12, train: 16, validation: 8, test: 4, chunk: 8}
 loader: {batch_size: 8}
 model: {name: fbpconvnet, params: {depth: 2, filters: 4}}
 train: {epochs: 1, learning_rate: 0.001, monitor: val_loss}
-evaluate: {fbp_filters: [ramp], fbp_tune: false, figure_cases: 2, batch_size: 4}
+evaluate: {fbp_filters: [ramp], fbp_tune: false, figure_cases: 2, batch_size: 4, tv: false}
 workers: 1
 """
 STAGES = "[ingest, preprocess, split, train, evaluate, export]"

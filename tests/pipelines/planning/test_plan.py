@@ -86,8 +86,10 @@ def test_run_plan_auto_writes_the_plan_and_status_shows_it(pipeline, tmp_path, c
     assert f"plan: {written}" in out and "medflow plan for test, budget 2m" in out
 
 
-def test_machine_measures_positive_rates():
-    from medflow.planning.machine import measure
+def test_machine_measures_positive_rates(monkeypatch):
+    from medflow.planning import machine as probe
 
-    machine = measure(seconds=0.2)
+    # Smaller probe networks than the real ones: the test checks the arithmetic, not this machine's rate.
+    monkeypatch.setattr(probe, "PROBES", {"2d": ((32, 32), 2, 4, 2), "3d": ((16, 16, 16), 2, 4, 1)})
+    machine = probe.measure(seconds=0.2)
     assert machine.cores >= 1 and machine.memory_gib > 0 and machine.gflops_2d > 0 and machine.gflops_3d > 0

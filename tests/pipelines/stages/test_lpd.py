@@ -92,7 +92,7 @@ def test_compare_puts_fbp_tv_fbpconvnet_and_lpd_in_one_table_and_figure(finished
 
     monkeypatch.setenv("MEDFLOW_WORKSPACE", str(finished["tmp"] / "workspace"))
     path = finished["tmp"] / "p.yaml"
-    cfg = load_config(path, ["evaluate.tv=true", "evaluate.tv_tune_images=2",
+    cfg = load_config(path, ["evaluate.tv=true", "evaluate.tv_tune_images=2", "evaluate.tv_iterations=50",
                              "compare.models=[{name: fbpconvnet, params: {depth: 2, filters: 4}}, "
                              "{name: lpd, params: {iterations: 2, width: 8}}]"])
     store = f"sqlite:///{tmp_path / 'store.db'}"
@@ -118,7 +118,8 @@ def test_lpd_on_ct_volumes_reconstructs_in_hu_on_any_detector_count(tmp_path, mo
         "simulate: {size: 24, angles: 8, train: 16, validation: 4, test: 4, chunk: 8}",
         f"simulate: {{source: ct_volumes, root: {root}, size: 32, pixel_mm: 2.0, angles: 16, detectors: 40, "
         f"photons: 100000}}\nsplit: {{seed: 0, val_fraction: 0.25, test_fraction: 0.25}}").replace(
-        "loader: {batch_size: 4}", "loader: {batch_size: 2}").replace("tv: false", "tv: true, tv_tune_images: 2"))
+        "loader: {batch_size: 4}", "loader: {batch_size: 2}").replace(
+        "tv: false", "tv: true, tv_tune_images: 2, tv_iterations: 100}\nexport: {formats: [keras], runtime: keras"))
     results = {r.name: r for r in run_pipeline(load_config(path))[0]}
     summary = json.loads((Path(results["evaluate_recon"].path) / "summary.json").read_text())
     assert {"tv", "network", "fbp_hann"} == set(summary["methods"])
@@ -132,7 +133,7 @@ def test_lpd_on_ct_volumes_reconstructs_in_hu_on_any_detector_count(tmp_path, mo
     test = load_split(Path(results["simulate"].path) / "data", "test")
     np.save(tmp_path / "slice.npy", test["sinogram"][0])
     assert main(["predict", "--model", str(Path(results["export_recon"].path)), "--input",
-                 str(tmp_path / "slice.npy"), "--output", str(tmp_path / "out"), "--runtime", "onnx"]) == 0
+                 str(tmp_path / "slice.npy"), "--output", str(tmp_path / "out")]) == 0  # ONNX: the test above
     image = nib.load(tmp_path / "out" / "slice.nii.gz")
     assert image.header.get_zooms()[:2] == (2.0, 2.0)
     expected = model.predict(test["sinogram"][:1], verbose=0)[0, ..., 0]

@@ -31,7 +31,7 @@ simulate: {size: 32, angles: 12, train: 24, validation: 8, test: 6, chunk: 8}
 loader: {batch_size: 8}
 model: {name: fbpconvnet, params: {depth: 2, filters: 4}}
 train: {epochs: 2, learning_rate: 0.001, monitor: val_loss, dihedral_augment: true}
-evaluate: {fbp_filters: [ramp, hann], figure_cases: 3, batch_size: 4}
+evaluate: {fbp_filters: [ramp, hann], figure_cases: 3, batch_size: 4, tv_iterations: 250}
 workers: 1
 """
 
@@ -54,7 +54,7 @@ def test_stages_write_scores_figure_and_models(finished):
     # TV, tuned on validation and started from the FBP, beats every FBP on sparse noisy views.
     assert methods["tv"]["psnr_mean"] > max(methods["fbp_hann"]["psnr_mean"], methods["fbp_ramp"]["psnr_mean"])
     tv = summary["tv"]
-    assert tv["iterations"] in (100, 250, 500, 1000) and len(tv["tuning_grid"]) == 7 * 4
+    assert tv["iterations"] in (100, 250) and len(tv["tuning_grid"]) == 7 * 2  # evaluate.tv_iterations caps it
     geometry = summary["geometry"]
     matrix = ray_transform(geometry["image_size"], tuple(geometry["angles_deg"]), geometry["detectors"])
     assert tv["lambda"] == pytest.approx(tv["weight"] * operator_norm(matrix) ** 2, rel=1e-4)
