@@ -67,7 +67,11 @@ def export_formats(model, folder: Path, formats: tuple[str, ...] = RUNTIMES) -> 
                 # Keras's bundled tf2onnx probes np.object on import, which numpy 2 answers with a
                 # FutureWarning: noise in every export log, nothing the user can act on.
                 warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
-                model.export(str(tmp), format="onnx", verbose=False)
+                # A model loaded from .keras and never called makes Keras's ONNX exporter refuse
+                # ("has never called") unless the signature is given; after a SavedModel export it works.
+                from keras.src.export.export_utils import get_input_signature
+
+                model.export(str(tmp), format="onnx", verbose=False, input_signature=get_input_signature(model))
             written[fmt] = ONNX
         else:
             raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(RUNTIMES)}")

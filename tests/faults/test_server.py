@@ -42,6 +42,7 @@ def served(tmp_path_factory):
     try:
         plain = Served(model, tmp / "plain.log")
         paths = Served(model, tmp / "paths.log", "--allow-paths", str(allowed))
+        plain.ready(), paths.ready()
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = saved or ""
     yield {"plain": plain, "paths": paths, "allowed": allowed, "secret": secret, "tmp": tmp,

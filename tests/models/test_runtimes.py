@@ -46,6 +46,19 @@ def test_saved_model_and_onnx_match_keras(tmp_path, name, shape, classes, params
         assert np.abs(load_runtime(tmp_path, runtime)(x) - expected).max() < 1e-4
 
 
+def test_onnx_alone_from_a_model_loaded_and_never_called(tmp_path):
+    """export.formats [keras, onnx]: no SavedModel export calls the model first, which Keras's ONNX export needs
+    unless it is given the signature."""
+    from medflow.models.runtimes import load_keras
+
+    model = _randomize(build_model("unet2d", (24, 24, 2), 3, {"depth": 2, "filters": 4}))
+    model.save(tmp_path / "m.keras")
+    loaded = load_keras(tmp_path / "m.keras")
+    assert export_formats(loaded, tmp_path / "out", ("keras", "onnx")) == {"keras": KERAS, "onnx": ONNX}
+    x = np.random.default_rng(1).normal(size=(2, 24, 24, 2)).astype(np.float32)
+    assert parity(tmp_path / "out", x, ("onnx",))["max_abs_diff"]["onnx"] < 1e-4
+
+
 def test_sinogram_model_with_the_fbp_layer_exports(tmp_path):
     spec = EllipsesSpec(size=32, angles=12)
     net = _randomize(build_model("fbpconvnet", (32, 32, 1), 1, {"depth": 2, "filters": 4}))

@@ -2,7 +2,8 @@
 
 For each family a tiny pipeline runs through export; then `medflow predict` runs the bundle on the
 raw test inputs, and its outputs must equal evaluate's (label maps voxel for voxel, classifier
-probabilities to the printed precision, reconstructions to the same PSNR).
+probabilities to the printed precision, reconstructions to the same PSNR). The bundles hold only
+the formats these tests read; every runtime's parity is tests/pipelines/stages/test_export.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ augment: {seed: 1, transforms: [{name: flip, p: 0.5}]}
 model: {name: unet2d, params: {depth: 2, filters: 4}}
 train: {epochs: 1, learning_rate: 0.01, monitor: val_dice, val_samples_per_case: 1, preview_cases: 1}
 evaluate: {overlap: 0.25, batch_size: 16, hd95: false, mirror_axes: [0]}
+export: {formats: [keras, onnx]}
 """
 # Random crops smaller than the volume: the crops must be the same in evaluate and in predict.
 CLS = """
@@ -38,6 +40,7 @@ augment: {seed: 3, transforms: []}
 model: {name: logistic, params: {downsample: 1, l2: 0.0}}
 train: {epochs: 1, learning_rate: 0.05, monitor: val_accuracy, preview_cases: 1, val_samples_per_case: 3}
 evaluate: {split: val}
+export: {formats: [keras]}
 """
 RECON = """
 name: recon_parity
@@ -47,6 +50,7 @@ loader: {batch_size: 8}
 model: {name: fbpconvnet, params: {depth: 2, filters: 4}}
 train: {epochs: 1, learning_rate: 0.001, monitor: val_loss}
 evaluate: {fbp_filters: [ramp], fbp_tune: false, figure_cases: 2, batch_size: 4, tv: false}
+export: {formats: [keras]}
 workers: 1
 """
 STAGES = "[ingest, preprocess, split, train, evaluate, export]"

@@ -62,16 +62,19 @@ class Served:
         self.port, self.log = _free_port(), log
         cmd = [sys.executable, "-m", "medflow", "serve", "--model", str(model), "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready(self) -> "Served":
+        """Wait for /ping (servers started together load their models at the same time)."""
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {log.read_text()[-3000:]}")
+                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
                 if self.request("GET", "/ping")[0] == 200:
-                    return
+                    return self
             except OSError:
                 time.sleep(0.5)
-        raise AssertionError(f"no /ping answer: {log.read_text()[-3000:]}")
+        raise AssertionError(f"no /ping answer: {self.log.read_text()[-3000:]}")
 
     def request(self, method: str, url: str, body: bytes | None = None, ctype="application/json"):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
@@ -110,6 +113,7 @@ def site(tmp_path_factory):
     try:
         plain = Served(model, root / "plain.log")
         paths = Served(model, root / "paths.log", "--allow-paths", str(allowed), "--max-request-mb", "2")
+        plain.ready(), paths.ready()
     finally:
         if env_store is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env_store
