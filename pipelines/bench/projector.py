@@ -89,7 +89,8 @@ def bench_projector(size: int = 128, angles: int = 30, batches=(1, 5, 16), repea
         xf, yf = tf.reshape(x, (b, -1)), tf.reshape(y, (b, -1))
 
         grad, sparse_grad = _gradient(a), _gradient(sparse_a)
-        fa, fat = tf.function(lambda v: a(v)), tf.function(lambda v: at(v))
+        # autograph=False: nothing to convert, and two lambdas on one line make AutoGraph warn at every trace
+        fa, fat = tf.function(lambda v: a(v), autograph=False), tf.function(lambda v: at(v), autograph=False)
         rows.append({"batch": b,
                      "gather_A_ms": _median_ms(lambda: fa(x).numpy(), repeats),
                      "sparse_A_ms": _median_ms(lambda: sparse_a(xf).numpy(), repeats),
