@@ -71,17 +71,19 @@ class TVSolver:
         self.size = size
         self._step = None
 
-    def start(self, sinograms: np.ndarray, weight: float, init: np.ndarray | None = None) -> dict:
+    def start(self, sinograms: np.ndarray, weight, init: np.ndarray | None = None) -> dict:
         """The state before iteration 1 for (N, D, A) sinograms: the data scaled by 1 / ||A||, x at
-        ``init`` (N, S, S) clipped at 0 (an FBP: the same optimum, reached in fewer steps) or zeros."""
+        ``init`` (N, S, S) clipped at 0 (an FBP: the same optimum, reached in fewer steps) or zeros.
+        ``weight`` is one float, or (N,) floats: one per image."""
         import tensorflow as tf
 
         n = len(sinograms)
+        weight = np.broadcast_to(np.asarray(weight, np.float32), (n,)).reshape(n, 1, 1, 1)
         b = tf.constant(np.asarray(sinograms, np.float32)[..., None] / np.float32(self.opnorm))
         x = tf.zeros((n, self.size, self.size, 1)) if init is None else \
             tf.constant(np.maximum(np.asarray(init, np.float32), 0.0)[..., None])
         return {"x": x, "bar": x, "p": tf.zeros_like(b), "q": tf.zeros((n, self.size, self.size, 2)),
-                "b": b, "weight": tf.constant(weight, tf.float32), "done": 0}
+                "b": b, "weight": tf.constant(weight), "done": 0}
 
     def iterate(self, state: dict, iterations: int) -> dict:
         """Run ``iterations`` more PDHG steps on ``state``; returns the new state."""
@@ -122,23 +124,26 @@ def tune(solver: TVSolver, sinograms: np.ndarray, truths: np.ndarray, score, ini
     """The (weight, iterations) with the best mean ``score(truth, image)`` on these (validation) images.
 
     A coarse grid of ``weights``, then the best one's neighbours at half and double; each weight is
-    scored after every count of ``checkpoints`` (one run per weight). Returns {weight, iterations,
-    score, grid: [[weight, iterations, score], ...]}.
+    scored after every count of ``checkpoints``. Returns {weight, iterations, score, grid:
+    [[weight, iterations, score], ...]}.
     """
     grid: dict[tuple[float, int], float] = {}
+    k = len(sinograms)
 
-    def scan(weight):
-        state = solver.start(sinograms, weight, init)
+    def scan(scanned: list[float]):
+        # All weights in one batch, the images repeated per weight: the projector's time per image
+        # falls with the batch (128², 30 angles: 16.8 ms for 16 images against 12.8 ms for 5).
+        state = solver.start(np.tile(sinograms, (len(scanned), 1, 1)), np.repeat(scanned, k),
+                             None if init is None else np.tile(init, (len(scanned), 1, 1)))
         for count in checkpoints:
             state = solver.iterate(state, count - state["done"])
             images = state["x"].numpy()[..., 0]
-            grid[(weight, count)] = float(np.mean([score(t, im) for t, im in zip(truths, images)]))
+            for j, weight in enumerate(scanned):
+                grid[(weight, count)] = float(np.mean([score(t, im) for t, im in zip(truths, images[j * k:])]))
 
-    for weight in weights:
-        scan(float(weight))
+    scan([float(w) for w in weights])
     best_weight = max(grid, key=grid.get)[0]
-    for weight in (best_weight / 2.0, best_weight * 2.0):
-        scan(float(weight))
+    scan([best_weight / 2.0, best_weight * 2.0])
     (weight, iterations), value = max(grid.items(), key=lambda kv: kv[1])
     rows = [[w, c, grid[(w, c)]] for w, c in itertools.product(sorted({k[0] for k in grid}), checkpoints)]
     return {"weight": weight, "iterations": iterations, "score": value, "grid": rows}

@@ -66,3 +66,14 @@ def test_tune_scans_a_grid_and_returns_its_best(samples):
 def test_checkpoints_stop_at_the_iteration_cap():
     assert checkpoints_up_to(1000) == (100, 250, 500, 1000)
     assert checkpoints_up_to(300) == (100, 250, 300) and checkpoints_up_to(50) == (50,)
+
+
+def test_one_batch_of_several_weights_equals_one_run_per_weight(samples):
+    """tune scans all its weights in one batch (per-image weights): each image must iterate as if alone."""
+    sino = np.stack([s[0] for s in samples[:2]])
+    solver = TVSolver(SPEC.geometry())
+    batched = solver.iterate(solver.start(np.tile(sino, (2, 1, 1)), np.repeat([1e-3, 1e-1], 2)), 30)["x"].numpy()
+    for j, weight in enumerate((1e-3, 1e-1)):
+        alone = solver.iterate(solver.start(sino, weight), 30)["x"].numpy()
+        np.testing.assert_allclose(batched[2 * j:2 * j + 2], alone, atol=1e-5)
+    assert np.abs(batched[:2] - batched[2:]).max() > 1e-3  # the two weights do differ
