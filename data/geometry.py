@@ -38,24 +38,29 @@ def world_to_voxel(affine: np.ndarray, xyz: np.ndarray) -> np.ndarray:
     return xyz @ inv[:3, :3].T + inv[:3, 3]
 
 
-def to_canonical(data: np.ndarray, affine: np.ndarray, codes: str = "RAS") -> tuple[np.ndarray, np.ndarray]:
+def to_canonical(
+    data: np.ndarray, affine: np.ndarray, codes: str = "RAS", *, contiguous: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Reorder and flip voxel axes so they point along ``codes`` (lossless).
 
     Args:
         data: (X, Y, Z) array.
         affine: (4, 4) voxel-to-world matrix.
         codes: target orientation, canonical RAS by default.
+        contiguous: copy the result into C order. False returns a view (flips and transposes of
+            ``data``), for a caller that crops first and copies only what it keeps.
 
     Returns:
-        (data, affine): the reoriented (X', Y', Z') array (contiguous) and its affine.
+        (data, affine): the reoriented (X', Y', Z') array and its affine.
     """
     current = ornt.io_orientation(affine)
     transform = ornt.ornt_transform(current, ornt.axcodes2ornt(tuple(codes)))
+    finish = np.ascontiguousarray if contiguous else np.asarray
     if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):  # already there
-        return np.ascontiguousarray(data), np.asarray(affine, dtype=np.float64)
+        return finish(data), np.asarray(affine, dtype=np.float64)
     out = ornt.apply_orientation(data, transform)
     new_affine = np.asarray(affine, dtype=np.float64) @ ornt.inv_ornt_aff(transform, data.shape[:3])
-    return np.ascontiguousarray(out), new_affine
+    return finish(out), new_affine
 
 
 def resampled_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float]):
@@ -146,12 +151,17 @@ def foreground_bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | No
     return tuple(box)
 
 
-def crop(data: np.ndarray, affine: np.ndarray, box: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the spatial axes of (X, Y, Z) ``data`` to ``box``; the affine moves with it."""
+def crop(
+    data: np.ndarray, affine: np.ndarray, box: Sequence[slice], *, contiguous: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the spatial axes of (X, Y, Z) ``data`` to ``box``; the affine moves with it.
+
+    ``contiguous=False`` returns a view, for a caller whose next step copies anyway (resampling).
+    """
     start = np.array([b.start for b in box], dtype=np.float64)
     new_affine = np.asarray(affine, dtype=np.float64).copy()
     new_affine[:3, 3] = voxel_to_world(affine, start)[0]
-    return np.ascontiguousarray(data[tuple(box)]), new_affine
+    return (np.ascontiguousarray if contiguous else np.asarray)(data[tuple(box)]), new_affine
 
 
 def same_grid(affine_a, shape_a, affine_b, shape_b, *, atol_mm: float = 1e-3) -> bool:

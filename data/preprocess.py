@@ -74,10 +74,12 @@ def preprocess_case(
         normalization applied per channel.
     """
     native = {"affine": np.asarray(affine).tolist(), "shape": list(images[0].shape), "axcodes": axcodes(affine)}
-    canon = [to_canonical(img, affine) for img in images]
+    # Views, not copies: the crop below copies only the box (a whole-volume C-order copy of a
+    # Fortran-ordered NIfTI array cost a quarter of this function).
+    canon = [to_canonical(img, affine, contiguous=False) for img in images]
     canon_affine = canon[0][1]
     chans = [c[0] for c in canon]
-    lab = to_canonical(label, affine)[0] if label is not None else None
+    lab = to_canonical(label, affine, contiguous=False)[0] if label is not None else None
     box = None
     if plan.crop_to_foreground:
         mask = foreground_mask(chans[0])
@@ -85,17 +87,17 @@ def preprocess_case(
             mask |= lab > 0
         box = foreground_bbox(mask, plan.crop_margin)
     if box is not None:
-        cropped = [crop(c, canon_affine, box) for c in chans]
+        cropped = [crop(c, canon_affine, box, contiguous=False) for c in chans]
         chans, crop_affine = [c[0] for c in cropped], cropped[0][1]
-        lab = crop(lab, canon_affine, box)[0] if lab is not None else None
+        lab = crop(lab, canon_affine, box, contiguous=False)[0] if lab is not None else None
     else:
         crop_affine = canon_affine
     out_chans, out_affine = [], crop_affine
     for c in chans:
         res, out_affine = resample_to_spacing(c, crop_affine, plan.spacing, order=plan.image_order)
-        out_chans.append(res)
+        out_chans.append(np.ascontiguousarray(res))  # C order: the statistics sum in the same order always
     if lab is not None:
-        lab, lab_affine = resample_to_spacing(lab.astype(np.uint8), crop_affine, plan.spacing, order=0)
+        lab, lab_affine = resample_to_spacing(lab.astype(np.uint8, order="C"), crop_affine, plan.spacing, order=0)
         assert np.allclose(lab_affine, out_affine)
     stats = []
     for i, scheme in enumerate(plan.normalization):

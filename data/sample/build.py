@@ -137,9 +137,9 @@ def run_jobs(fn, jobs, workers: int, progress, ticks=None, mapper=None) -> list:
 
 
 def _mp_context():
-    import multiprocessing as mp
+    from medflow.data.workers import process_context
 
-    return mp.get_context("forkserver")
+    return process_context()
 
 
 def _build_subjects(root: Path, name: str, *, size, seed, index_file, image_rel, worker, job, workers, progress):

@@ -43,10 +43,10 @@ def _decode(path: str) -> int:
 
 
 def _raw_decode(files: list[str], workers: int) -> tuple[float, int]:
-    import multiprocessing as mp
+    from medflow.data.workers import process_context
 
     start = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
         nbytes = sum(pool.map(_decode, files, chunksize=1))
     return time.perf_counter() - start, nbytes
 

@@ -91,10 +91,10 @@ def map_cases(
             for case_id, source, args in jobs:
                 settle(case_id, source, lambda: worker(args))
         else:
-            import multiprocessing as mp
+            from medflow.data.workers import process_context
 
             # forkserver: workers never inherit a parent that may hold TensorFlow or MLflow threads.
-            with ProcessPoolExecutor(min(ctx.workers, len(jobs)), mp_context=mp.get_context("forkserver")) as pool:
+            with ProcessPoolExecutor(min(ctx.workers, len(jobs)), mp_context=process_context()) as pool:
                 futures = {pool.submit(worker, args): (case_id, source) for case_id, source, args in jobs}
                 try:
                     for fut in as_completed(futures):

@@ -47,6 +47,7 @@ class RunContext:
     verify: bool = False  # reuse checks each case file's checksum, not only its size (`medflow run --verify`)
     executor: str = "local"  # per-case maps: "local" (process pool) or "ray" (medflow.core.ray_exec)
     ray_address: str | None = None  # executor ray: the cluster to join (None: RAY_ADDRESS, else a local instance)
+    decoded: str | None = None  # this run's decoded volumes (medflow.data.decoded), when ingest feeds preprocess
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)

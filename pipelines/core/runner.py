@@ -153,9 +153,26 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
     with tracker.pipeline(cfg, config_path, profile, run_name=run_label(cfg)) as parent:
         parent_id = parent.info.run_id if parent is not None else None
         outputs: dict[str, StageOutput] = {}
-        results = run_stages(cfg, plan_stages(cfg, target), outputs, tracker, ctx, force=force, target=target)
+        planned = plan_stages(cfg, target)
+        with decoded_session(ctx, planned) as ctx.decoded:
+            try:
+                results = run_stages(cfg, planned, outputs, tracker, ctx, force=force, target=target)
+            finally:
+                ctx.decoded = None  # the folder goes with the session
         log_report(cfg, outputs, tracker, parent_id)
     return results, parent_id
+
+
+def decoded_session(ctx: RunContext, stages):
+    """A folder where ingest leaves decoded volumes for preprocess (one decode per file and run), when this
+    run has both stages on local workers; else nothing (yields None)."""
+    names = {s.name for s in stages}
+    if not {"ingest", "preprocess"} <= names or ctx.executor != "local" or ctx.shard is not None or ctx.worker:
+        return nullcontext(None)
+    from medflow.core.workspace import workspace_root
+    from medflow.data.decoded import session
+
+    return session(workspace_root() / "tmp")
 
 
 def log_report(cfg, outputs: dict, tracker, run_id: str | None, title: str | None = None) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from medflow.core.cases import map_cases
 from medflow.core.engine import StageDir, StageFailed
 from medflow.data.casefile import file_sha256, read_meta, write_case
+from medflow.data.decoded import LABEL, get, image_role
 from medflow.data.geometry import axcodes
 from medflow.data.images import read_image, read_label
 from medflow.data.nifti import CaseError
@@ -49,9 +50,13 @@ def plan_from_config(pre, spacing: tuple[float, float, float], schemes: tuple[st
 
 def preprocess_job(job: dict) -> str:
     """Read one case's files, preprocess, write its case file; return its sha256. Runs in a worker process."""
-    record = job["record"]
-    images = [read_image(p, **record.get("read", {})) for p in record["images"]]
-    label = read_label(record["label"], images[0], record.get("label_classes")).data if record["label"] else None
+    record, read, kept = job["record"], job["record"].get("read", {}), job.get("decoded")
+    # What ingest decoded earlier in this run, else the files (medflow.data.decoded)
+    images = [get(kept, p, image_role(read)) or read_image(p, **read) for p in record["images"]]
+    label = None
+    if record["label"]:
+        label = (get(kept, record["label"], LABEL) or read_label(record["label"], images[0],
+                                                                record.get("label_classes"))).data
     plan = PreprocessPlan(**job["plan"])
     image, lab, meta = preprocess_case([v.data for v in images], images[0].affine, label, plan)
     if meta["axcodes"] != "RAS" or not np.allclose(meta["spacing"], plan.spacing, atol=SPACING_TOLERANCE):
@@ -79,7 +84,7 @@ def run(cfg, upstream, out: StageDir, ctx):
             continue
         record = json.loads(ingest.file(ingest.cases[case_id]["file"]).read_text())
         jobs.append((case_id, record["images"][0], {
-            "record": record, "plan": plan_args, "out": str(out.case_path(case_id, ".npz"))}))
+            "record": record, "plan": plan_args, "out": str(out.case_path(case_id, ".npz")), "decoded": ctx.decoded}))
     jobs, prior, scope = out.shard_jobs(jobs, ids, ctx)
     hashes, quarantine = map_cases(jobs, preprocess_job, ctx, "preprocess", done=len(scope) - len(jobs) - len(prior),
                                    total=len(scope))

@@ -227,3 +227,34 @@ def test_damaged_or_missing_case_files_are_redone_on_reuse(tmp_path, msd_root, c
     assert [r.state for r in _run(cfg)] == ["skipped", "ran"]
     assert "manifest.json: unreadable" in capsys.readouterr().err
     assert json.loads((pre / "manifest.json").read_text())["digest"] == manifest["digest"]
+
+
+def test_one_decode_per_file_and_run_with_the_same_case_files(tmp_path, msd_root, monkeypatch):
+    import collections
+    import os
+
+    import medflow.data.images as images
+
+    decodes = collections.Counter()
+    real = images.read_nifti
+
+    def counting(path, **kw):
+        decodes[os.path.basename(os.path.dirname(path)) + "/" + os.path.basename(path)] += 1
+        return real(path, **kw)
+
+    monkeypatch.setattr(images, "read_nifti", counting)  # workers: 1, so every case runs in this process
+    cfg = write_pipeline(tmp_path / "p.yaml", msd_root, stages="[ingest, preprocess]")
+    fused = _run(cfg)
+    assert [r.state for r in fused] == ["ran", "ran"]
+    assert len(decodes) == 8 and set(decodes.values()) == {1}  # 4 images and 4 labels, each read once
+    assert os.listdir(tmp_path / "workspace" / "tmp") == []  # the run's folder went with the run
+    fused_cases = json.loads((fused[1].output.path / "manifest.json").read_text())["cases"]
+
+    monkeypatch.setenv("MEDFLOW_WORKSPACE", str(tmp_path / "apart"))
+    decodes.clear()
+    _run(cfg, target="ingest")
+    apart = _run(cfg)  # preprocess in a run of its own decodes the files itself
+    assert set(decodes.values()) == {2}
+    assert apart[1].key == fused[1].key
+    apart_cases = json.loads((apart[1].output.path / "manifest.json").read_text())["cases"]
+    assert {c: v["sha256"] for c, v in apart_cases.items()} == {c: v["sha256"] for c, v in fused_cases.items()}

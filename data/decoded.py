@@ -1,0 +1,139 @@
+"""A pipeline run's decoded volumes: ingest decodes each file, preprocess reuses what it decoded.
+
+Ingest must decode every file to validate and fingerprint it, and preprocess
+needs the same arrays again. Decoding a ``.nii.gz`` is the largest single cost
+of both, so within one ``medflow run`` that runs both stages, ingest leaves each
+validated NIfTI volume here as a plain ``.npy`` and preprocess reads it back
+(a copy from the page cache, not an inflate). Nothing here is a stage output:
+
+* the folder belongs to one run (``<workspace>/tmp/decoded-<host>-<pid>-<ns>``),
+  is private (mode 0700) and is removed when the run ends; a folder left by a
+  killed run on this host is removed by the next run;
+* an entry is keyed by the source's path, size, mtime and read options, so a
+  file rewritten mid-run is decoded again, never served stale;
+* a case is kept only within its share of a budget (a quarter of the memory,
+  and never the last tenth of the disk), so a large dataset falls back to
+  decoding twice rather than filling the disk;
+* entries are written atomically (the ``.json`` last) and a missing, partial or
+  unreadable entry means "decode it", never an error;
+* only NIfTI files are kept; DICOM series and SEG labels are decoded by each
+  stage, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medflow.data.nifti import Volume, is_nifti_name
+
+_PREFIX = "decoded-"
+LABEL = "label"  # a NIfTI label reads the same whatever the image (read_label)
+MEMORY_SHARE = 0.25  # of physical memory: the entries should stay in the page cache
+DISK_RESERVE = 0.10  # of the filesystem, never used
+
+
+def image_role(read: dict) -> str:
+    """The role of an image read with ``read`` options (a record's ``read``)."""
+    return "image:" + json.dumps(read, sort_keys=True)
+
+
+def _entry(root: Path, path: str, role: str) -> Path | None:
+    """The entry name of one source file, or None when it is not a cacheable NIfTI file."""
+    if not (is_nifti_name(path) and os.path.isfile(path)):
+        return None
+    st = os.stat(path)
+    key = json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns, role])
+    return root / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def put(root: str | None, vol: Volume, role: str, share: int) -> bool:
+    """Keep ``vol`` (decoded from ``vol.path``) for this run when it fits ``share`` bytes; True if kept.
+
+    ``role`` holds everything else its reading depended on (the read options, and for a label the
+    reference image), so :func:`get` returns it only for the same read.
+    """
+    if root is None or vol.data.nbytes > share:
+        return False
+    entry = _entry(Path(root), vol.path, role)
+    if entry is None:
+        return False
+    try:
+        tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array(fh, vol.data, allow_pickle=False)  # Fortran order stays Fortran
+        os.replace(tmp, entry.with_suffix(".npy"))
+        meta = {"affine": np.asarray(vol.affine).tolist(), "nbytes_file": vol.nbytes_file}
+        tmp.write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(tmp, entry.with_suffix(".json"))  # last: its presence says the entry is whole
+        return True
+    except OSError:  # a full disk or a removed folder: the other stage decodes the file itself
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+
+
+def get(root: str | None, path: str, role: str) -> Volume | None:
+    """The volume :func:`put` kept for this read of ``path``, or None (then decode it)."""
+    if root is None:
+        return None
+    entry = _entry(Path(root), str(path), role)
+    if entry is None:
+        return None
+    try:
+        meta = json.loads(entry.with_suffix(".json").read_text(encoding="utf-8"))
+        with open(entry.with_suffix(".npy"), "rb") as fh:
+            data = np.lib.format.read_array(fh, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return Volume(data=data, affine=np.asarray(meta["affine"], dtype=np.float64), path=str(path),
+                  nbytes_file=int(meta["nbytes_file"]))
+
+
+def share(root: str | None, cases: int) -> int:
+    """Bytes one case may keep: the budget (a quarter of the memory, at most the disk above its reserve)
+    split evenly, so a worker decides alone and the total stays within it."""
+    if root is None or cases <= 0:
+        return 0
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * MEMORY_SHARE
+    disk = shutil.disk_usage(root)
+    return int(max(0.0, min(memory, disk.free - DISK_RESERVE * disk.total)) // cases)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def session(parent: str | os.PathLike):
+    """A fresh private folder under ``parent`` for one run's entries, removed at the end (yields its path).
+
+    Folders of runs on this host whose process is gone (killed) are removed first.
+    """
+    parent = Path(parent)
+    host = socket.gethostname().replace("-", "_")
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(f"{_PREFIX}{host}-*"):
+        with contextlib.suppress(ValueError, IndexError):
+            if not _alive(int(old.name.split("-")[2])):
+                shutil.rmtree(old, ignore_errors=True)
+    root = parent / f"{_PREFIX}{host}-{os.getpid()}-{time.time_ns()}"
+    root.mkdir(mode=0o700)
+    try:
+        yield str(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
