@@ -368,7 +368,11 @@ def needs_tensorflow(args) -> bool:
     """
     if args.command in LIGHT:
         return False
-    if args.command == "predict":
+    if args.command == "predict":  # auto: cmd_predict imports it only when it falls back to Keras
+        from medflow.cli.predict import gradient_explain
+
+        if args.runtime == "auto":
+            return gradient_explain(args)
         return args.runtime != "onnx" or args.explain in ("hirescam", "gradcam")
     return True
 

@@ -8,18 +8,29 @@ from pathlib import Path
 from medflow.cli.exit_codes import EXIT_CONFIG, EXIT_FAILED
 
 
+def gradient_explain(args) -> bool:
+    """Whether ``--explain`` asks for Grad-CAM (auto is HiResCAM where the runtime allows it), which needs Keras."""
+    return args.explain in ("auto", "hirescam", "gradcam")
+
+
 def cmd_predict(args) -> int:
     from medflow.core.cases import parse_shard
     from medflow.core.engine import StageFailed
     from medflow.core.progress import Progress
     from medflow.inference.bundle import BundleError
-    from medflow.inference.predict import PredictError, list_inputs, open_model, predict_files
+    from medflow.inference.predict import (PredictError, list_inputs, locate_model, open_model, predict_files,
+                                           resolve_runtime)
     from medflow.tasks.explanations import ExplainSettings
 
     explain = None if args.explain is None else ExplainSettings(args.explain, args.explain_layer)
     try:
         shard = parse_shard(args.shard) if args.shard else None
-        bundle = open_model(args.model, args.runtime)
+        where = locate_model(args.model)
+        if resolve_runtime(where, args.runtime, gradients=gradient_explain(args)) != "onnx":
+            from medflow.cli.quiet import import_tensorflow_quietly
+
+            import_tensorflow_quietly()  # auto fell back to Keras: TensorFlow's import notices filtered
+        bundle = open_model(args.model, args.runtime, gradients=gradient_explain(args), where=where)
         files = list_inputs(args.input, bundle)
         total = len(files) if shard is None else len(files[shard[0]::shard[1]])
         with Progress(total, "predict", unit="file") as bar:
@@ -29,7 +40,7 @@ def cmd_predict(args) -> int:
     except (PredictError, BundleError, ValueError, StageFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"predict ({report['family']}, {args.runtime}): {len(report['written'])} written to {args.output}, "
+    print(f"predict ({report['family']}, {bundle.runtime}): {len(report['written'])} written to {args.output}, "
           f"{len(report['quarantine'])} quarantined")
     return EXIT_FAILED if report["quarantine"] else 0
 
@@ -51,8 +62,9 @@ def add_parser(sub, fmt, examples) -> None:
     p.add_argument("--output", type=Path, required=True, help="output folder (not one that holds an input)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --output (by default "
                                                             "the run stops before writing anything)")
-    p.add_argument("--runtime", choices=("keras", "saved_model", "onnx"), default="keras",
-                   help="what runs the network (the bundle holds all three)")
+    p.add_argument("--runtime", choices=("auto", "keras", "saved_model", "onnx"), default="auto",
+                   help="what runs the network; auto (default): ONNX Runtime when the bundle has model.onnx and "
+                        "no Grad-CAM is asked for (no TensorFlow start-up), else Keras")
     p.add_argument("--batch", type=int, default=16, help="sinograms per model call (reconstruction)")
     p.add_argument("--explain", nargs="?", const="auto", choices=("auto", "hirescam", "gradcam", "occlusion"),
                    help="classifiers: also write <name>_explanation.nii.gz on the input's grid (auto: HiResCAM on the "

@@ -94,12 +94,8 @@ def test_inputs_given_twice_existing_outputs_and_inputs_inside_the_output(train_
     assert "lies inside the output folder" in capsys.readouterr().err
 
 
-def test_predict_on_onnx_runs_without_tensorflow(tmp_path):
-    """`medflow predict --runtime onnx` never imports TensorFlow (its start-up is most of a one-volume run)."""
-    import subprocess
-    import sys
-
-    from medflow.cli.main import build_parser, needs_tensorflow
+def _seg_bundle(tmp_path):
+    """A tiny segmentation export bundle (untrained 2D U-Net) and a one-case MSD set to predict on."""
     from medflow.core.config import PreprocessConfig
     from medflow.core.loading import load_config
     from medflow.models.runtimes import export_formats
@@ -110,17 +106,51 @@ def test_predict_on_onnx_runs_without_tensorflow(tmp_path):
     cfg = load_config(write_pipeline(tmp_path / "p.yaml", make_msd(tmp_path / "msd", n=1)),
                       ["loader.patch_size=[16,16]"])
     shape = [16, 16, 1]
-    export_formats(build_model("unet2d", shape, 3, {"depth": 1, "filters": 2}), tmp_path / "bundle")
+    export_formats(build_model("unet2d", shape, 3, {"depth": 1, "filters": 2}), tmp_path / "bundle",
+                   formats=("keras", "onnx"))
     pre = plan_from_config(PreprocessConfig(spacing=(2.0, 2.0, 2.0)), (2.0, 2.0, 2.0), ("mr",))
     facts = {"classes": ["background", "cube", "slab"], "channels": ["MR"], "input_shape": shape,
              "preprocess": pre.to_json()}
     TASKS["segmentation"].inference_plan(cfg, facts).save(tmp_path / "bundle")
-    args = ["predict", "--model", str(tmp_path / "bundle"), "--input", str(tmp_path / "msd" / "imagesTr"),
-            "--output", str(tmp_path / "out"), "--runtime", "onnx"]
+    return tmp_path / "bundle", tmp_path / "msd" / "imagesTr"
+
+
+def test_predict_on_onnx_runs_without_tensorflow(tmp_path):
+    """`medflow predict` on ONNX Runtime (the default, auto, for a bundle with model.onnx, or --runtime onnx)
+    never imports TensorFlow (its start-up is most of a one-volume run)."""
+    import subprocess
+    import sys
+
+    from medflow.cli.main import build_parser, needs_tensorflow
+
+    bundle, images = _seg_bundle(tmp_path)
+    args = ["predict", "--model", str(bundle), "--input", str(images), "--output", str(tmp_path / "out"),
+            "--runtime", "onnx"]
     assert not needs_tensorflow(build_parser().parse_args(args))
+    assert not needs_tensorflow(build_parser().parse_args(args[:-2]))  # auto
     assert needs_tensorflow(build_parser().parse_args(args[:-1] + ["keras"]))
+    assert needs_tensorflow(build_parser().parse_args([*args[:-2], "--explain"]))  # auto + HiResCAM: keras
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"  # any import fails
             "from medflow.cli.main import main; sys.exit(main(sys.argv[1:]))")
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "out" / "case_00.nii.gz").exists()
+    for run_args, out in ((args, "out"), (args[:-2], "auto")):
+        run_args = [a if a != str(tmp_path / "out") else str(tmp_path / out) for a in run_args]
+        done = subprocess.run([sys.executable, "-c", code, *run_args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (tmp_path / out / "case_00.nii.gz").exists()
+        assert "(segmentation, onnx)" in done.stdout
+
+
+def test_auto_runtime_is_onnx_where_the_bundle_has_it_and_no_gradients_are_needed(tmp_path, train_folder):
+    from medflow.inference.predict import locate_model, resolve_runtime
+
+    bundle, _ = _seg_bundle(tmp_path)
+    where = locate_model(str(bundle))
+    assert where == (bundle, None)
+    assert resolve_runtime(where, "auto") == "onnx"
+    assert resolve_runtime(where, "auto", gradients=True) == "keras"  # Grad-CAM needs the Keras model
+    assert resolve_runtime(where, "saved_model") == "saved_model"  # a runtime named is a runtime used
+    assert resolve_runtime(locate_model(str(train_folder)), "auto") == "keras"  # a train folder: keras only
+    assert open_model(str(train_folder), "auto").runtime == "keras"
+    (bundle / "model.onnx").unlink()
+    assert resolve_runtime(where, "auto") == "keras"
+    assert open_model(str(bundle), "auto").runtime == "keras"
