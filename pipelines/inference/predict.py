@@ -72,8 +72,8 @@ def resolve_runtime(where: tuple[Path, str | None], runtime: str, *, gradients: 
     """The runtime ``auto`` means for a located model: ONNX Runtime for an export bundle that holds
     ``model.onnx``, unless the explanation needs gradients (Grad-CAM runs on Keras); Keras otherwise.
 
-    ONNX Runtime starts without TensorFlow (about 4.5 s of every one-volume ``medflow predict`` on 2
-    cores) and ran the default U-Net's whole-volume path faster than Keras (``medflow bench peers``).
+    ONNX Runtime starts without TensorFlow (4.5-9 s of every ``medflow predict`` on 2 cores); per volume
+    the two ran the default U-Net level, within run-to-run noise (``medflow bench peers``).
     """
     if runtime != "auto":
         return runtime
