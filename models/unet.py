@@ -85,23 +85,29 @@ def unet_features(inputs, depth: int = 4, filters: int = 32, norm: str = "batch"
 
 
 def build_unet(input_shape, n_classes: int, depth: int = 4, filters: int = 32, norm: str = "batch",
-               dropout: float = 0.0, residual: bool = False, max_filters: int = 320) -> keras.Model:
-    """Segmentation U-Net: :func:`unet_features` and a softmax over ``n_classes`` (background included)."""
+               dropout: float = 0.0, residual: bool = False, max_filters: int = 320,
+               bn_momentum: float = 0.99) -> keras.Model:
+    """Segmentation U-Net: :func:`unet_features` and a softmax over ``n_classes`` (background included).
+
+    ``bn_momentum``: a run of a few hundred steps (a minutes' budget) wants 0.9, so that the running
+    statistics that inference uses come from the trained weights rather than the first steps."""
     if len(input_shape) not in (3, 4):
         raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={input_shape}")
     nd = len(input_shape) - 1
     inputs = keras.Input(input_shape, name="image")
-    x = unet_features(inputs, depth, filters, norm, dropout, residual, max_filters)
+    x = unet_features(inputs, depth, filters, norm, dropout, residual, max_filters, bn_momentum)
     conv = layers.Conv2D if nd == 2 else layers.Conv3D
     outputs = conv(n_classes, 1, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"unet{nd}d")
 
 
 @register_model("unet2d", task="segmentation")
-def unet2d(input_shape, n_classes, depth=4, filters=32, norm="batch", dropout=0.0, residual=False, max_filters=320):
-    return build_unet(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters)
+def unet2d(input_shape, n_classes, depth=4, filters=32, norm="batch", dropout=0.0, residual=False, max_filters=320,
+           bn_momentum=0.99):
+    return build_unet(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters, bn_momentum)
 
 
 @register_model("unet3d", task="segmentation")
-def unet3d(input_shape, n_classes, depth=3, filters=16, norm="batch", dropout=0.0, residual=False, max_filters=256):
-    return build_unet(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters)
+def unet3d(input_shape, n_classes, depth=3, filters=16, norm="batch", dropout=0.0, residual=False, max_filters=256,
+           bn_momentum=0.99):
+    return build_unet(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters, bn_momentum)

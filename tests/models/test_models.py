@@ -43,6 +43,18 @@ def test_unet_options_and_errors():
     assert {MODELS[n].task for n in MODELS} == {"segmentation", "classification", "reconstruction"}
 
 
+@pytest.mark.parametrize("name,shape", [("unet2d", (16, 16, 1)), ("unet3d", (8, 8, 8, 1))])
+def test_unet_bn_momentum_reaches_every_batch_norm_and_round_trips(name, shape, tmp_path):
+    def bn(m):
+        return {layer.momentum for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert bn(build_model(name, shape, 2, {"depth": 1, "filters": 2})) == {0.99}  # Keras's default stays the default
+    model = build_model(name, shape, 2, {"depth": 1, "filters": 2, "bn_momentum": 0.9})
+    assert bn(model) == {0.9}
+    model.save(tmp_path / "m.keras")
+    assert bn(keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)) == {0.9}
+
+
 def test_dice_ce_against_hand_computation():
     y_true = np.array([[0, 1, 1, 2]])
     y_pred = np.array([[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.6, 0.3], [0.1, 0.2, 0.7]]], dtype="float32")
