@@ -58,8 +58,8 @@ def _entry(root: Path, path: str, role: str) -> Path | None:
 def put(root: str | None, vol: Volume, role: str, share: int) -> bool:
     """Keep ``vol`` (decoded from ``vol.path``) for this run when it fits ``share`` bytes; True if kept.
 
-    ``role`` holds everything else its reading depended on (the read options, and for a label the
-    reference image), so :func:`get` returns it only for the same read.
+    ``role`` holds everything else its reading depended on (an image's read options; a NIfTI label
+    reads alike for any image), so :func:`get` returns it only for the same read.
     """
     if root is None or vol.data.nbytes > share:
         return False

@@ -89,7 +89,7 @@ def build_unet(input_shape, n_classes: int, depth: int = 4, filters: int = 32, n
                bn_momentum: float = 0.99) -> keras.Model:
     """Segmentation U-Net: :func:`unet_features` and a softmax over ``n_classes`` (background included).
 
-    ``bn_momentum``: a run of a few hundred steps (a minutes' budget) wants 0.9, so that the running
+    ``bn_momentum``: a run of a few hundred steps (a few minutes' budget) wants 0.9, so that the running
     statistics that inference uses come from the trained weights rather than the first steps."""
     if len(input_shape) not in (3, 4):
         raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={input_shape}")

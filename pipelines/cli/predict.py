@@ -26,11 +26,12 @@ def cmd_predict(args) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
         where = locate_model(args.model)
-        if resolve_runtime(where, args.runtime, gradients=gradient_explain(args)) != "onnx":
+        runtime = resolve_runtime(where, args.runtime, gradients=gradient_explain(args))
+        if runtime != "onnx":
             from medflow.cli.quiet import import_tensorflow_quietly
 
             import_tensorflow_quietly()  # auto fell back to Keras: TensorFlow's import notices filtered
-        bundle = open_model(args.model, args.runtime, gradients=gradient_explain(args), where=where)
+        bundle = open_model(args.model, runtime, where=where)
         files = list_inputs(args.input, bundle)
         total = len(files) if shard is None else len(files[shard[0]::shard[1]])
         with Progress(total, "predict", unit="file") as bar:

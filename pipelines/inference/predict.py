@@ -85,11 +85,11 @@ def resolve_runtime(where: tuple[Path, str | None], runtime: str, *, gradients: 
     return "onnx"
 
 
-def open_model(spec: str, runtime: str = "keras", *, gradients: bool = False,
-               where: tuple[Path, str | None] | None = None) -> Bundle:
-    """The bundle behind ``--model`` (see :func:`locate_model`) on ``runtime`` (or ``auto``)."""
+def open_model(spec: str, runtime: str = "keras", *, where: tuple[Path, str | None] | None = None) -> Bundle:
+    """The bundle behind ``--model`` (see :func:`locate_model`, or ``where`` it already gave) on ``runtime``
+    (``auto``: :func:`resolve_runtime` without gradients)."""
     folder, trained = where or locate_model(spec)
-    runtime = resolve_runtime((folder, trained), runtime, gradients=gradients)
+    runtime = resolve_runtime((folder, trained), runtime)
     return _trained_model(folder, runtime, trained) if trained else load_bundle(folder, runtime)
 
 
