@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from medflow.data.intensity import foreground_mask
+from medflow.models.logistic import fit_softmax, softmax
 
 
 @dataclass
@@ -53,7 +54,7 @@ class NormativeBaseline:
     def predict(self, volumes) -> np.ndarray:
         """(N, K) class probabilities of (N, X, Y, Z) volumes."""
         f = (np.stack([self.features(v) for v in volumes]) - self.centre) / self.scale
-        return _softmax(np.hstack([f, np.ones((len(f), 1))]) @ self.weights)
+        return softmax(np.hstack([f, np.ones((len(f), 1))]) @ self.weights)
 
 
 def fit_normative(volumes: np.ndarray, targets, n_classes: int, normal: int, *, sigma_vox, k: int,
@@ -96,27 +97,5 @@ def fit_normative(volumes: np.ndarray, targets, n_classes: int, normal: int, *, 
     feats = np.stack(feats)
     model.centre, model.scale = feats.mean(0), feats.std(0) + 1e-9
     x = np.hstack([(feats - model.centre) / model.scale, np.ones((len(feats), 1))])
-    model.weights = _fit_softmax(x, targets, n_classes, l2)
+    model.weights = fit_softmax(x, targets, n_classes, l2)
     return model
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float) -> np.ndarray:
-    """(F + 1, K) weights of a ridge-penalized multinomial logistic regression (L-BFGS); bias unpenalized."""
-    onehot = np.eye(n_classes)[y]
-    penalty = np.ones((x.shape[1], n_classes))
-    penalty[-1] = 0.0
-
-    def loss(w):
-        w = w.reshape(x.shape[1], n_classes)
-        p = _softmax(x @ w)
-        value = -np.mean(np.sum(onehot * np.log(p + 1e-12), axis=1)) + 0.5 * l2 * np.sum(penalty * w**2)
-        grad = x.T @ (p - onehot) / len(x) + l2 * penalty * w
-        return value, grad.ravel()
-
-    res = optimize.minimize(loss, np.zeros(x.shape[1] * n_classes), jac=True, method="L-BFGS-B")
-    return res.x.reshape(x.shape[1], n_classes)

@@ -72,12 +72,16 @@ class StopGradient(layers.Layer):
 def build_segcls(input_shape, n_classes: int, depth: int = 3, filters: int = 8, norm: str = "batch",
                  dropout: float = 0.0, residual: bool = False, max_filters: int = 64, topk: int = 8,
                  context: int = 7, global_features: bool = True, head_dropout: float = 0.2,
-                 detach: bool = True, bn_momentum: float = 0.9) -> keras.Model:
+                 detach: bool = True, bn_momentum: float = 0.9, head_units: int = 0) -> keras.Model:
     """The segcls model for (*S, C) inputs (S divisible by 2**depth, or None: any such size) and ``n_classes``
     case classes.
 
     ``bn_momentum`` 0.9 (Keras: 0.99): with a batch of 2 whole heads the running statistics must keep up
     with the weights for validation and inference to see what training saw.
+
+    ``head_units`` 0: the class layer is a softmax regression on the evidence (and global features), which
+    the train stage refits on whole training volumes when the model trained on patches
+    (``train.refit_head``); > 0: a hidden ReLU layer of that many units (with ``head_dropout``) before it.
     """
     if len(input_shape) not in (3, 4):
         raise ValueError(f"input_shape must be (H, W, C) or (D, H, W, C). Received: input_shape={input_shape}")
@@ -100,15 +104,19 @@ def build_segcls(input_shape, n_classes: int, depth: int = 3, filters: int = 8, 
     if global_features:
         pooled = (layers.GlobalAveragePooling2D if nd == 2 else layers.GlobalAveragePooling3D)(name="gap")(body)
         x = layers.Concatenate(name="case_features")([x, pooled])
-    x = layers.Dense(32, activation="relu", name="head_dense")(x)
-    if head_dropout > 0:
-        x = layers.Dropout(head_dropout, name="head_dropout")(x)
-    probs = layers.Dense(n_classes, activation="softmax", name=PROBABILITIES, dtype="float32")(x)
+    if head_units > 0:
+        x = layers.Dense(head_units, activation="relu", name="head_dense")(x)
+        if head_dropout > 0:
+            x = layers.Dropout(head_dropout, name="head_dropout")(x)
+    # Zero-initialized: the evidence is not standardized (log volume is ~5 on any head), and random weights on it
+    # start the class loss far above log K. The layer starts from uniform probabilities instead.
+    probs = layers.Dense(n_classes, activation="softmax", kernel_initializer="zeros", name=PROBABILITIES,
+                         dtype="float32")(x)
     return keras.Model(inputs, {LESION: lesion, PROBABILITIES: probs}, name=f"segcls{nd}d")
 
 
 @register_model("segcls", task="classification")
 def segcls(input_shape, n_classes, depth=3, filters=8, norm="batch", dropout=0.0, residual=False, max_filters=64,
-           topk=8, context=7, global_features=True, head_dropout=0.2, detach=True, bn_momentum=0.9):
+           topk=8, context=7, global_features=True, head_dropout=0.2, detach=True, bn_momentum=0.9, head_units=0):
     return build_segcls(input_shape, n_classes, depth, filters, norm, dropout, residual, max_filters, topk,
-                        context, global_features, head_dropout, detach, bn_momentum)
+                        context, global_features, head_dropout, detach, bn_momentum, head_units)

@@ -195,11 +195,15 @@ def run(cfg, upstream, out: StageDir, ctx):
     trainer.publish_model(out, state)
     facts = {"classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
              "preprocess": {k: v for k, v in plan.items() if k not in ("classes", "channels", "task")}}
-    family.inference_plan(cfg, facts).save(out.path, out.write_json)
+    inference_plan = family.inference_plan(cfg, facts)
+    finished = trainer.finish_model(out, lambda best: family.finish_training(cfg, inference_plan, best,
+                                                                             source.store, train_ids))
+    inference_plan.save(out.path, out.write_json)
     out.write_json("train.json", {
         "task": task, "classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
         "fold": cfg.train.fold, "train_cases": train_ids, "val_cases": val_ids, "plan": plan,
         "model": cfg.model.model_dump(mode="json"), "best_epoch": state["best_epoch"], "monitor": cfg.train.monitor,
+        **(finished or {}),
     })
     return out.finish(cfg, upstream, {
         "cases": {c: {"role": "train"} for c in train_ids} | {c: {"role": "val"} for c in val_ids},
@@ -207,6 +211,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         "model": "model.keras", "inference_model": "model.keras",
         "artifacts": ["history.csv", "train.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png", "augmentation_preview.png": "preview.png"},
-        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started)},
+        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started),
+                    **trainer.finish_metrics(finished)},
         "params": run_plan.params(),
     })

@@ -75,6 +75,11 @@ class Task:
     def sgd_momentum(self, tc) -> float:
         return tc.momentum
 
+    def finish_training(self, cfg, plan: InferencePlan, model, store, train_ids: list[str]) -> dict | None:
+        """After training, before ``model.keras`` is final: change ``model`` in place where the family needs
+        it (``store``: the preprocessed cases). Returns what was done (for train.json), or None: nothing."""
+        return None
+
     # -- the plan ------------------------------------------------------------------------------
     def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
         """``medflow plan``: {"choices": [rules.Choice, ...], "samples": affordable training samples,

@@ -51,6 +51,34 @@ class Classification(Task):
         return ({LESION: MaskedDiceBCELoss(dice=tc.lesion_dice), PROBABILITIES: keras.losses.SparseCategoricalCrossentropy()},
                 {LESION: [LesionDice(name="dice")], PROBABILITIES: accuracy})
 
+    def finish_training(self, cfg, plan: InferencePlan, model, store, train_ids: list[str]) -> dict | None:
+        """A model trained on patches (``loader.train_patch_size``) and run on whole volumes: with
+        ``train.refit_head``, refit its class layer (a Dense softmax) on the training cases' whole volumes,
+        cut as inference cuts them. On a patch, a lesion map has fewer voxels to find a false lesion in than
+        on a whole head, so a class layer fitted to patches puts its threshold where inference never looks.
+        The body and the lesion map are unchanged."""
+        from medflow.data.sampling import cut_sample
+        from medflow.models.logistic import refit_softmax_layer
+
+        if cfg.loader.train_patch_size is None or not cfg.train.refit_head:
+            return None
+        import keras
+
+        layer = model.get_layer(PROBABILITIES)
+        if not isinstance(layer, keras.layers.Dense):
+            return None
+        features = keras.Model(model.input, layer.input)
+        sampler, rows, y = plan.window.sampler(), [], []
+        for cid in train_ids:
+            image = store.arrays(cid)["image"]
+            crops = np.stack([np.moveaxis(cut_sample(image, None, c, sampler)[0], 0, -1)
+                              for c in crop_centres(plan, image.shape[1:])]).astype(np.float32)
+            rows.append(np.asarray(features(crops, training=False), np.float64).mean(axis=0))
+            y.append(store.targets[cid])
+        info = refit_softmax_layer(model, PROBABILITIES, np.stack(rows), np.asarray(y), len(plan.classes),
+                                   l2=cfg.train.refit_l2)
+        return {"refit_head": {**info, "layer": PROBABILITIES, "on": "whole training volumes"}}
+
     def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
         return volume_experiment_plan(fingerprint, machine, budget_s, whole_volume=True)
 

@@ -62,6 +62,11 @@ class TrainConfig(_Strict):
         default=2, ge=1, description="validation samples per case (and classifier crops at inference)"
     )
     class_weights: Literal["none", "balanced"] = Field(default="none", description="classification: none or balanced")
+    refit_head: bool = Field(
+        default=True, description="classification trained on patches (loader.train_patch_size): refit the class "
+        "layer on the training cases' whole volumes after training, as inference sees them")
+    refit_l2: float = Field(default=0.01, gt=0, description="train.refit_head: the ridge penalty on standardized "
+                            "features")
     lesion_dice: Literal["batch", "case"] = Field(
         default="batch", description="segcls lesion loss: Dice over the batch, or per case (each lesion counts alike)")
     dihedral_augment: bool = Field(

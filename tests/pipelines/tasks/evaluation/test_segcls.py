@@ -77,6 +77,15 @@ def test_segcls_trains_on_lesion_patches_and_infers_on_the_window(tmp_path):
     assert tuple(model.inputs[0].shape[1:4]) == (None, None, None)
     summary = json.loads((Path(ev.path) / "summary.json").read_text())
     assert 0.0 <= summary["reports"]["test"]["lesions"]["detection_sensitivity"] <= 1.0
+    # Trained on patches: the class layer is refitted on the training cases' whole windows (train.refit_head).
+    info = json.loads((train_dir / "train.json").read_text())
+    assert info["refit_head"]["cases"] == len(info["train_cases"])
+    best = keras.saving.load_model(train_dir / "best.keras", safe_mode=True)
+    refit = [w for w in model.get_layer("probabilities").get_weights()]
+    assert not all(np.allclose(a, b) for a, b in zip(refit, best.get_layer("probabilities").get_weights()))
+    # The body and the lesion map are the training's.
+    for a, b in zip(model.get_layer("lesion").get_weights(), best.get_layer("lesion").get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_train_patches_need_a_model_that_segments(tmp_path):
