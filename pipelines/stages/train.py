@@ -196,8 +196,10 @@ def run(cfg, upstream, out: StageDir, ctx):
     facts = {"classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
              "preprocess": {k: v for k, v in plan.items() if k not in ("classes", "channels", "task")}}
     inference_plan = family.inference_plan(cfg, facts)
-    finished = trainer.finish_model(out, lambda best: family.finish_training(cfg, inference_plan, best,
-                                                                             source.store, train_ids))
+    finished = None
+    if family.finishes_training(cfg):
+        finished = trainer.finish_model(out, lambda best: family.finish_training(cfg, inference_plan, best,
+                                                                                 source.store, train_ids))
     inference_plan.save(out.path, out.write_json)
     out.write_json("train.json", {
         "task": task, "classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),

@@ -75,6 +75,10 @@ class Task:
     def sgd_momentum(self, tc) -> float:
         return tc.momentum
 
+    def finishes_training(self, cfg) -> bool:
+        """Whether :meth:`finish_training` changes a model trained with ``cfg`` (else it is not even loaded)."""
+        return False
+
     def finish_training(self, cfg, plan: InferencePlan, model, store, train_ids: list[str]) -> dict | None:
         """After training, before ``model.keras`` is final: change ``model`` in place where the family needs
         it (``store``: the preprocessed cases). Returns what was done (for train.json), or None: nothing."""

@@ -51,18 +51,20 @@ class Classification(Task):
         return ({LESION: MaskedDiceBCELoss(dice=tc.lesion_dice), PROBABILITIES: keras.losses.SparseCategoricalCrossentropy()},
                 {LESION: [LesionDice(name="dice")], PROBABILITIES: accuracy})
 
+    def finishes_training(self, cfg) -> bool:
+        return cfg.loader.train_patch_size is not None and cfg.train.refit_head
+
     def finish_training(self, cfg, plan: InferencePlan, model, store, train_ids: list[str]) -> dict | None:
         """A model trained on patches (``loader.train_patch_size``) and run on whole volumes: with
         ``train.refit_head``, refit its class layer (a Dense softmax) on the training cases' whole volumes,
         cut as inference cuts them. On a patch, a lesion map has fewer voxels to find a false lesion in than
         on a whole head, so a class layer fitted to patches puts its threshold where inference never looks.
-        The body and the lesion map are unchanged."""
+        The body and the lesion map are unchanged. With several crops per case the features are averaged
+        (the layer is linear before its softmax, so that is the mean of the crops' logits)."""
+        import keras
+
         from medflow.data.sampling import cut_sample
         from medflow.models.logistic import refit_softmax_layer
-
-        if cfg.loader.train_patch_size is None or not cfg.train.refit_head:
-            return None
-        import keras
 
         layer = model.get_layer(PROBABILITIES)
         if not isinstance(layer, keras.layers.Dense):

@@ -39,6 +39,7 @@ def test_segcls_pipeline_and_explained_predictions(tmp_path):
     history = next((tmp_path / "workspace/stages/train").glob("*/history.csv")).read_text().splitlines()[0]
     assert {"val_accuracy", "lesion_dice", "val_lesion_dice", "class_loss"} <= set(history.split(","))
     assert train["model"]["name"] == "segcls"
+    assert "refit_head" not in train  # trained on whole windows: the class layer already saw what inference sees
     run = MlflowClient(store).get_run(ev.run_id)
     assert {"test_lesion_dice", "test_detection_sensitivity", "test_explanation_mass_in_lesion"} <= set(
         run.data.metrics)
