@@ -205,7 +205,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         "task": task, "classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
         "fold": cfg.train.fold, "train_cases": train_ids, "val_cases": val_ids, "plan": plan,
         "model": cfg.model.model_dump(mode="json"), "best_epoch": state["best_epoch"], "monitor": cfg.train.monitor,
-        **(finished or {}),
+        **(finished["record"] if finished else {}),
     })
     return out.finish(cfg, upstream, {
         "cases": {c: {"role": "train"} for c in train_ids} | {c: {"role": "val"} for c in val_ids},
@@ -214,6 +214,6 @@ def run(cfg, upstream, out: StageDir, ctx):
         "artifacts": ["history.csv", "train.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png", "augmentation_preview.png": "preview.png"},
         "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started),
-                    **trainer.finish_metrics(finished)},
+                    **(finished["metrics"] if finished else {})},
         "params": run_plan.params(),
     })

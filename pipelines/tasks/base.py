@@ -81,7 +81,8 @@ class Task:
 
     def finish_training(self, cfg, plan: InferencePlan, model, store, train_ids: list[str]) -> dict | None:
         """After training, before ``model.keras`` is final: change ``model`` in place where the family needs
-        it (``store``: the preprocessed cases). Returns what was done (for train.json), or None: nothing."""
+        it (``store``: the preprocessed cases). Returns {"record": keys for train.json, "metrics": for the
+        manifest, "line": one line to print}, or None: nothing was changed."""
         return None
 
     # -- the plan ------------------------------------------------------------------------------

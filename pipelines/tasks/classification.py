@@ -79,7 +79,11 @@ class Classification(Task):
             y.append(store.targets[cid])
         info = refit_softmax_layer(model, PROBABILITIES, np.stack(rows), np.asarray(y), len(plan.classes),
                                    l2=cfg.train.refit_l2)
-        return {"refit_head": {**info, "layer": PROBABILITIES, "on": "whole training volumes"}}
+        return {"record": {"refit_head": {**info, "layer": PROBABILITIES, "on": "whole training volumes"}},
+                "metrics": {"refit_train_balanced_accuracy_before": info["accuracy_before"],
+                            "refit_train_balanced_accuracy_after": info["accuracy_after"]},
+                "line": f"class layer refitted on {info['cases']} whole training volumes: balanced accuracy there "
+                        f"{info['accuracy_before']:.3f} -> {info['accuracy_after']:.3f}"}
 
     def experiment_plan(self, cfg, fingerprint: dict | None, machine, budget_s: float) -> dict:
         return volume_experiment_plan(fingerprint, machine, budget_s, whole_volume=True)

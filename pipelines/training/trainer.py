@@ -238,28 +238,15 @@ def publish_model(out, state: dict) -> None:
 
 def finish_model(out, change) -> dict | None:
     """``change(model)`` on the published ``model.keras`` (the family's end of training, e.g. a class layer
-    refitted); if it reports a change, the model is written back atomically. Returns the report."""
+    refitted). A change reports {"record": for train.json, "metrics": for the manifest, "line": to print};
+    the model is then written back atomically. Returns the report, or None."""
     model = load_keras(out.path / "model.keras")
     done = change(model)
     if done:
         with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:
             model.save(tmp)
-        print(f"[train] {describe_finish(done)}", flush=True)
+        print(f"[train] {done['line']}", flush=True)
     return done
-
-
-def describe_finish(done: dict) -> str:
-    refit = done.get("refit_head")
-    if refit is None:
-        return ", ".join(sorted(done))
-    return (f"class layer refitted on {refit['cases']} {refit['on']}: balanced accuracy there "
-            f"{refit['accuracy_before']:.3f} -> {refit['accuracy_after']:.3f}")
-
-
-def finish_metrics(done: dict | None) -> dict:
-    refit = (done or {}).get("refit_head")
-    return {} if refit is None else {"refit_train_balanced_accuracy_before": refit["accuracy_before"],
-                                     "refit_train_balanced_accuracy_after": refit["accuracy_after"]}
 
 
 def training_metrics(state: dict) -> dict:
