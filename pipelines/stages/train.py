@@ -196,10 +196,17 @@ def run(cfg, upstream, out: StageDir, ctx):
     facts = {"classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
              "preprocess": {k: v for k, v in plan.items() if k not in ("classes", "channels", "task")}}
     inference_plan = family.inference_plan(cfg, facts)
-    finished = None
-    if family.finishes_training(cfg):
-        finished = trainer.finish_model(out, lambda best: family.finish_training(cfg, inference_plan, best,
-                                                                                 source.store, train_ids))
+    changes = []
+    if cfg.train.precise_bn_batches:  # a fresh epoch's draws (the one after the last trained), augmented as in training
+        from medflow.training.precise_bn import recalibration_change
+
+        after = range(run_plan.epochs, run_plan.epochs + 1)
+        changes.append(recalibration_change(
+            lambda: _train_dataset(cfg, source, train_ids, after, cfg.train.precise_bn_batches, None, masks),
+            cfg.train.precise_bn_batches))
+    if family.finishes_training(cfg):  # after PreciseBN: the family reads features with the final statistics
+        changes.append(lambda best: family.finish_training(cfg, inference_plan, best, source.store, train_ids))
+    finished = trainer.finish_model(out, *changes) if changes else None
     inference_plan.save(out.path, out.write_json)
     out.write_json("train.json", {
         "task": task, "classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),

@@ -169,6 +169,13 @@ def run(cfg, upstream, out: StageDir, ctx):
         state = trainer.fit(cfg, model, train_ds, val_ds, steps=run_plan.steps, epochs=run_plan.epochs,
                             start_epoch=start, folder=out.path, state=state, log_metrics=ctx.log_metrics)
     trainer.publish_model(out, state)
+    finished = None
+    if cfg.train.precise_bn_batches:  # the epoch after the last trained: fresh draws, augmented as in training
+        from medflow.training.precise_bn import recalibration_change
+
+        after = range(run_plan.epochs, run_plan.epochs + 1)
+        finished = trainer.finish_model(out, recalibration_change(
+            lambda: data(after, cfg.train.precise_bn_batches)[0], cfg.train.precise_bn_batches), stage=out.name)
     net = load_keras(out.path / "model.keras")
     with write_atomic(out.path / "reconstructor.keras", suffix=".keras") as tmp:
         (net if name == "sinogram" else sinogram_model(net, geometry)).save(tmp)
@@ -179,13 +186,14 @@ def run(cfg, upstream, out: StageDir, ctx):
         "task": task, "input_shape": list(shape), "geometry": geometry, "consumes": name,
         "model": cfg.model.model_dump(mode="json"),
         "train_images": len(train[name]), "val_images": len(val[name]), "best_epoch": state["best_epoch"],
-        "monitor": cfg.train.monitor,
+        "monitor": cfg.train.monitor, **(finished["record"] if finished else {}),
     })
     return out.finish(cfg, upstream, {
         "cases": {}, "quarantine": [], "model": "model.keras", "reconstructor": "reconstructor.keras",
         "inference_model": "reconstructor.keras",
         "artifacts": ["history.csv", "train.json", "geometry.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png"},
-        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started)},
+        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started),
+                    **(finished["metrics"] if finished else {})},
         "params": run_plan.params(),
     })

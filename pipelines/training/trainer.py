@@ -236,17 +236,24 @@ def publish_model(out, state: dict) -> None:
                     tmp)
 
 
-def finish_model(out, change) -> dict | None:
-    """``change(model)`` on the published ``model.keras`` (the family's end of training, e.g. a class layer
-    refitted). A change reports {"record": for train.json, "metrics": for the manifest, "line": to print};
-    the model is then written back atomically. Returns the report, or None."""
+def finish_model(out, *changes, stage: str = "train") -> dict | None:
+    """Each ``change(model)`` in turn on the published ``model.keras`` (e.g. BatchNorm statistics re-estimated,
+    then the family's class layer refitted). A change reports {"record": for train.json, "metrics": for the
+    manifest, "line": to print}, or None when it changed nothing; the model is then written back atomically.
+    Returns the reports merged, or None."""
     model = load_keras(out.path / "model.keras")
-    done = change(model)
-    if done:
-        with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:
-            model.save(tmp)
-        print(f"[train] {done['line']}", flush=True)
-    return done
+    merged = {"record": {}, "metrics": {}}
+    for change in changes:
+        done = change(model)
+        if done:
+            merged["record"].update(done["record"])
+            merged["metrics"].update(done["metrics"])
+            print(f"[{stage}] {done['line']}", flush=True)
+    if not merged["metrics"] and not merged["record"]:
+        return None
+    with write_atomic(out.path / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    return merged
 
 
 def training_metrics(state: dict) -> dict:

@@ -62,6 +62,10 @@ class TrainConfig(_Strict):
         default=2, ge=1, description="validation samples per case (and classifier crops at inference)"
     )
     class_weights: Literal["none", "balanced"] = Field(default="none", description="classification: none or balanced")
+    precise_bn: int | None = Field(
+        default=None, ge=0, description="after training, re-estimate every BatchNorm layer's statistics on this "
+        "many training batches with the weights frozen (PreciseBN); 0: keep the moving averages; null: 20 with "
+        "train.budget, else 0")
     refit_head: bool = Field(
         default=True, description="classification trained on patches (loader.train_patch_size): refit the class "
         "layer on the training cases' whole volumes after training, as inference sees them")
@@ -113,6 +117,14 @@ class TrainConfig(_Strict):
             raise ValueError("train.budget with train.distribute: multi_worker: each worker would time itself and "
                              "plan its own run; give train.epochs")
         return self
+
+    @property
+    def precise_bn_batches(self) -> int:
+        """``precise_bn`` resolved: null is 20 batches for a budgeted run (its step count, and with it how far
+        the moving averages lag, is known only at run time) and 0 otherwise."""
+        if self.precise_bn is not None:
+            return self.precise_bn
+        return 20 if self.budget is not None else 0
 
 
 class EvaluateConfig(_Strict):

@@ -71,6 +71,24 @@ def test_two_minute_budget_on_known_step_time_ends_within_tolerance():
     assert 0.85 * 120 <= run_time <= MARGIN * 120  # uses the budget, and leaves the margin for what it cannot time
 
 
+def test_work_after_training_is_kept_out_of_the_budget():
+    plain = plan_budget(120.0, 10.0, PROBE, natural_steps=40)
+    # PreciseBN's forward passes after the last epoch: 80 steps' worth (20 s) leave 77.4 s, 5 epochs of 13.4 s
+    reserved = plan_budget(120.0, 10.0, PROBE, natural_steps=40, after_steps=80)
+    assert (plain.epochs, reserved.epochs) == (7, 5)
+    assert reserved.planned_seconds == pytest.approx(10.0 + 3.0 + 20.0 + 5 * 13.4)  # the end counts it too
+    assert reserved.planned_seconds <= MARGIN * 120
+
+
+def test_precise_bn_defaults_to_budgeted_runs_only(tmp_path):
+    assert load_config(_yaml(tmp_path, "{budget: 2m}")).train.precise_bn_batches == 20
+    assert load_config(_yaml(tmp_path, "{epochs: 3}")).train.precise_bn_batches == 0
+    assert load_config(_yaml(tmp_path, "{epochs: 3, precise_bn: 7}")).train.precise_bn_batches == 7
+    assert load_config(_yaml(tmp_path, "{budget: 2m, precise_bn: 0}")).train.precise_bn_batches == 0
+    with pytest.raises(ConfigError, match="precise_bn"):
+        load_config(_yaml(tmp_path, "{epochs: 3, precise_bn: -1}"))
+
+
 def test_short_budget_gives_shorter_epochs_not_fewer_than_three():
     plan = plan_budget(30.0, 5.0, PROBE, natural_steps=400)  # one full pass (103 s) would not fit
     assert plan.epochs == 3 and 0 < plan.steps < 400
@@ -145,3 +163,7 @@ def test_budgeted_stage_plans_logs_and_resumes_its_plan(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["metrics"]["epochs_run"] == plan["epochs"] == manifest["params"]["plan.epochs"]
     assert manifest["metrics"]["measured_step_seconds"] == pytest.approx(plan["step_seconds"])
+    # A budgeted run re-estimates its BatchNorm statistics (train.precise_bn null: 20 batches), once, at the end
+    assert manifest["metrics"]["precise_bn_batches"] == 20
+    assert json.loads((folder / "train.json").read_text())["precise_bn"]["layers"] > 0
+    assert resumed.stdout.count("PreciseBN") == 1
