@@ -107,13 +107,17 @@ def recalibration_change(batches_fn, max_batches: int):
     """A ``trainer.finish_model`` change: PreciseBN over up to ``max_batches`` of ``batches_fn()``."""
 
     def change(model):
+        import time
+
         n_layers = len(batchnorm_layers(model))
+        start = time.perf_counter()
         used = recalibrate(model, batches_fn(), max_batches)
         if not used:
             return None
-        return {"record": {"precise_bn": {"batches": used, "layers": n_layers}},
+        seconds = time.perf_counter() - start
+        return {"record": {"precise_bn": {"batches": used, "layers": n_layers, "seconds": round(seconds, 2)}},
                 "metrics": {"precise_bn_batches": used},
                 "line": f"BatchNorm statistics of {n_layers} layers re-estimated on {used} training batches "
-                        f"(PreciseBN)"}
+                        f"in {seconds:.1f}s (PreciseBN)"}
 
     return change
