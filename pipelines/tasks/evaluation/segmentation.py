@@ -62,9 +62,13 @@ def evaluate_job(job: dict) -> dict:
 
 def evaluate_case(record: dict, net, plan: InferencePlan, ev, dest: StageDir) -> dict:
     """Segment one case in native space, write its prediction and metrics; return its metrics."""
+    return score_case(segment_case(record, net, plan, ev, dest))
+
+
+def segment_case(record: dict, net, plan: InferencePlan, ev, dest: StageDir) -> dict:
+    """Segment one case in native space and write its prediction; return the job for :func:`score_case`."""
     from medflow.data.geometry import voxel_spacing
     from medflow.data.native import write_like
-    from medflow.models.baselines import multi_otsu
     from medflow.tasks import TASKS
     from medflow.tasks.base import VolumeCase
 
@@ -73,21 +77,78 @@ def evaluate_case(record: dict, net, plan: InferencePlan, ev, dest: StageDir) ->
     if not record["label"]:
         raise CaseError(record["images"][0], "no label map to evaluate against")
     images = [read_image(p, **record.get("read", {})) for p in record["images"]]
-    truth = np.rint(read_label(record["label"], images[0], record.get("label_classes")).data).astype(np.int64)
+    truth = np.rint(read_label(record["label"], images[0], record.get("label_classes")).data)
     classes = list(plan.classes)
     case = VolumeCase([v.data for v in images], images[0].affine, record["images"][0])
     pred = TASKS[plan.family].infer(plan, net, case).labels
     write_like(dest.path / "predictions" / f"{case_id}.nii.gz", pred, record["images"][0], affine=images[0].affine)
-    spacing = voxel_spacing(images[0].affine)
-    rows, cm = case_metrics(truth, pred, spacing, classes, surface=ev.hd95)
-    result = {"case_id": case_id, "methods": {"network": {"rows": rows, "confusion": cm.tolist()}}}
-    if ev.baseline == "multi_otsu":
-        base = multi_otsu(images[0].data, truth > 0, ev.baseline_labels)
-        rows_b, cm_b = case_metrics(truth, base, spacing, classes, surface=ev.hd95)
+    baseline = ev.baseline == "multi_otsu"
+    # Label values are class indices: uint8 keeps the arrays small when they travel to a scoring process.
+    small = np.uint8 if min(truth.min(), pred.min()) >= 0 and max(truth.max(), pred.max()) < 256 else np.int64
+    return {"case_id": case_id, "truth": truth.astype(small), "pred": pred.astype(small),
+            "image": images[0].data if baseline else None, "spacing": tuple(voxel_spacing(images[0].affine)),
+            "classes": classes, "hd95": ev.hd95, "baseline": ev.baseline if baseline else None,
+            "baseline_labels": list(ev.baseline_labels), "out": str(dest.case_path(case_id, ".json")),
+            "seconds": time.perf_counter() - start}
+
+
+def score_case(job: dict) -> dict:
+    """The metrics of one segmented case (:func:`segment_case`'s job): the network's and, when asked, the
+    multi-Otsu baseline's, against the truth on the native grid. Writes the case record (the resume point)
+    and returns it. Runs in a worker process while the next case is segmented: surface distances take
+    about as long as the inference."""
+    from medflow.data.atomic import write_atomic
+    from medflow.models.baselines import multi_otsu
+
+    start = time.perf_counter()
+    truth, pred, spacing, classes = job["truth"].astype(np.int64), job["pred"], job["spacing"], job["classes"]
+    rows, cm = case_metrics(truth, pred, spacing, classes, surface=job["hd95"])
+    result = {"case_id": job["case_id"], "methods": {"network": {"rows": rows, "confusion": cm.tolist()}}}
+    if job["baseline"] == "multi_otsu":
+        base = multi_otsu(job["image"], truth > 0, job["baseline_labels"])
+        rows_b, cm_b = case_metrics(truth, base, spacing, classes, surface=job["hd95"])
         result["methods"]["multi_otsu"] = {"rows": rows_b, "confusion": cm_b.tolist()}
-    result["seconds"] = time.perf_counter() - start
-    dest.write_json(f"cases/{case_id}.json", result)
+    result["seconds"] = job["seconds"] + time.perf_counter() - start
+    with write_atomic(job["out"]) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, sort_keys=True), encoding="utf-8")
     return result
+
+
+def _segment_and_score(jobs, net, plan, ev, out, ctx, done: int, total: int) -> tuple[dict, list[dict]]:
+    """Every case of ``jobs``: segmented here, one after another (one TensorFlow model uses every core),
+    and with ``ctx.workers`` > 1 scored in a worker process while the next one is segmented.
+
+    Returns:
+        (results by case id, quarantine records), as :func:`map_cases`.
+    """
+    serial = dataclasses.replace(ctx, workers=1)
+    if ctx.workers <= 1 or len(jobs) <= 1:
+        return map_cases(jobs, lambda rec: evaluate_case(rec, net, plan, ev, out), serial, "evaluate",
+                         done=done, total=total)
+    from concurrent.futures import ProcessPoolExecutor
+
+    from medflow.core.cases import quarantine_record, report_quarantine
+    from medflow.data.atomic import WriteFailed
+    from medflow.data.workers import process_context
+
+    sources = {c: s for c, s, _ in jobs}
+    with ProcessPoolExecutor(1, mp_context=process_context()) as pool:
+        def segment(rec):
+            return pool.submit(score_case, segment_case(rec, net, plan, ev, out))
+
+        pending, quarantine = map_cases(jobs, segment, serial, "evaluate", done=done, total=total)
+        results = {}
+        for case_id in sorted(pending):
+            try:
+                results[case_id] = pending[case_id].result()
+            except WriteFailed as err:  # a full or read-only disk is no case's fault (as map_cases)
+                raise StageFailed(f"[evaluate] {err}: stopped; nothing half-written is kept, and the next run "
+                                  f"resumes with the cases written") from None
+            except Exception as err:  # one case's scoring must not stop the others
+                record = quarantine_record(case_id, err, sources[case_id])
+                quarantine.append(record)
+                report_quarantine(record, ctx, "evaluate")
+    return results, sorted(quarantine, key=lambda r: r["case_id"])
 
 
 def _mean_dice(rows: list[dict], report: list[str]) -> float:
@@ -203,9 +264,7 @@ def run(cfg, upstream, out: StageDir, ctx, plan: InferencePlan, net):
         fresh, quarantine = map_cases([(c, s, {**shared, "record": r}) for c, s, r in jobs], evaluate_job, ctx,
                                       "evaluate", done=len(ids) - len(todo), total=len(ids))
     else:
-        serial = dataclasses.replace(ctx, workers=1)  # one TensorFlow model in this process uses every core
-        fresh, quarantine = map_cases(jobs, lambda rec: evaluate_case(rec, net, plan, ev, out), serial,
-                                      "evaluate", done=len(ids) - len(todo), total=len(ids))
+        fresh, quarantine = _segment_and_score(jobs, net, plan, ev, out, ctx, len(ids) - len(todo), len(ids))
     bad = {q["case_id"] for q in quarantine}
     results = {c: fresh.get(c) or json.loads(out.case_path(c, ".json").read_text()) for c in ids if c not in bad}
     if not results:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
+from medflow.core.engine import StageFailed
 from medflow.core.runner import run_pipeline
 from medflow.tracking.runs import MlflowTracker
 from mlflow import MlflowClient
@@ -74,3 +76,44 @@ def test_evaluate_stage_end_to_end(tmp_path):
     assert again[-1].state == "ran" and again[-1].path == ev.path
     assert keep.stat().st_mtime_ns == before and redo.exists()
     assert json.loads((folder / "summary.json").read_text())["methods"] == summary["methods"]
+
+
+def _scoring_job(tmp_path, case_id, shift, shape=(12, 10, 8)):
+    truth = np.zeros(shape, np.uint8)
+    truth[2:8, 2:7, 2:6] = 1
+    truth[8:11, 2:7, 2:6] = 2
+    pred = np.roll(truth, shift, axis=0)
+    return {"case_id": case_id, "truth": truth, "pred": pred, "image": None, "spacing": (1.0, 1.5, 2.0),
+            "classes": ["background", "cube", "slab"], "hd95": True, "baseline": None, "baseline_labels": [],
+            "out": str(tmp_path / "cases" / f"{case_id}.json"), "seconds": 0.5}
+
+
+def test_cases_scored_in_a_worker_match_the_serial_path_and_a_bad_one_is_quarantined(tmp_path, monkeypatch):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from medflow.core.engine import RunContext
+    from medflow.tasks.evaluation import segmentation as seg
+
+    (tmp_path / "cases").mkdir()
+    jobs = {"a": _scoring_job(tmp_path, "a", 0), "b": _scoring_job(tmp_path, "b", 1),
+            "c": {**_scoring_job(tmp_path, "c", 2), "pred": np.zeros((3, 3, 3), np.uint8)}}  # not the truth's grid
+    monkeypatch.setattr(seg, "segment_case", lambda rec, net, plan, ev, out: jobs[rec["case_id"]])
+    work = [(c, f"/data/{c}.nii.gz", {"case_id": c}) for c in sorted(jobs)]
+    out = SimpleNamespace(path=tmp_path)
+    results, quarantine = seg._segment_and_score(work, None, None, None, out, RunContext(workers=2), 0, 3)
+
+    assert sorted(results) == ["a", "b"]
+    assert [q["case_id"] for q in quarantine] == ["c"] and quarantine[0]["path"] == "/data/c.nii.gz"
+    assert not (tmp_path / "cases" / "c.json").exists()
+    for case_id in ("a", "b"):  # the record on disk is the one returned, and the one the serial path writes
+        written = json.loads((tmp_path / "cases" / f"{case_id}.json").read_text())
+        serial = seg.score_case({**jobs[case_id], "out": str(tmp_path / f"{case_id}-serial.json")})
+        assert written == results[case_id]
+        assert {**serial, "seconds": 0} == {**written, "seconds": 0} and written["seconds"] >= 0.5
+    rows = {r["class"]: r for r in results["a"]["methods"]["network"]["rows"]}
+    assert rows["cube"]["dice"] == 1.0 and rows["cube"]["hd95_mm"] == 0.0
+    assert results["b"]["methods"]["network"]["rows"][0]["dice"] < 1.0
+    with pytest.raises(StageFailed, match="--strict"):
+        seg._segment_and_score(work, None, None, None, out, dataclasses.replace(RunContext(workers=2), strict=True),
+                               0, 3)
