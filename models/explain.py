@@ -12,6 +12,7 @@ Maps are (*S) float32 on the model's input grid, scaled to [0, 1].
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -82,17 +83,12 @@ def grad_cam(model, x: np.ndarray, layer: str, classes: list[int] | None = None,
     voxel, which shows only what the score depends on where a mean gradient would spread it over
     every active voxel (a head ending in max or top-k pooling, segcls's lesion evidence).
     """
-    import keras
     import tensorflow as tf
 
-    out = model.output[PROBABILITIES] if isinstance(model.output, dict) else model.output
-    probe = keras.Model(model.inputs, [model.get_layer(layer).output, out])
+    run = _cam_function(model, layer)
     xt = tf.constant(np.asarray(x, dtype=np.float32))
-    with tf.GradientTape() as tape:
-        features, probs = probe(xt, training=False)
-        picked = tf.argmax(probs, axis=-1, output_type=tf.int32) if classes is None else tf.constant(classes, tf.int32)
-        score = tf.gather(probs, picked, axis=1, batch_dims=1)
-    grads = tape.gradient(score, features)
+    picked = tf.constant([-1] * len(x) if classes is None else classes, tf.int32)
+    features, grads = run(xt, picked)
     if grads is None:  # Keras hands some intermediate outputs back as copies (seen: a pooling before Flatten)
         raise ValueError(f"no gradient of the class score reaches layer {layer!r}")
     grads = grads.numpy()
@@ -101,6 +97,33 @@ def grad_cam(model, x: np.ndarray, layer: str, classes: list[int] | None = None,
     weights = grads if elementwise else grads.mean(axis=axes, keepdims=True)
     cams = np.maximum((weights * features).sum(axis=-1), 0.0)
     return np.stack([_to_input(c, x.shape[1:-1]) for c in cams])
+
+
+_CAM_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {layer: traced function}
+
+
+def _cam_function(model, layer: str):
+    """``run(x, classes) -> (features, d score / d features)`` for ``layer`` of ``model``, traced once per
+    model and layer (a class of -1 is the case's predicted one). Eager, the forward and backward passes cost
+    about 800 Python-dispatched ops per call; an evaluation explains every held-out case."""
+    import keras
+    import tensorflow as tf
+
+    functions = _CAM_FUNCTIONS.setdefault(model, {})
+    if layer not in functions:
+        out = model.output[PROBABILITIES] if isinstance(model.output, dict) else model.output
+        probe = keras.Model(model.inputs, [model.get_layer(layer).output, out])
+
+        @tf.function(reduce_retracing=True)
+        def run(xt, classes):
+            with tf.GradientTape() as tape:
+                features, probs = probe(xt, training=False)
+                picked = tf.where(classes < 0, tf.argmax(probs, axis=-1, output_type=tf.int32), classes)
+                score = tf.gather(probs, picked, axis=1, batch_dims=1)
+            return features, tape.gradient(score, features)
+
+        functions[layer] = run
+    return functions[layer]
 
 
 def occlusion(net: Callable, x: np.ndarray, size: int = 8, stride: int | None = None, batch: int = 16,

@@ -99,3 +99,25 @@ def test_mass_in_mask():
     masks[:, 0, 0, 0] = 1
     out = mass_in_mask(maps, masks)
     assert out[0] == pytest.approx(0.75) and np.isnan(out[1])
+
+
+def test_grad_cam_is_traced_once_per_model_and_layer_and_matches_an_eager_tape():
+    import tensorflow as tf
+
+    from medflow.models import explain
+
+    model = _blob_detector()
+    x, _ = _volumes()
+    maps = grad_cam(model, x, "feat", elementwise=True)
+    again = grad_cam(model, x[:1], "feat", classes=[1], elementwise=True)
+    assert list(explain._CAM_FUNCTIONS[model]) == ["feat"]  # one traced function, reused for any batch and classes
+    probe = keras.Model(model.inputs, [model.get_layer("feat").output, model.output])
+    for batch, classes, got in ((x, None, maps), (x[:1], [1], again)):
+        with tf.GradientTape() as tape:
+            feats, probs = probe(tf.constant(batch), training=False)
+            picked = np.argmax(probs.numpy(), axis=-1) if classes is None else np.array(classes)
+            score = tf.gather(probs, tf.constant(picked, tf.int32), axis=1, batch_dims=1)
+        grads = tape.gradient(score, feats).numpy()
+        cams = np.maximum((grads * feats.numpy()).sum(-1), 0.0)
+        expected = np.stack([c / c.max() if c.max() > 0 else c for c in cams])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
