@@ -49,6 +49,23 @@ def report_quarantine(record: dict, ctx: RunContext, stage: str) -> None:
         raise StageFailed(f"[{stage}] --strict: {record['error']}")
 
 
+def settle(case_id: str, source: str, fn: Callable[[], Any], results: dict[str, Any], quarantine: list[dict],
+           ctx: RunContext, desc: str) -> None:
+    """``results[case_id] = fn()``; a failure quarantines the case (with --strict, fails the stage), and a
+    full or read-only disk, which is no case's fault, stops the stage so that the next run resumes."""
+    try:
+        results[case_id] = fn()
+    except StageFailed:  # the executor lost the case's worker for good: no case's fault
+        raise
+    except WriteFailed as err:
+        raise StageFailed(f"[{desc}] {err}: stopped; nothing half-written is kept, and the next run "
+                          f"resumes with the {len(results)} case(s) written") from None
+    except Exception as err:  # one bad case must not stop the others
+        record = quarantine_record(case_id, err, source)
+        quarantine.append(record)
+        report_quarantine(record, ctx, desc)
+
+
 def map_cases(
     jobs: Iterable[tuple[str, str, Any]], worker: Callable[[Any], Any], ctx: RunContext, desc: str,
     *, done: int = 0, total: int | None = None,
@@ -69,27 +86,17 @@ def map_cases(
     with ctx.progress(total if total is not None else done + len(jobs), desc) as bar:
         bar.skip(done)
 
-        def settle(case_id, source, fn):
-            try:
-                results[case_id] = fn()
-            except StageFailed:  # the executor lost the case's worker for good: no case's fault
-                raise
-            except WriteFailed as err:  # a full or read-only disk is no case's fault: stop, resume later
-                raise StageFailed(f"[{desc}] {err}: stopped; nothing half-written is kept, and the next run "
-                                  f"resumes with the {len(results)} case(s) written") from None
-            except Exception as err:  # one bad case must not stop the others
-                record = quarantine_record(case_id, err, source)
-                quarantine.append(record)
-                report_quarantine(record, ctx, desc)
+        def settle_one(case_id, source, fn):
+            settle(case_id, source, fn, results, quarantine, ctx, desc)
             bar.update(1)
 
         if ctx.executor == "ray" and jobs:
             from medflow.core.ray_exec import ray_map
 
-            ray_map(jobs, worker, settle, ctx.ray_address, desc)
+            ray_map(jobs, worker, settle_one, ctx.ray_address, desc)
         elif ctx.workers <= 1 or len(jobs) <= 1:
             for case_id, source, args in jobs:
-                settle(case_id, source, lambda: worker(args))
+                settle_one(case_id, source, lambda: worker(args))
         else:
             from medflow.data.workers import process_context
 
@@ -98,7 +105,7 @@ def map_cases(
                 futures = {pool.submit(worker, args): (case_id, source) for case_id, source, args in jobs}
                 try:
                     for fut in as_completed(futures):
-                        settle(*futures[fut], fut.result)
+                        settle_one(*futures[fut], fut.result)
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise

@@ -127,8 +127,7 @@ def _segment_and_score(jobs, net, plan, ev, out, ctx, done: int, total: int) -> 
                          done=done, total=total)
     from concurrent.futures import ProcessPoolExecutor
 
-    from medflow.core.cases import quarantine_record, report_quarantine
-    from medflow.data.atomic import WriteFailed
+    from medflow.core.cases import settle
     from medflow.data.workers import process_context
 
     sources = {c: s for c, s, _ in jobs}
@@ -139,15 +138,7 @@ def _segment_and_score(jobs, net, plan, ev, out, ctx, done: int, total: int) -> 
         pending, quarantine = map_cases(jobs, segment, serial, "evaluate", done=done, total=total)
         results = {}
         for case_id in sorted(pending):
-            try:
-                results[case_id] = pending[case_id].result()
-            except WriteFailed as err:  # a full or read-only disk is no case's fault (as map_cases)
-                raise StageFailed(f"[evaluate] {err}: stopped; nothing half-written is kept, and the next run "
-                                  f"resumes with the cases written") from None
-            except Exception as err:  # one case's scoring must not stop the others
-                record = quarantine_record(case_id, err, sources[case_id])
-                quarantine.append(record)
-                report_quarantine(record, ctx, "evaluate")
+            settle(case_id, sources[case_id], pending[case_id].result, results, quarantine, ctx, "evaluate")
     return results, sorted(quarantine, key=lambda r: r["case_id"])
 
 
