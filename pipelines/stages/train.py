@@ -192,6 +192,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         shutil.rmtree(folder, ignore_errors=True)
         return ShardOutput(out.name, out.path, {"index": worker, "count": workers, "cases": [], "quarantine": [],
                                                 "role": "worker", "epochs": len(state["history"])})
+    fit_end = time.perf_counter()
     trainer.publish_model(out, state)
     facts = {"classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
              "preprocess": {k: v for k, v in plan.items() if k not in ("classes", "channels", "task")}}
@@ -220,7 +221,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         "model": "model.keras", "inference_model": "model.keras",
         "artifacts": ["history.csv", "train.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png", "augmentation_preview.png": "preview.png"},
-        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started),
+        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started, fit_end),
                     **(finished["metrics"] if finished else {})},
         "params": run_plan.params(),
     })

@@ -168,6 +168,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         train_ds, _ = data(range(start, run_plan.epochs), run_plan.steps)
         state = trainer.fit(cfg, model, train_ds, val_ds, steps=run_plan.steps, epochs=run_plan.epochs,
                             start_epoch=start, folder=out.path, state=state, log_metrics=ctx.log_metrics)
+    fit_end = time.perf_counter()
     trainer.publish_model(out, state)
     finished = None
     if cfg.train.precise_bn_batches:  # the epoch after the last trained: fresh draws, augmented as in training
@@ -193,7 +194,7 @@ def run(cfg, upstream, out: StageDir, ctx):
         "inference_model": "reconstructor.keras",
         "artifacts": ["history.csv", "train.json", "geometry.json", "plan.json"],
         "figures": {"training_curves.png": "training_curves.png"},
-        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started),
+        "metrics": {**trainer.training_metrics(state), **trainer.plan_metrics(run_plan, started, fit_end),
                     **(finished["metrics"] if finished else {})},
         "params": run_plan.params(),
     })

@@ -212,13 +212,17 @@ def resume_epoch(epochs: int, patience: int, state: dict | None) -> int | None:
     return start if start < epochs else None
 
 
-def plan_metrics(plan, started: float) -> dict:
+def plan_metrics(plan, started: float, fit_end: float | None = None) -> dict:
     """The train manifest's figures of the run's plan: planned epochs and steps, and with a budget the measured
-    step and validation times and the stage's wall time so far against the budget (``started``: perf_counter)."""
+    step and validation times and the stage's wall time so far against the budget (``started``: perf_counter).
+    ``fit_end`` (perf_counter when training returned) adds ``fit_end_seconds``: what the stage spent after it
+    (publishing, PreciseBN, a refit) is the difference to ``stage_seconds``."""
     out = {"planned_epochs": plan.epochs, "planned_steps_per_epoch": plan.steps}
     if plan.budget_seconds is not None:
         out.update(budget_seconds=plan.budget_seconds, measured_step_seconds=plan.step_seconds,
                    measured_val_seconds=plan.val_seconds, stage_seconds=time.perf_counter() - started)
+        if fit_end is not None:
+            out["fit_end_seconds"] = fit_end - started
     return out
 
 

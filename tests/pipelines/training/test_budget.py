@@ -165,5 +165,6 @@ def test_budgeted_stage_plans_logs_and_resumes_its_plan(tmp_path):
     assert manifest["metrics"]["measured_step_seconds"] == pytest.approx(plan["step_seconds"])
     # A budgeted run re-estimates its BatchNorm statistics (train.precise_bn null: 20 batches), once, at the end
     assert manifest["metrics"]["precise_bn_batches"] == 20
+    assert 0 < manifest["metrics"]["fit_end_seconds"] <= manifest["metrics"]["stage_seconds"]
     assert json.loads((folder / "train.json").read_text())["precise_bn"]["layers"] > 0
     assert resumed.stdout.count("PreciseBN") == 1
