@@ -124,7 +124,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     from medflow.data.preview import preview_figure
     from medflow.tasks import TASKS
     from medflow.tasks.figures import save_figure
-    from medflow.training import budget, trainer
+    from medflow.training import budget, precise_bn, trainer
     from medflow.training.inputs import build_source
 
     started = time.perf_counter()  # a budget counts from here: the whole stage ends within it
@@ -197,16 +197,11 @@ def run(cfg, upstream, out: StageDir, ctx):
     facts = {"classes": classes, "channels": plan["channels"], "input_shape": list(input_shape),
              "preprocess": {k: v for k, v in plan.items() if k not in ("classes", "channels", "task")}}
     inference_plan = family.inference_plan(cfg, facts)
-    changes = []
-    if cfg.train.precise_bn_batches:  # a fresh epoch's draws (the one after the last trained), augmented as in training
-        from medflow.training.precise_bn import recalibration_change
-
-        after = range(run_plan.epochs, run_plan.epochs + 1)
-        changes.append(recalibration_change(
-            lambda: _train_dataset(cfg, source, train_ids, after, cfg.train.precise_bn_batches, None, masks),
-            cfg.train.precise_bn_batches))
+    changes = [precise_bn.recalibration_change(cfg.train, run_plan.epochs, lambda epochs, n: _train_dataset(
+        cfg, source, train_ids, epochs, n, None, masks))]
     if family.finishes_training(cfg):  # after PreciseBN: the family reads features with the final statistics
         changes.append(lambda best: family.finish_training(cfg, inference_plan, best, source.store, train_ids))
+    changes = [c for c in changes if c is not None]
     finished = trainer.finish_model(out, *changes) if changes else None
     inference_plan.save(out.path, out.write_json)
     out.write_json("train.json", {

@@ -119,7 +119,7 @@ def run(cfg, upstream, out: StageDir, ctx):
     from medflow.data.ct.ellipses import load_split
     from medflow.models.reconstruction import sinogram_model
     from medflow.tasks import task_for
-    from medflow.training import budget, trainer
+    from medflow.training import budget, precise_bn, trainer
 
     started = time.perf_counter()  # a budget counts from here
     sim = upstream["simulate"]
@@ -170,13 +170,8 @@ def run(cfg, upstream, out: StageDir, ctx):
                             start_epoch=start, folder=out.path, state=state, log_metrics=ctx.log_metrics)
     fit_end = time.perf_counter()
     trainer.publish_model(out, state)
-    finished = None
-    if cfg.train.precise_bn_batches:  # the epoch after the last trained: fresh draws, augmented as in training
-        from medflow.training.precise_bn import recalibration_change
-
-        after = range(run_plan.epochs, run_plan.epochs + 1)
-        finished = trainer.finish_model(out, recalibration_change(
-            lambda: data(after, cfg.train.precise_bn_batches)[0], cfg.train.precise_bn_batches), stage=out.name)
+    precise = precise_bn.recalibration_change(cfg.train, run_plan.epochs, lambda epochs, n: data(epochs, n)[0])
+    finished = trainer.finish_model(out, precise, stage=out.name) if precise else None
     net = load_keras(out.path / "model.keras")
     with write_atomic(out.path / "reconstructor.keras", suffix=".keras") as tmp:
         (net if name == "sinogram" else sinogram_model(net, geometry)).save(tmp)

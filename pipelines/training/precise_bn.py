@@ -20,7 +20,7 @@ as in training and in detectron2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -103,15 +103,20 @@ def recalibrate(model, batches: Iterable, max_batches: int) -> int:
     return used
 
 
-def recalibration_change(batches_fn, max_batches: int):
-    """A ``trainer.finish_model`` change: PreciseBN over up to ``max_batches`` of ``batches_fn()``."""
+def recalibration_change(tc, epochs: int, batches: Callable[[range, int], Iterable]):
+    """The ``trainer.finish_model`` change that the train section ``tc`` asks for, or None (``precise_bn``
+    resolved to 0): PreciseBN over ``batches(range(epochs, epochs + 1), n)``, n training batches of the
+    epoch after the last one trained (fresh draws, augmented as in training)."""
+    n = tc.precise_bn_batches
+    if not n:
+        return None
 
     def change(model):
         import time
 
         n_layers = len(batchnorm_layers(model))
         start = time.perf_counter()
-        used = recalibrate(model, batches_fn(), max_batches)
+        used = recalibrate(model, batches(range(epochs, epochs + 1), n), n)
         if not used:
             return None
         seconds = time.perf_counter() - start

@@ -121,3 +121,8 @@ def test_grad_cam_is_traced_once_per_model_and_layer_and_matches_an_eager_tape()
         cams = np.maximum((grads * feats.numpy()).sum(-1), 0.0)
         expected = np.stack([c / c.max() if c.max() > 0 else c for c in cams])
         np.testing.assert_allclose(got, expected, atol=1e-5)
+    import gc
+
+    del model, probe
+    gc.collect()
+    assert len(explain._CAM_FUNCTIONS) == 0  # the cache does not keep a model alive

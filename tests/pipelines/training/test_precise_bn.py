@@ -78,9 +78,20 @@ def test_a_failing_pass_leaves_the_model_as_it_came():
 
 
 def test_change_reports_for_the_trainer_and_none_without_batchnorm():
+    from types import SimpleNamespace
+
     model = _model()
-    report = recalibration_change(lambda: iter([np.ones((4, 6), "float32")] * 3), 2)(model)
+    asked = []
+
+    def batches(epochs, n):
+        asked.append((epochs, n))
+        return iter([np.ones((4, 6), "float32")] * 3)
+
+    report = recalibration_change(SimpleNamespace(precise_bn_batches=2), 7, batches)(model)
+    assert asked == [(range(7, 8), 2)]  # the epoch after the last trained (epochs 0-6)
     assert report["metrics"] == {"precise_bn_batches": 2}
     assert report["record"]["precise_bn"]["batches"] == 2 and report["record"]["precise_bn"]["layers"] == 2
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    assert recalibration_change(lambda: iter([np.ones((2, 3), "float32")]), 5)(plain) is None
+    assert recalibration_change(SimpleNamespace(precise_bn_batches=5), 1,
+                                lambda e, n: iter([np.ones((2, 3), "float32")]))(plain) is None
+    assert recalibration_change(SimpleNamespace(precise_bn_batches=0), 1, batches) is None
