@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from medflow.data.geometry import axcodes, canonical_spacing, foreground_bbox, voxel_spacing
-from medflow.data.intensity import foreground_mask
+from medflow.data.intensity import foreground_mask, percentiles_linear
 
 # Foreground intensities kept per case for the dataset percentiles (nnU-Net keeps 10k too).
 SAMPLES_PER_CASE = 10_000
@@ -51,7 +51,7 @@ def case_fingerprint(
         "intensity": {
             "min": float(values.min()), "max": float(values.max()),
             "mean": float(values.mean(dtype=np.float64)), "sd": float(values.std(dtype=np.float64)),
-            **dict(zip(("p0.5", "p99.5"), map(float, np.percentile(values, [0.5, 99.5])))),
+            **dict(zip(("p0.5", "p99.5"), map(float, percentiles_linear(values, [0.5, 99.5])))),
         },
         "samples": [float(v) for v in np.sort(sample)],
     }

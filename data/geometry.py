@@ -115,7 +115,9 @@ def _separable_resample(data, new_shape, scale, offset, order):
     diagonal matrix, but three cheap 1-D passes instead of one 3-D spline pass,
     so it is several times faster on whole volumes.
     """
-    out = data if order == 0 else data.astype(np.float32, copy=False)
+    # C order first: each pass then takes whole rows or slabs (a take along the fastest axis of a
+    # Fortran-ordered NIfTI array is a transposing gather, and the first pass made one anyway).
+    out = data if order == 0 else data.astype(np.float32, order="C")
     for axis in range(3):
         coord = np.arange(new_shape[axis]) * scale[axis] + offset[axis]
         n = out.shape[axis]
@@ -131,7 +133,10 @@ def _separable_resample(data, new_shape, scale, offset, order):
         w = w.reshape(shape)
         a = np.take(out, lo, axis=axis)
         b = np.take(out, np.minimum(lo + 1, n - 1), axis=axis)
-        out = a + (b - a) * w
+        # a + (b - a) * w, in place: the same float32 operations without two whole-volume temporaries
+        np.subtract(b, a, out=b)
+        np.multiply(b, w, out=b)
+        out = np.add(a, b, out=a)
     return np.ascontiguousarray(out)
 
 

@@ -260,7 +260,8 @@ class StageDir:
             if isinstance(entry, dict) and "file" in entry:
                 path = self.path / entry["file"]
                 entry.setdefault("size", path.stat().st_size)
-                entry.setdefault("sha256", file_sha256(path))
+                if "sha256" not in entry:  # not setdefault: that would hash every file the stage already hashed
+                    entry["sha256"] = file_sha256(path)
         manifest = {
             "stage": self.name, "key": self.key, "code_version": code_version(self.module),
             "upstream": {n: o.digest for n, o in upstream.items()},
