@@ -30,21 +30,26 @@ def write_case(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
         meta: JSON-serializable metadata (affines, provenance, normalization).
         compress: deflate the members (smaller, slower to write and read).
     """
-    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with write_atomic(path, suffix=".npz") as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as zf:
-            for name in sorted(arrays):
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
-                info.compress_type = method
-                info.external_attr = 0o644 << 16
-                with zf.open(info, "w", force_zip64=True) as fh:
-                    np.lib.format.write_array(fh, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(META_KEY, date_time=_EPOCH)
-            info.compress_type = method
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, json.dumps(meta, sort_keys=True, indent=1))
+        write_npz(tmp, arrays, meta, compress=compress)
         digest = file_sha256(tmp)
     return digest
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict, *, compress: bool = False) -> None:
+    """The bytes of a case file, written to ``path`` as they are (not atomic: :func:`write_case` is)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method, allowZip64=True) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+        info = zipfile.ZipInfo(META_KEY, date_time=_EPOCH)
+        info.compress_type = method
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, json.dumps(meta, sort_keys=True, indent=1))
 
 
 def read_case(path: str | os.PathLike, names: tuple[str, ...] | None = None) -> tuple[dict[str, np.ndarray], dict]:

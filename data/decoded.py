@@ -3,13 +3,22 @@
 Ingest must decode every file to validate and fingerprint it, and preprocess
 needs the same arrays again. Decoding a ``.nii.gz`` is the largest single cost
 of both, so within one ``medflow run`` that runs both stages, ingest leaves each
-validated NIfTI volume here as a plain ``.npy`` and preprocess reads it back
-(a copy from the page cache, not an inflate). Nothing here is a stage output:
+validated case here for preprocess:
+
+* when the preprocess plan does not wait on ingest's fingerprint, as the finished
+  case file (:func:`keep_case`), which the preprocess stage moves into its folder
+  (:func:`claim_case`): the case is preprocessed while its volumes are in memory,
+  in the same worker, and no volume is written twice;
+* else each NIfTI volume as a plain ``.npy`` (:func:`put`), which preprocess reads
+  back (a copy from the page cache, not an inflate).
+
+Nothing here is a stage output:
 
 * the folder belongs to one run (``<workspace>/tmp/decoded-<host>-<pid>-<ns>``),
   is private (mode 0700) and is removed when the run ends; a folder left by a
   killed run on this host is removed by the next run;
-* an entry is keyed by the source's path, size, mtime and read options, so a
+* an entry is keyed by the source's path, size, mtime and read options (a case
+  file by its record, plan and every source file's path, size and mtime), so a
   file rewritten mid-run is decoded again, never served stale;
 * a case is kept only within its share of a budget (a quarter of the memory,
   and never the last tenth of the disk), so a large dataset falls back to
@@ -33,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medflow.data.casefile import file_sha256, write_npz
 from medflow.data.nifti import Volume, is_nifti_name
 
 _PREFIX = "decoded-"
@@ -96,6 +106,61 @@ def get(root: str | None, path: str, role: str) -> Volume | None:
         return None
     return Volume(data=data, affine=np.asarray(meta["affine"], dtype=np.float64), path=str(path),
                   nbytes_file=int(meta["nbytes_file"]))
+
+
+def ahead_key(record: dict, plan: dict) -> str | None:
+    """The name of a case that ingest preprocessed ahead with ``plan`` (a job's plan): the record's fields
+    that preprocessing reads, the plan and each source file's path, size and mtime. None unless every
+    source is a NIfTI file (a DICOM series is a folder whose files the stat would not cover)."""
+    files = [*record["images"], *([record["label"]] if record.get("label") else [])]
+    stats = []
+    for path in files:
+        if not (is_nifti_name(path) and os.path.isfile(path)):
+            return None
+        st = os.stat(path)
+        stats.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+    fields = {k: record.get(k) for k in ("case_id", "patient_id", "target", "split", "images", "label", "read",
+                                         "label_classes")}
+    key = json.dumps([fields, plan, stats], sort_keys=True, default=list)
+    return "case-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def keep_case(root: str | None, key: str | None, arrays: dict[str, np.ndarray], meta: dict, share: int) -> bool:
+    """Keep a preprocessed case (``write_case``'s bytes) under ``key`` when it fits ``share``; True if kept.
+
+    Not through ``write_atomic``: a failure here costs nothing (the preprocess stage
+    then does the case itself), so it is no fault point and stops no stage.
+    """
+    if root is None or key is None or sum(a.nbytes for a in arrays.values()) > share:
+        return False
+    base = Path(root) / key
+    tmp = base.with_name(f"{key}.{os.getpid()}.tmp")
+    try:
+        write_npz(tmp, arrays, meta)
+        os.chmod(tmp, 0o644)  # as a published case file: the stage moves it into its folder as it is
+        digest = file_sha256(tmp)
+        os.replace(tmp, base.with_suffix(".npz"))
+        tmp.write_text(json.dumps({"sha256": digest}), encoding="utf-8")
+        os.replace(tmp, base.with_suffix(".json"))  # last: its presence says the case file is whole
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+
+
+def claim_case(root: str | None, key: str | None, dest: str | os.PathLike) -> str | None:
+    """Move the case kept under ``key`` to ``dest`` (one rename); its sha256, or None: then preprocess it."""
+    if root is None or key is None:
+        return None
+    base = Path(root) / key
+    try:
+        digest = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))["sha256"]
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(base.with_suffix(".npz"), dest)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return digest
 
 
 def share(root: str | None, cases: int) -> int:

@@ -14,6 +14,11 @@ import numpy as np
 
 from medflow.data.geometry import axcodes, crop, foreground_bbox, resample_to_spacing, to_canonical, voxel_spacing
 from medflow.data.intensity import foreground_mask, normalize
+from medflow.data.nifti import CaseError
+
+SPACING_TOLERANCE = 1e-4  # mm
+# The fields of an ingest record that a preprocessed case file carries in its metadata.
+RECORD_FIELDS = ("case_id", "patient_id", "target", "split", "images", "label")
 
 
 @dataclass(frozen=True)
@@ -116,3 +121,18 @@ def preprocess_case(
         "normalization": stats,
     }
     return image, (lab.astype(np.uint8) if lab is not None else None), meta
+
+
+def preprocess_record(images: list[np.ndarray], affine: np.ndarray, label: np.ndarray | None, record: dict,
+                      plan: PreprocessPlan) -> tuple[dict[str, np.ndarray], dict]:
+    """One ingest record's case file contents: (arrays ``image`` [and ``label``], metadata).
+
+    The same for the preprocess stage and for ingest working ahead of it
+    (medflow.data.decoded), so both give the same bytes. Raises a CaseError
+    naming the first image if the result is not RAS at the plan's spacing.
+    """
+    image, lab, meta = preprocess_case(images, affine, label, plan)
+    if meta["axcodes"] != "RAS" or not np.allclose(meta["spacing"], plan.spacing, atol=SPACING_TOLERANCE):
+        raise CaseError(record["images"][0], f"preprocessing produced {meta['axcodes']} at {meta['spacing']} mm")
+    meta.update({k: record[k] for k in RECORD_FIELDS})
+    return ({"image": image} if lab is None else {"image": image, "label": lab}), meta

@@ -48,6 +48,9 @@ class RunContext:
     executor: str = "local"  # per-case maps: "local" (process pool) or "ray" (medflow.core.ray_exec)
     ray_address: str | None = None  # executor ray: the cluster to join (None: RAY_ADDRESS, else a local instance)
     decoded: str | None = None  # this run's decoded volumes (medflow.data.decoded), when ingest feeds preprocess
+    # With ``decoded``: the dataset's channels -> preprocess's job plan, so that ingest preprocesses each case
+    # ahead; None, or a None plan, when the plan waits on ingest's fingerprint
+    ahead: Callable[[list[str]], dict | None] | None = None
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc)

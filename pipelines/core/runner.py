@@ -6,6 +6,7 @@ tracker is passed in, so the engine itself never imports mlflow.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from contextlib import nullcontext
@@ -155,10 +156,14 @@ def run_pipeline(cfg, *, target=None, force=False, strict=False, workers=None, t
         outputs: dict[str, StageOutput] = {}
         planned = plan_stages(cfg, target)
         with decoded_session(ctx, planned) as ctx.decoded:
+            if ctx.decoded is not None:
+                from medflow.stages.preprocess import ahead_plan
+
+                ctx.ahead = functools.partial(ahead_plan, cfg)
             try:
                 results = run_stages(cfg, planned, outputs, tracker, ctx, force=force, target=target)
             finally:
-                ctx.decoded = None  # the folder goes with the session
+                ctx.decoded = ctx.ahead = None  # the folder goes with the session
         log_report(cfg, outputs, tracker, parent_id)
     return results, parent_id
 

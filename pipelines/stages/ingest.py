@@ -23,13 +23,14 @@ from medflow.core.cases import map_cases, quarantine_record, report_quarantine
 from medflow.core.engine import StageDir, StageFailed
 from medflow.core.progress import log
 from medflow.data.atomic import write_atomic
-from medflow.data.decoded import LABEL, image_role, put, share
+from medflow.data.decoded import LABEL, ahead_key, image_role, keep_case, put, share
 from medflow.data.fingerprint import aggregate, case_fingerprint, content_problem, geometry_outliers, label_outside
 from medflow.data.geometry import same_grid
 from medflow.data.intensity import foreground_mask
 from medflow.data.layouts import DatasetError, DatasetListing, list_csv, list_msd
 from medflow.data.images import read_image, read_label
 from medflow.data.nifti import CaseError, Volume
+from medflow.data.preprocess import PreprocessPlan, preprocess_record
 
 
 def list_dataset(cfg) -> DatasetListing:
@@ -129,7 +130,8 @@ def ingest_case(job: dict) -> dict:
         "dtype": str(ref.data.dtype), "fingerprint": fp, "read": job["read"],
         "label_classes": job["class_names"],
     }
-    if job.get("decoded"):  # a valid case: preprocess, later in this run, reads these instead of decoding
+    # A valid case: preprocess, later in this run, takes it preprocessed, else reads these instead of decoding
+    if job.get("decoded") and not _preprocess_ahead(job, record, images, raw_label):
         room = job["share"]
         kept = [(v, image_role(job["read"])) for v in images] + ([(raw_label, LABEL)] if raw_label else [])
         for vol, role in kept:
@@ -141,6 +143,20 @@ def ingest_case(job: dict) -> dict:
     with write_atomic(job["out"]) as tmp:
         tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
     return None
+
+
+def _preprocess_ahead(job: dict, record: dict, images: list[Volume], label: Volume | None) -> bool:
+    """Preprocess the case now, while its volumes are decoded, for the preprocess stage later in this run
+    (medflow.data.decoded); True if its case file is kept. Only when the plan needs no fingerprint."""
+    if job.get("ahead") is None or (key := ahead_key(record, job["ahead"])) is None:
+        return False
+    try:
+        arrays, meta = preprocess_record([v.data for v in images], images[0].affine,
+                                         label.data if label is not None else None, record,
+                                         PreprocessPlan(**job["ahead"]))
+    except Exception:  # the preprocess stage meets it again and quarantines the case itself
+        return False
+    return keep_case(job["decoded"], key, arrays, meta, job["share"])
 
 
 def _cases_table(records: list[dict]) -> str:
@@ -183,8 +199,9 @@ def run(cfg, upstream, out: StageDir, ctx):
             "tolerance": cfg.ingest.affine_tolerance_mm, "out": str(out.case_path(c.case_id, ".json")),
         }))
     room = share(ctx.decoded, len(jobs))
+    ahead = ctx.ahead(listing.channels) if ctx.decoded and ctx.ahead else None
     for _, _, job in jobs:
-        job.update(decoded=ctx.decoded, share=room)
+        job.update(decoded=ctx.decoded, share=room, ahead=ahead)
     jobs, prior, scope = out.shard_jobs(jobs, [c.case_id for c in valid], ctx)
     _, failed = map_cases(jobs, ingest_case, ctx, "ingest", done=len(scope) - len(jobs) - len(prior),
                           total=len(scope))

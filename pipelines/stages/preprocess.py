@@ -17,26 +17,41 @@ import numpy as np
 from medflow.core.cases import map_cases
 from medflow.core.engine import StageDir, StageFailed
 from medflow.data.casefile import file_sha256, read_meta, write_case
-from medflow.data.decoded import LABEL, get, image_role
+from medflow.data.decoded import LABEL, ahead_key, claim_case, get, image_role
 from medflow.data.geometry import axcodes
 from medflow.data.images import read_image, read_label
-from medflow.data.nifti import CaseError
-from medflow.data.preprocess import PreprocessPlan, preprocess_case, scheme_for_channel
-
-SPACING_TOLERANCE = 1e-4  # mm
+from medflow.data.preprocess import PreprocessPlan, preprocess_record, scheme_for_channel
 
 
 def resolve_plan(cfg, ingest) -> PreprocessPlan:
     """The concrete plan: ``auto`` spacing becomes the dataset's median RAS spacing."""
-    pre = cfg.preprocess
     fingerprint = json.loads(ingest.file("fingerprint.json").read_text())
+    return plan_for(cfg, ingest.manifest["dataset"]["channels"], fingerprint["spacing_ras"]["median"])
+
+
+def plan_for(cfg, channels: list[str], median_spacing=None) -> PreprocessPlan | None:
+    """The plan for a dataset of ``channels``; None when it needs the median spacing and that is not given."""
+    pre = cfg.preprocess
     if pre.spacing == "auto":
-        spacing = tuple(round(float(s), 4) for s in fingerprint["spacing_ras"]["median"])
+        if median_spacing is None:
+            return None
+        spacing = tuple(round(float(s), 4) for s in median_spacing)
     else:
         spacing = tuple(float(s) for s in pre.spacing)
-    channels = ingest.manifest["dataset"]["channels"]
     schemes = tuple(scheme_for_channel(c, cfg.dataset.modality, pre.normalization) for c in channels)
     return plan_from_config(pre, spacing, schemes)
+
+
+def job_plan(plan: PreprocessPlan) -> dict:
+    """The plan as a job carries it (``PreprocessPlan(**job_plan(plan)) == plan``)."""
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in plan.to_json().items() if k != "orientation"}
+
+
+def ahead_plan(cfg, channels: list[str]) -> dict | None:
+    """What ingest needs to preprocess each case ahead of this stage in the same run (its job plan), or
+    None when the plan waits on ingest's fingerprint (``spacing: auto``)."""
+    plan = plan_for(cfg, channels)
+    return job_plan(plan) if plan is not None else None
 
 
 def plan_from_config(pre, spacing: tuple[float, float, float], schemes: tuple[str, ...]) -> PreprocessPlan:
@@ -51,18 +66,18 @@ def plan_from_config(pre, spacing: tuple[float, float, float], schemes: tuple[st
 def preprocess_job(job: dict) -> str:
     """Read one case's files, preprocess, write its case file; return its sha256. Runs in a worker process."""
     record, read, kept = job["record"], job["record"].get("read", {}), job.get("decoded")
-    # What ingest decoded earlier in this run, else the files (medflow.data.decoded)
+    # The case as ingest preprocessed it ahead, earlier in this run (medflow.data.decoded)
+    digest = claim_case(kept, ahead_key(record, job["plan"]), job["out"])
+    if digest is not None:
+        return digest
+    # Else what ingest decoded, else the files
     images = [get(kept, p, image_role(read)) or read_image(p, **read) for p in record["images"]]
     label = None
     if record["label"]:
         label = (get(kept, record["label"], LABEL) or read_label(record["label"], images[0],
                                                                 record.get("label_classes"))).data
-    plan = PreprocessPlan(**job["plan"])
-    image, lab, meta = preprocess_case([v.data for v in images], images[0].affine, label, plan)
-    if meta["axcodes"] != "RAS" or not np.allclose(meta["spacing"], plan.spacing, atol=SPACING_TOLERANCE):
-        raise CaseError(record["images"][0], f"preprocessing produced {meta['axcodes']} at {meta['spacing']} mm")
-    meta.update({k: record[k] for k in ("case_id", "patient_id", "target", "split", "images", "label")})
-    arrays = {"image": image} if lab is None else {"image": image, "label": lab}
+    arrays, meta = preprocess_record([v.data for v in images], images[0].affine, label, record,
+                                     PreprocessPlan(**job["plan"]))
     return write_case(job["out"], arrays, meta)
 
 
@@ -76,7 +91,7 @@ def run(cfg, upstream, out: StageDir, ctx):
                                  "task": ingest.manifest["dataset"]["task"],
                                  **({"class_codes": codes} if (codes := ingest.manifest["dataset"].get("codes"))
                                     else {})})
-    plan_args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in plan.to_json().items() if k != "orientation"}
+    plan_args = job_plan(plan)
     ids = sorted(ingest.cases)
     jobs = []
     for case_id in ids:

@@ -99,3 +99,47 @@ def test_a_killed_runs_folder_is_removed_by_the_next_run(tmp_path):
     with decoded.session(parent):
         pass
     assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def _record(path, **extra):
+    return {"case_id": "c0", "patient_id": "p0", "target": None, "split": None, "images": [str(path)],
+            "label": None, "read": {}, "label_classes": None, **extra}
+
+
+def test_a_case_kept_ahead_is_claimed_whole_as_write_case_would_write_it(tmp_path, nifti):
+    from medflow.data.casefile import file_sha256, write_case
+
+    arrays = {"image": np.arange(60, dtype=np.float32).reshape(1, 3, 4, 5), "label": np.ones((3, 4, 5), np.uint8)}
+    meta = {"case_id": "c0", "shape": [3, 4, 5]}
+    plan = {"spacing": (1.0, 1.0, 1.0), "image_order": 1}
+    want = write_case(tmp_path / "want.npz", arrays, meta)
+    with decoded.session(tmp_path / "tmp") as root:
+        key = decoded.ahead_key(_record(nifti), plan)
+        assert key is not None and key == decoded.ahead_key(_record(nifti), dict(plan))
+        assert key != decoded.ahead_key(_record(nifti), {**plan, "image_order": 3})  # another plan
+        assert key != decoded.ahead_key(_record(nifti, split="test"), plan)  # another record
+        assert not decoded.keep_case(root, key, arrays, meta, share=100)  # over its share: not kept
+        assert decoded.claim_case(root, key, tmp_path / "out" / "c0.npz") is None
+        assert decoded.keep_case(root, key, arrays, meta, share=1 << 20)
+        dest = tmp_path / "out" / "c0.npz"
+        assert decoded.claim_case(root, key, dest) == want == file_sha256(dest)
+        assert dest.read_bytes() == (tmp_path / "want.npz").read_bytes()
+        assert (dest.stat().st_mode & 0o777) == (tmp_path / "want.npz").stat().st_mode & 0o777
+        assert decoded.claim_case(root, key, tmp_path / "again.npz") is None  # claimed once
+
+
+def test_no_case_ahead_when_partial_stale_or_not_nifti(tmp_path, nifti):
+    arrays, meta, plan = {"image": np.zeros((1, 2, 2, 2), np.float32)}, {}, {"spacing": (1.0, 1.0, 1.0)}
+    with decoded.session(tmp_path / "tmp") as root:
+        key = decoded.ahead_key(_record(nifti), plan)
+        assert decoded.keep_case(root, key, arrays, meta, share=1 << 20)
+        (tmp_path / "tmp").joinpath(os.path.basename(root), f"{key}.json").unlink()  # the sidecar goes last
+        assert decoded.claim_case(root, key, tmp_path / "a.npz") is None and not (tmp_path / "a.npz").exists()
+        save(nifti, np.zeros((4, 5, 7), np.int16), make_affine(), np.int16)  # rewritten: another key
+        assert decoded.ahead_key(_record(nifti), plan) != key
+        folder = tmp_path / "series"
+        folder.mkdir()
+        assert decoded.ahead_key(_record(folder), plan) is None  # a DICOM series folder
+        assert decoded.ahead_key(_record(tmp_path / "gone.nii.gz"), plan) is None
+    assert not decoded.keep_case(None, key, arrays, meta, share=1 << 20)
+    assert decoded.claim_case(None, key, tmp_path / "b.npz") is None

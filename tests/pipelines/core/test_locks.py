@@ -34,6 +34,9 @@ def test_a_second_holder_waits_and_says_for_whom(tmp_path, capsys):
 
 def test_a_full_disk_stops_the_stage_with_one_line_and_the_next_run_resumes(tmp_path, msd_root, monkeypatch):
     cfg = load_config(write_pipeline(tmp_path / "p.yaml", msd_root, stages="[ingest, preprocess]"))
+    # Ingest first, on its own: in one run with preprocess it would preprocess every case ahead, and
+    # preprocess would only move the case files into its folder (renames, no writes to fail).
+    run_pipeline(cfg, target="ingest")
     monkeypatch.setenv("MEDFLOW_FAULT", "enospc@preprocess:3")
     with pytest.raises(StageFailed) as err:
         run_pipeline(cfg)

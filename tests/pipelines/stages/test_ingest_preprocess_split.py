@@ -13,7 +13,7 @@ import pytest
 from medflow.core.engine import StageFailed
 from medflow.core.loading import load_config
 from medflow.core.runner import run_pipeline, stage_states
-from medflow.data.casefile import read_case
+from medflow.data.casefile import file_sha256, read_case
 from medflow.data.geometry import voxel_to_world
 from tests.helpers import add_msd_case, cube_case, make_affine, make_msd, save, write_pipeline
 
@@ -242,19 +242,42 @@ def test_one_decode_per_file_and_run_with_the_same_case_files(tmp_path, msd_root
         decodes[os.path.basename(os.path.dirname(path)) + "/" + os.path.basename(path)] += 1
         return real(path, **kw)
 
+    import medflow.stages.ingest as ingest_stage
+    import medflow.stages.preprocess as preprocess_stage
+
+    made = collections.Counter()
+    for module in (ingest_stage, preprocess_stage):
+        def making(*args, _real=module.preprocess_record, _by=module.__name__.rsplit(".", 1)[1]):
+            made[_by] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(module, "preprocess_record", making)
     monkeypatch.setattr(images, "read_nifti", counting)  # workers: 1, so every case runs in this process
     cfg = write_pipeline(tmp_path / "p.yaml", msd_root, stages="[ingest, preprocess]")
     fused = _run(cfg)
     assert [r.state for r in fused] == ["ran", "ran"]
     assert len(decodes) == 8 and set(decodes.values()) == {1}  # 4 images and 4 labels, each read once
+    assert made == {"ingest": 4}  # each case preprocessed ahead by ingest, and taken as it was by preprocess
     assert os.listdir(tmp_path / "workspace" / "tmp") == []  # the run's folder went with the run
     fused_cases = json.loads((fused[1].output.path / "manifest.json").read_text())["cases"]
 
     monkeypatch.setenv("MEDFLOW_WORKSPACE", str(tmp_path / "apart"))
     decodes.clear()
     _run(cfg, target="ingest")
+    made.clear()
     apart = _run(cfg)  # preprocess in a run of its own decodes the files itself
-    assert set(decodes.values()) == {2}
+    assert set(decodes.values()) == {2} and made == {"preprocess": 4}
     assert apart[1].key == fused[1].key
     apart_cases = json.loads((apart[1].output.path / "manifest.json").read_text())["cases"]
     assert {c: v["sha256"] for c, v in apart_cases.items()} == {c: v["sha256"] for c, v in fused_cases.items()}
+    for case_id, entry in fused_cases.items():  # the moved file is the one its manifest names, bit for bit
+        assert file_sha256(fused[1].output.path / entry["file"]) == entry["sha256"]
+        assert (fused[1].output.path / entry["file"]).read_bytes() == (apart[1].output.path / entry["file"]).read_bytes()
+
+    # spacing: auto waits on ingest's fingerprint: nothing ahead, the files decoded once all the same
+    monkeypatch.setenv("MEDFLOW_WORKSPACE", str(tmp_path / "auto"))
+    decodes.clear()
+    made.clear()
+    auto = _run(cfg, overrides=["preprocess.spacing=auto"])
+    assert [r.state for r in auto] == ["ran", "ran"] and made == {"preprocess": 4}
+    assert set(decodes.values()) == {1}
