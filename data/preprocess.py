@@ -102,7 +102,8 @@ def preprocess_case(
         res, out_affine = resample_to_spacing(c, crop_affine, plan.spacing, order=plan.image_order)
         out_chans.append(np.ascontiguousarray(res))  # C order: the statistics sum in the same order always
     if lab is not None:
-        lab, lab_affine = resample_to_spacing(lab.astype(np.uint8, order="C"), crop_affine, plan.spacing, order=0)
+        # Nearest neighbour is pure indexing: any memory order gives the same labels, so no C-order copy first
+        lab, lab_affine = resample_to_spacing(lab.astype(np.uint8, copy=False), crop_affine, plan.spacing, order=0)
         assert np.allclose(lab_affine, out_affine)
     stats = []
     for i, scheme in enumerate(plan.normalization):

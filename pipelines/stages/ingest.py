@@ -103,7 +103,7 @@ def _check_label(label: Volume, image: Volume, classes: list[int], tol: float, w
 
 
 def ingest_case(job: dict) -> dict:
-    """Validate and fingerprint one case; write its record. Runs in a worker process."""
+    """Validate and fingerprint one case; write its record and return it. Runs in a worker process."""
     images = [read_image(p, **job["read"]) for p in job["images"]]
     ref = images[0]
     for other in images[1:]:
@@ -140,9 +140,11 @@ def ingest_case(job: dict) -> dict:
     notices = [n for v in images for n in getattr(v, "notices", [])]
     if notices:  # what the DICOM reader set aside: localizers, non-image objects, a resampled tilt
         record["notices"] = notices
+    text = json.dumps(record, sort_keys=True)
     with write_atomic(job["out"]) as tmp:
-        tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
-    return None
+        tmp.write_text(text, encoding="utf-8")
+    # The record as the file gives it back, parsed here in parallel rather than in the parent, one by one
+    return json.loads(text)
 
 
 def _preprocess_ahead(job: dict, record: dict, images: list[Volume], label: Volume | None) -> bool:
@@ -203,14 +205,15 @@ def run(cfg, upstream, out: StageDir, ctx):
     for _, _, job in jobs:
         job.update(decoded=ctx.decoded, share=room, ahead=ahead)
     jobs, prior, scope = out.shard_jobs(jobs, [c.case_id for c in valid], ctx)
-    _, failed = map_cases(jobs, ingest_case, ctx, "ingest", done=len(scope) - len(jobs) - len(prior),
-                          total=len(scope))
+    written, failed = map_cases(jobs, ingest_case, ctx, "ingest", done=len(scope) - len(jobs) - len(prior),
+                                total=len(scope))
     failed = sorted(failed + prior, key=lambda r: r["case_id"])
     if ctx.shard is not None:
         return out.finish_shard(ctx.shard, scope, failed)
     quarantine = sorted(quarantine + failed, key=lambda r: r["case_id"])
     bad = {r["case_id"] for r in failed}
-    records = [json.loads(out.case_path(c.case_id, ".json").read_text()) for c in valid if c.case_id not in bad]
+    records = [written.get(c.case_id) or json.loads(out.case_path(c.case_id, ".json").read_text())
+               for c in valid if c.case_id not in bad]
     if not records:
         raise StageFailed(f"{cfg.dataset.root}: no valid case ({len(quarantine)} quarantined)")
     notices = sorted({n for r in records for n in r.get("notices", [])})

@@ -66,11 +66,7 @@ def plan_from_config(pre, spacing: tuple[float, float, float], schemes: tuple[st
 def preprocess_job(job: dict) -> str:
     """Read one case's files, preprocess, write its case file; return its sha256. Runs in a worker process."""
     record, read, kept = job["record"], job["record"].get("read", {}), job.get("decoded")
-    # The case as ingest preprocessed it ahead, earlier in this run (medflow.data.decoded)
-    digest = claim_case(kept, ahead_key(record, job["plan"]), job["out"])
-    if digest is not None:
-        return digest
-    # Else what ingest decoded, else the files
+    # What ingest decoded earlier in this run (medflow.data.decoded), else the files
     images = [get(kept, p, image_role(read)) or read_image(p, **read) for p in record["images"]]
     label = None
     if record["label"]:
@@ -101,8 +97,13 @@ def run(cfg, upstream, out: StageDir, ctx):
         jobs.append((case_id, record["images"][0], {
             "record": record, "plan": plan_args, "out": str(out.case_path(case_id, ".npz")), "decoded": ctx.decoded}))
     jobs, prior, scope = out.shard_jobs(jobs, ids, ctx)
+    # The cases ingest preprocessed ahead in this run: a rename each, here rather than in a worker pool
+    ahead = {case_id: digest for case_id, _, job in (jobs if ctx.decoded else [])
+             if (digest := claim_case(ctx.decoded, ahead_key(job["record"], plan_args), job["out"]))}
+    jobs = [j for j in jobs if j[0] not in ahead]
     hashes, quarantine = map_cases(jobs, preprocess_job, ctx, "preprocess", done=len(scope) - len(jobs) - len(prior),
                                    total=len(scope))
+    hashes.update(ahead)
     quarantine = sorted(quarantine + prior, key=lambda r: r["case_id"])
     if ctx.shard is not None:
         return out.finish_shard(ctx.shard, scope, quarantine)
