@@ -25,7 +25,11 @@ def paced(job):  # slow each case down so the test can kill the stage half-way
     time.sleep(slow)
     return original(job)
 pp.preprocess_job = paced
-run_pipeline(load_config(sys.argv[1]), target="preprocess", workers=1)
+cfg = load_config(sys.argv[1])
+# Ingest in a run of its own: in one run with preprocess it would preprocess every case ahead, and
+# preprocess would only move those case files into its folder, too fast to kill half-way.
+run_pipeline(cfg, target="ingest", workers=1)
+run_pipeline(cfg, target="preprocess", workers=1)
 """
 
 
