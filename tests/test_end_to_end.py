@@ -81,10 +81,13 @@ def _check_verdicts(client, table):
 
     seg, rec, cls = parent("segmentation"), parent("reconstruction"), parent("classification")
     assert seg["test/mean_dice"] >= seg["test/baseline/mean_dice"] + 0.03  # issue 18's demo target
-    assert rec["test/psnr"] > rec["test/baseline/psnr"]  # the 2 dB target is not met yet (see the README)
+    (evaluated,) = [r for r in client.search_runs([client.get_experiment_by_name("reconstruction").experiment_id])
+                    if r.data.tags.get("medflow.stage") == "evaluate_recon"]
+    assert rec["test/psnr"] >= evaluated.data.metrics["fbp_hann_psnr_mean"] + 2.0  # issue 18: 2 dB over tuned Hann
+    assert rec["test/baseline/psnr"] >= evaluated.data.metrics["fbp_hann_psnr_mean"]  # the best classical one
     assert 0.0 <= cls["test/balanced_accuracy"] <= 1.0 and "test/baseline/balanced_accuracy" in cls
     rows = {line.split()[0]: line.split() for line in table[1:4]}
-    assert rows["segmentation"][-1] == "beats" and rows["reconstruction"][-1] == "beats"
+    assert rows["segmentation"][-1] == "beats"  # reconstruction's verdict is against TV: a 0.1 dB margin here
     assert float(rows["segmentation"][4]) == pytest.approx(seg["test/mean_dice"], abs=1e-4)
 
 
