@@ -187,17 +187,23 @@ def _alive(pid: int) -> bool:
 def session(parent: str | os.PathLike):
     """A fresh private folder under ``parent`` for one run's entries, removed at the end (yields its path).
 
-    Folders of runs on this host whose process is gone (killed) are removed first.
+    Folders of runs on this host whose process is gone (killed) are removed first. Where the folder
+    cannot be made (a read-only or full workspace) it yields None: each stage then decodes for itself,
+    and a stage that must write meets the problem itself, with its one-line error.
     """
     parent = Path(parent)
     host = socket.gethostname().replace("-", "_")
-    parent.mkdir(parents=True, exist_ok=True)
-    for old in parent.glob(f"{_PREFIX}{host}-*"):
-        with contextlib.suppress(ValueError, IndexError):
-            if not _alive(int(old.name.split("-")[2])):
-                shutil.rmtree(old, ignore_errors=True)
-    root = parent / f"{_PREFIX}{host}-{os.getpid()}-{time.time_ns()}"
-    root.mkdir(mode=0o700)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.glob(f"{_PREFIX}{host}-*"):
+            with contextlib.suppress(ValueError, IndexError):
+                if not _alive(int(old.name.split("-")[2])):
+                    shutil.rmtree(old, ignore_errors=True)
+        root = parent / f"{_PREFIX}{host}-{os.getpid()}-{time.time_ns()}"
+        root.mkdir(mode=0o700)
+    except OSError:
+        yield None
+        return
     try:
         yield str(root)
     finally:

@@ -143,3 +143,10 @@ def test_no_case_ahead_when_partial_stale_or_not_nifti(tmp_path, nifti):
         assert decoded.ahead_key(_record(tmp_path / "gone.nii.gz"), plan) is None
     assert not decoded.keep_case(None, key, arrays, meta, share=1 << 20)
     assert decoded.claim_case(None, key, tmp_path / "b.npz") is None
+
+
+def test_no_session_folder_on_a_read_only_workspace_means_no_hand_off(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the workspace's tmp folder would go")
+    with decoded.session(blocked / "tmp") as root:  # mkdir fails (ENOTDIR), as on EROFS
+        assert root is None
