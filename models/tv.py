@@ -22,6 +22,31 @@ GRAD_SCALE = 1.0 / np.sqrt(8.0)  # K = [B; c grad] with ||c grad|| <= 1 too: bal
 STEP = 0.99 / np.sqrt(2.0)  # tau = sigma, tau * sigma * ||K||^2 < 1 with ||K||^2 <= 2
 WEIGHTS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the first, coarse grid (x sqrt(10) apart), then refined
 CHECKPOINTS = (100, 250, 500, 1000)  # iteration counts scored while tuning (ellipses: still rising at 800)
+# A ray transform with at most this many entries is applied as a dense matrix: one BLAS product each way beats
+# the projector layer's gathers there (64², 30 angles, 64 images: A 7.3 against 11.5 ms, Aᵀ 8.1 against 8.8).
+# 16M entries are 64 MB per direction; a 128² geometry (90M entries) keeps the gathers.
+DENSE_MAX_ENTRIES = 1 << 24
+
+
+def dense_pair(matrix, scale: float, image: tuple[int, int], sinogram: tuple[int, int]):
+    """(forward, adjoint) of ``scale * matrix`` as dense products: (N, S, S, 1) <-> (N, D, A, 1).
+
+    ``matrix`` is data/ct/projector's (D * A, S * S) ray transform (rows d * A + a, columns in the
+    image's row-major order), so the reshapes are the projector layer's layout.
+    """
+    import tensorflow as tf
+
+    dense = matrix.toarray() * scale
+    forward_t = tf.constant(np.ascontiguousarray(dense.T, dtype=np.float32))  # (S*S, D*A): no transpose per call
+    adjoint_t = tf.constant(dense.astype(np.float32))  # (D*A, S*S)
+
+    def forward(x):
+        return tf.reshape(tf.matmul(tf.reshape(x, (-1, image[0] * image[1])), forward_t), (-1, *sinogram, 1))
+
+    def adjoint(y):
+        return tf.reshape(tf.matmul(tf.reshape(y, (-1, sinogram[0] * sinogram[1])), adjoint_t), (-1, *image, 1))
+
+    return forward, adjoint
 
 
 def checkpoints_up_to(most: int) -> tuple[int, ...]:
@@ -64,10 +89,14 @@ class TVSolver:
         from medflow.models.projector import ParallelBeamProjector
 
         size, angles, detectors = geometry["image_size"], list(geometry["angles_deg"]), geometry["detectors"]
-        self.opnorm = operator_norm(ray_transform(size, tuple(float(a) for a in angles), detectors))
+        matrix = ray_transform(size, tuple(float(a) for a in angles), detectors)
+        self.opnorm = operator_norm(matrix)
         scale = 1.0 / self.opnorm
-        self.forward = ParallelBeamProjector(size, angles, detectors, scale=scale)
-        self.adjoint = ParallelBeamProjector(size, angles, detectors, adjoint=True, scale=scale)
+        if matrix.shape[0] * matrix.shape[1] <= DENSE_MAX_ENTRIES:
+            self.forward, self.adjoint = dense_pair(matrix, scale, (size, size), (detectors, len(angles)))
+        else:
+            self.forward = ParallelBeamProjector(size, angles, detectors, scale=scale)
+            self.adjoint = ParallelBeamProjector(size, angles, detectors, adjoint=True, scale=scale)
         self.size = size
         self._step = None
 

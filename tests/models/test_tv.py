@@ -77,3 +77,33 @@ def test_one_batch_of_several_weights_equals_one_run_per_weight(samples):
         alone = solver.iterate(solver.start(sino, weight), 30)["x"].numpy()
         np.testing.assert_allclose(batched[2 * j:2 * j + 2], alone, atol=1e-5)
     assert np.abs(batched[:2] - batched[2:]).max() > 1e-3  # the two weights do differ
+
+
+@pytest.mark.parametrize("detectors", [None, 31])  # scikit-image's grid, and a rebinned detector count
+def test_dense_operator_equals_the_projector_layer_and_gives_the_same_tv(samples, monkeypatch, detectors):
+    import medflow.models.tv as tv
+    from medflow.data.ct.projector import n_detectors, ray_transform
+    from medflow.models.projector import ParallelBeamProjector
+
+    geometry = SPEC.geometry()
+    angles = [float(a) for a in geometry["angles_deg"]]
+    count = detectors or n_detectors(SPEC.size)
+    matrix = ray_transform(SPEC.size, tuple(angles), count)
+    forward, adjoint = tv.dense_pair(matrix, 0.5, (SPEC.size, SPEC.size), (count, len(angles)))
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.random((3, SPEC.size, SPEC.size, 1)), tf.float32)
+    y = tf.constant(rng.random((3, count, len(angles), 1)), tf.float32)
+    layer_x = ParallelBeamProjector(SPEC.size, angles, count, scale=0.5)(x)
+    layer_y = ParallelBeamProjector(SPEC.size, angles, count, adjoint=True, scale=0.5)(y)
+    np.testing.assert_allclose(forward(x).numpy(), layer_x.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(adjoint(y).numpy(), layer_y.numpy(), rtol=1e-5, atol=1e-5)
+
+    sino, fbp = np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples])
+    if detectors is None:  # the solver picks dense for this small geometry, the layers when dense is too big
+        solver = TVSolver(geometry)
+        assert not isinstance(solver.forward, ParallelBeamProjector)
+        dense = solver.reconstruct(sino, 1e-3, 200, init=fbp)
+        monkeypatch.setattr(tv, "DENSE_MAX_ENTRIES", 0)
+        gathered = TVSolver(geometry)
+        assert isinstance(gathered.forward, ParallelBeamProjector)
+        np.testing.assert_allclose(dense, gathered.reconstruct(sino, 1e-3, 200, init=fbp), atol=1e-4)
