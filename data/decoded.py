@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medflow.data.atomic import publish
 from medflow.data.casefile import file_sha256, write_npz
 from medflow.data.nifti import Volume, is_nifti_name
 
@@ -137,9 +138,8 @@ def keep_case(root: str | None, key: str | None, arrays: dict[str, np.ndarray], 
     tmp = base.with_name(f"{key}.{os.getpid()}.tmp")
     try:
         write_npz(tmp, arrays, meta)
-        os.chmod(tmp, 0o644)  # as a published case file: the stage moves it into its folder as it is
         digest = file_sha256(tmp)
-        os.replace(tmp, base.with_suffix(".npz"))
+        publish(tmp, base.with_suffix(".npz"))  # the mode write_case gives: the stage moves the file as it is
         tmp.write_text(json.dumps({"sha256": digest}), encoding="utf-8")
         os.replace(tmp, base.with_suffix(".json"))  # last: its presence says the case file is whole
         return True
