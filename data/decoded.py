@@ -45,6 +45,7 @@ import numpy as np
 from medflow.data.atomic import publish
 from medflow.data.casefile import file_sha256, write_npz
 from medflow.data.nifti import Volume, is_nifti_name
+from medflow.data.preprocess import RECORD_FIELDS
 
 _PREFIX = "decoded-"
 LABEL = "label"  # a NIfTI label reads the same whatever the image (read_label)
@@ -120,8 +121,8 @@ def ahead_key(record: dict, plan: dict) -> str | None:
             return None
         st = os.stat(path)
         stats.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
-    fields = {k: record.get(k) for k in ("case_id", "patient_id", "target", "split", "images", "label", "read",
-                                         "label_classes")}
+    # What preprocess_record copies into the case file, and what reading the sources takes
+    fields = {k: record.get(k) for k in (*RECORD_FIELDS, "read", "label_classes")}
     key = json.dumps([fields, plan, stats], sort_keys=True, default=list)
     return "case-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 

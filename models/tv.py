@@ -28,13 +28,16 @@ CHECKPOINTS = (100, 250, 500, 1000)  # iteration counts scored while tuning (ell
 DENSE_MAX_ENTRIES = 1 << 24
 
 
-def dense_pair(matrix, scale: float, image: tuple[int, int], sinogram: tuple[int, int]):
+def dense_pair(matrix, scale: float, angles: int):
     """(forward, adjoint) of ``scale * matrix`` as dense products: (N, S, S, 1) <-> (N, D, A, 1).
 
     ``matrix`` is data/ct/projector's (D * A, S * S) ray transform (rows d * A + a, columns in the
-    image's row-major order), so the reshapes are the projector layer's layout.
+    image's row-major order) for ``angles`` = A, so the reshapes are the projector layer's layout.
     """
     import tensorflow as tf
+
+    side = int(round(np.sqrt(matrix.shape[1])))
+    image, sinogram = (side, side), (matrix.shape[0] // angles, angles)
 
     dense = matrix.toarray() * scale
     forward_t = tf.constant(np.ascontiguousarray(dense.T, dtype=np.float32))  # (S*S, D*A): no transpose per call
@@ -93,7 +96,7 @@ class TVSolver:
         self.opnorm = operator_norm(matrix)
         scale = 1.0 / self.opnorm
         if matrix.shape[0] * matrix.shape[1] <= DENSE_MAX_ENTRIES:
-            self.forward, self.adjoint = dense_pair(matrix, scale, (size, size), (detectors, len(angles)))
+            self.forward, self.adjoint = dense_pair(matrix, scale, len(angles))
         else:
             self.forward = ParallelBeamProjector(size, angles, detectors, scale=scale)
             self.adjoint = ParallelBeamProjector(size, angles, detectors, adjoint=True, scale=scale)

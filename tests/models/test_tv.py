@@ -89,7 +89,7 @@ def test_dense_operator_equals_the_projector_layer_and_gives_the_same_tv(samples
     angles = [float(a) for a in geometry["angles_deg"]]
     count = detectors or n_detectors(SPEC.size)
     matrix = ray_transform(SPEC.size, tuple(angles), count)
-    forward, adjoint = tv.dense_pair(matrix, 0.5, (SPEC.size, SPEC.size), (count, len(angles)))
+    forward, adjoint = tv.dense_pair(matrix, 0.5, len(angles))
     rng = np.random.default_rng(1)
     x = tf.constant(rng.random((3, SPEC.size, SPEC.size, 1)), tf.float32)
     y = tf.constant(rng.random((3, count, len(angles), 1)), tf.float32)
