@@ -137,11 +137,12 @@ class SampleSource:
         patch, lab = cut_sample(np.asarray(image), None if label is None else np.asarray(label), centre,
                                 self.sampler)
         applied = []
+        target = self.store.targets.get(case_id)
         if augment:
-            patch, lab, applied = self.chain(patch, lab, seed)
+            patch, lab, applied = self.chain(patch, lab, seed, target)
         return Sample(np.ascontiguousarray(np.moveaxis(patch, 0, -1), dtype=np.float32),
                       None if lab is None else np.ascontiguousarray(lab, dtype=np.uint8),
-                      self.store.targets.get(case_id), seed, centre, applied)
+                      target, seed, centre, applied)
 
 
 @dataclass

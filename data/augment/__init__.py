@@ -3,7 +3,7 @@
 Importing this package registers every transform in :data:`REGISTRY`.
 """
 
-from medflow.data.augment import albu, artifacts, intensity, spatial  # noqa: F401  (registration)
+from medflow.data.augment import albu, artifacts, intensity, lesion, spatial  # noqa: F401  (registration)
 from medflow.data.augment.base import REGISTRY, Chain, Transform, build_transform, sample_seed
 
 __all__ = ["REGISTRY", "Chain", "Transform", "build_transform", "sample_seed"]

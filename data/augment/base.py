@@ -48,8 +48,9 @@ class Transform:
     """Base class. Subclasses set ``name``, ``kind``, ``dims``, ``Params`` and implement the two halves."""
 
     name: ClassVar[str]
-    kind: ClassVar[str]  # 'spatial' moves label and image together; 'intensity' leaves the label alone
+    kind: ClassVar[str]  # 'spatial' moves label and image together; 'intensity' leaves the label alone; 'lesion' adds to both
     dims: ClassVar[tuple[int, ...]] = (2, 3)
+    uses_target: ClassVar[bool] = False  # randomize also takes the sample's class index (``target``)
     Params: ClassVar[type[Params]] = Params
 
     def __init__(self, p: float = 1.0, **params: Any):
@@ -66,10 +67,17 @@ class Transform:
         """Apply the drawn parameters; returns (image, label). Must not touch any RNG."""
         raise NotImplementedError
 
+    def bind_classes(self, names: list[str] | None) -> None:
+        """Resolve class names in the parameters against the dataset's classes (index order)."""
+
+    def draw(self, rng: np.random.Generator, shape: tuple[int, ...], target: int | None = None) -> dict:
+        """:meth:`randomize`, given the sample's class where the transform uses it."""
+        return self.randomize(rng, shape, target) if self.uses_target else self.randomize(rng, shape)
+
     def __call__(self, data: dict, rng: np.random.Generator) -> dict:
-        """Dict wrapper over {'image', 'label', ...}: draw, then apply."""
+        """Dict wrapper over {'image', 'label', 'target', ...}: draw, then apply."""
         out = dict(data)
-        draw = self.randomize(rng, data["image"].shape)
+        draw = self.draw(rng, data["image"].shape, data.get("target"))
         out["image"], out["label"] = self.apply(data["image"], data.get("label"), draw)
         return out
 
@@ -77,8 +85,9 @@ class Transform:
         return f"{self.name}(p={self.p}, {self.params.model_dump()})"
 
 
-def build_transform(spec: dict, ndim: int) -> Transform:
-    """Instantiate ``{'name': ..., 'p': ..., **params}`` for ``ndim``-D samples.
+def build_transform(spec: dict, ndim: int, classes: list[str] | None = None) -> Transform:
+    """Instantiate ``{'name': ..., 'p': ..., **params}`` for ``ndim``-D samples of a dataset whose
+    class names are ``classes`` ([]: a dataset without classes; None: not known yet).
 
     Raises:
         ValueError: unknown name, wrong dimensionality or invalid parameters (one line).
@@ -91,7 +100,7 @@ def build_transform(spec: dict, ndim: int) -> Transform:
     if ndim not in cls.dims:
         raise ValueError(f"transform {name!r} works on {' or '.join(f'{d}D' for d in cls.dims)} samples, not {ndim}D")
     try:
-        return cls(**spec)
+        transform = cls(**spec)
     except ValidationError as err:
         def one(e) -> str:
             where = ".".join(map(str, e["loc"]))
@@ -100,6 +109,8 @@ def build_transform(spec: dict, ndim: int) -> Transform:
 
         problems = "; ".join(one(e) for e in err.errors())
         raise ValueError(f"{name}: {problems}") from None
+    transform.bind_classes(classes)
+    return transform
 
 
 def sample_seed(run_seed: int, epoch: int, case_id: str, index: int) -> int:
@@ -115,17 +126,20 @@ class Chain:
         self.transforms = list(transforms)
 
     @classmethod
-    def from_config(cls, specs: list[dict], ndim: int) -> "Chain":
-        return cls([build_transform(s, ndim) for s in specs])
+    def from_config(cls, specs: list[dict], ndim: int, classes: list[str] | None = None) -> "Chain":
+        return cls([build_transform(s, ndim, classes) for s in specs])
 
-    def __call__(self, image: np.ndarray, label: np.ndarray | None, seed: int):
-        """Augment one sample. Returns (image, label, applied) where ``applied`` lists (name, draw)."""
+    def __call__(self, image: np.ndarray, label: np.ndarray | None, seed: int, target: int | None = None):
+        """Augment one sample of class index ``target`` (None: no class).
+
+        Returns (image, label, applied) where ``applied`` lists (name, draw).
+        """
         applied = []
         for i, t in enumerate(self.transforms):
             rng = np.random.default_rng([seed, 1 + i])  # stream 0 belongs to the sampler
             if rng.random() >= t.p:
                 continue
-            draw = t.randomize(rng, image.shape)
+            draw = t.draw(rng, image.shape, target)
             image, label = t.apply(image, label, draw)
             applied.append((t.name, draw))
         return np.ascontiguousarray(image, dtype=np.float32), label, applied

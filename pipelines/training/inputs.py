@@ -37,11 +37,13 @@ def build_source(cfg, preprocess: StageOutput, case_ids: list[str] | None = None
         raise StageFailed(f"{preprocess.path}: no preprocessed case {missing[0]!r}")
     classes = [plan["classes"][k] for k in sorted(plan["classes"], key=int)]
     targets = {}
-    if task_for(plan["task"], str(preprocess.path)).class_targets:
+    class_targets = task_for(plan["task"], str(preprocess.path)).class_targets
+    if class_targets:
         targets = {c: classes.index(preprocess.cases[c]["target"]) for c in ids}
     store = CaseStore({c: preprocess.file(preprocess.cases[c]["file"]) for c in ids}, targets,
                       cache=cache or cfg.loader.cache, cache_dir=cache_dir or preprocess.path / "cache",
                       memory_gb=cfg.loader.cache_memory_gb)
-    chain = Chain.from_config(cfg.augment.transforms, 2 if cfg.loader.mode == "2d" else 3)
+    chain = Chain.from_config(cfg.augment.transforms, 2 if cfg.loader.mode == "2d" else 3,
+                              classes if class_targets else [])
     return SampleSource(store, sampler_config(cfg), chain, run_seed=cfg.augment.seed,
                         samples_per_case=cfg.loader.samples_per_case)

@@ -18,7 +18,7 @@ ZERO = {
     # albumentations' GridDistortion still resamples at distort_limit=0, so only p=0 is the identity
     "grid_distortion": None, "brightness_contrast": {"brightness_limit": 0, "contrast_limit": 0},
     "gauss_noise": {"std_range": (0, 0)}, "hflip": None, "vflip": None, "coarse_dropout": None,
-    "coarse_dropout3d": None,
+    "coarse_dropout3d": None, "lesion_synth": {"contrast": (0, 0)},
 }
 # Clearly visible strengths for the "does something" checks.
 STRONG = {
@@ -26,6 +26,7 @@ STRONG = {
     "rician_noise": {"sigma": (0.05, 0.1)}, "ct_lowdose_noise": {"dose": (0.1, 0.2), "base_sigma": 0.05},
     "affine2d": {"rotate": (10, 20)}, "gauss_noise": {"std_range": (0.1, 0.2)},
     "coarse_dropout": {"num_holes_range": (2, 3)}, "coarse_dropout3d": {"num_holes_range": (2, 3)},
+    "lesion_synth": {"contrast": (0.5, 0.8)},
 }
 CASES = [(name, nd) for name, cls in sorted(REGISTRY.items()) for nd in cls.dims]
 
@@ -106,6 +107,8 @@ def test_chain_streams_are_independent():
     ({"name": "elastic2d"}, 3, "works on 2D samples, not 3D"),
     ({"name": "affine2d", "rotate": "lots"}, 2, "affine2d: rotate: Input should be a valid"),
     ({"name": "flip", "p": 1.5}, 2, "probability must be in [0, 1]"),
+    ({"name": "lesion_synth", "classes": {"b": (0.5, 0.2)}}, 3, "lesion_synth: classes.b: range needs lo <= hi"),
+    ({"name": "lesion_synth", "semi_axes": (0, 2)}, 3, "semi_axes: voxels > 0"),
 ])
 def test_bad_specs(spec, nd, message):
     with pytest.raises(ValueError) as info:

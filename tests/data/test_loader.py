@@ -191,3 +191,19 @@ def test_paste_sample_inverts_a_cut():
         inside = ~np.isnan(back)
         np.testing.assert_array_equal(back[inside], vol[inside])  # every voxel that was cut goes home
         assert inside.sum() == np.prod([min(p, s) for p, s in zip(patch, vol.shape)])
+
+
+def test_the_chain_sees_each_sample_class(case_files):
+    """A transform that uses the class (lesion_synth) gets the case's class index from the store: only the
+    lesion class's samples gain a marked lesion, and the replay is the same sample."""
+    store = CaseStore(case_files, {"c0": 0, "c1": 1, "c2": 0})
+    spec = {"name": "lesion_synth", "p": 1.0, "semi_axes": (2.0, 3.0), "label_value": 3,
+            "classes": {"lesion": (0.5, 0.5)}}
+    src = SampleSource(store, sampler("3d", (40, 36, 30), crop="center"),
+                       Chain.from_config([spec], 3, ["normal", "lesion"]), run_seed=1)
+    for cid in case_files:
+        s = src.sample(cid, 0, 0)
+        assert s.target == store.targets[cid]
+        assert (s.label == 3).any() == (cid == "c1")
+        assert [name for name, _ in s.applied] == ["lesion_synth"]
+        np.testing.assert_array_equal(src.sample(cid, 0, 0).image, s.image)

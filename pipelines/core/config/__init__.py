@@ -87,7 +87,7 @@ class PipelineConfig(_Strict):
         ndim = 2 if self.loader.mode == "2d" else 3
         for i, spec in enumerate(self.augment.transforms):
             try:
-                build_transform(spec, ndim)
+                build_transform(spec, ndim, self.dataset.classes if self.dataset is not None else None)
             except ValueError as err:
                 raise ValueError(f"augment.transforms.{i}: {err}") from None
         return self
