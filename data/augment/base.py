@@ -48,7 +48,8 @@ class Transform:
     """Base class. Subclasses set ``name``, ``kind``, ``dims``, ``Params`` and implement the two halves."""
 
     name: ClassVar[str]
-    kind: ClassVar[str]  # 'spatial' moves label and image together; 'intensity' leaves the label alone; 'lesion' adds to both
+    # 'spatial' moves label and image together; 'intensity' leaves the label alone; 'lesion' adds to both
+    kind: ClassVar[str]
     dims: ClassVar[tuple[int, ...]] = (2, 3)
     uses_target: ClassVar[bool] = False  # randomize also takes the sample's class index (``target``)
     Params: ClassVar[type[Params]] = Params
