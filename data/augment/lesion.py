@@ -21,29 +21,16 @@ from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
-from scipy.special import erfc
-
 from medflow.data.augment.base import Params, Transform, register
+from medflow.data.sample.synth import soft_ellipsoid
 
 
 def lesion_profile(shape: tuple[int, ...], centre, semi_axes, rotation, edge: float) -> np.ndarray:
-    """A soft ellipsoid (*S) float32 in [0, 1]: 1 deep inside, 0.5 on the surface.
-
-    Args:
-        shape: the spatial shape S (2 or 3 axes).
-        centre: (n,) voxel coordinates of the centre.
-        semi_axes: (n,) semi-axes in voxels.
-        rotation: (n, n) orthonormal matrix: the ellipsoid's axes in voxel space.
-        edge: Gaussian edge width (sd) in voxels.
-    """
+    """The sample generator's soft ellipsoid (*S) on a voxel grid of ``shape``, centred at voxel ``centre``,
+    with ``semi_axes`` and ``edge`` in voxels (see :func:`medflow.data.sample.synth.soft_ellipsoid`)."""
     n = len(shape)
-    axes = np.asarray(semi_axes, dtype=np.float32).reshape((n,) + (1,) * n)
-    grid = np.indices(shape, dtype=np.float32) - np.asarray(centre, dtype=np.float32).reshape((n,) + (1,) * n)
-    local = np.einsum("ji,j...->i...", np.asarray(rotation, dtype=np.float32), grid)  # R^T (x - c)
-    r = np.sqrt(np.sum((local / axes) ** 2, axis=0)) + 1e-6
-    grad = np.sqrt(np.sum((local / axes**2) ** 2, axis=0)) / r + 1e-6
-    dist = (r - 1.0) / grad  # first-order distance to the surface, in voxels
-    return (0.5 * erfc(dist / (np.sqrt(2.0) * max(edge, 1e-3)))).astype(np.float32)
+    offsets = np.indices(shape, dtype=np.float32) - np.asarray(centre, dtype=np.float32).reshape((n,) + (1,) * n)
+    return soft_ellipsoid(offsets, semi_axes, rotation, edge)
 
 
 @register
@@ -63,7 +50,7 @@ class LesionSynth(Transform):
         classes: dict[str, tuple[float, float]] | None = Field(
             default=None, description="class -> contrast range; other classes get no lesion")
         semi_axes: tuple[float, float] = Field(default=(1.5, 3.5), description="voxels, each axis drawn")
-        edge: float = Field(default=0.5, ge=0, description="edge sd, voxels")
+        edge: float = Field(default=0.5, gt=0, description="edge sd, voxels")
         floor: float = Field(default=0.25, ge=0, lt=1, description="centres above this fraction of the range")
         label_value: int = Field(default=1, ge=1, le=254)
 

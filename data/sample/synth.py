@@ -182,10 +182,23 @@ def _lesion_profile(lesion: dict, world: np.ndarray, label: np.ndarray) -> np.nd
         raise ValueError("no GM/WM voxel to centre a lesion on")
     flat = candidates[min(int(lesion["centre_draw"] * candidates.size), candidates.size - 1)]
     centre = world.reshape(3, -1)[:, flat]
-    axes = np.asarray(lesion["semi_axes_mm"], dtype=np.float32)
-    rot = Rotation.from_quat(lesion["rotation_quat"]).as_matrix().astype(np.float32)
-    local = np.einsum("ji,j...->i...", rot, world - centre[:, None, None, None])  # R^T (x - c)
-    r = np.sqrt(np.sum((local / axes[:, None, None, None]) ** 2, axis=0)) + 1e-6
-    grad = np.sqrt(np.sum((local / axes[:, None, None, None] ** 2) ** 2, axis=0)) / r + 1e-6
-    dist = (r - 1.0) / grad  # first-order distance to the surface, in mm
-    return (0.5 * erfc(dist / (np.sqrt(2.0) * lesion["edge_sigma_mm"]))).astype(np.float32)
+    rot = Rotation.from_quat(lesion["rotation_quat"]).as_matrix()
+    return soft_ellipsoid(world - centre[:, None, None, None], lesion["semi_axes_mm"], rot, lesion["edge_sigma_mm"])
+
+
+def soft_ellipsoid(offsets: np.ndarray, semi_axes, rotation, edge: float) -> np.ndarray:
+    """A soft-edged ellipsoid (*S) float32 in [0, 1]: 1 deep inside, 0.5 on the surface.
+
+    Args:
+        offsets: (n, *S) float32 vectors from the centre to each point (mm or voxels).
+        semi_axes: (n,) semi-axes, in the offsets' unit.
+        rotation: (n, n) orthonormal matrix whose columns are the ellipsoid's axes.
+        edge: Gaussian edge width (sd) > 0, in the offsets' unit.
+    """
+    n = offsets.shape[0]
+    axes = np.asarray(semi_axes, dtype=np.float32).reshape((n,) + (1,) * (offsets.ndim - 1))
+    local = np.einsum("ji,j...->i...", np.asarray(rotation, dtype=np.float32), offsets)  # R^T (x - c)
+    r = np.sqrt(np.sum((local / axes) ** 2, axis=0)) + 1e-6
+    grad = np.sqrt(np.sum((local / axes**2) ** 2, axis=0)) / r + 1e-6
+    dist = (r - 1.0) / grad  # first-order distance to the surface
+    return (0.5 * erfc(dist / (np.sqrt(2.0) * edge))).astype(np.float32)
