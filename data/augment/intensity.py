@@ -17,7 +17,7 @@ from scipy import ndimage
 from medflow.data.augment.base import Params, Transform, register
 
 
-def _per_channel(image, fn):
+def per_channel(image, fn):
     return np.stack([fn(c, float(c.min())) for c in image]).astype(np.float32)
 
 
@@ -50,7 +50,7 @@ class Gamma(Transform):
             span = max(float(c.max()) - lo, 1e-8)
             return np.power((c - lo) / span, g) * span + lo
 
-        return _per_channel(image, one), label
+        return per_channel(image, one), label
 
 
 @register
@@ -71,7 +71,7 @@ class BiasField(Transform):
         if self.params.strength == 0:
             return image, label
         bias = 1.0 + self.params.strength * smooth_field(np.asarray(draw["noise"]), image.shape[1:])
-        return _per_channel(image, lambda c, lo: (c - lo) * bias + lo), label
+        return per_channel(image, lambda c, lo: (c - lo) * bias + lo), label
 
 
 @register
@@ -97,7 +97,7 @@ class RicianNoise(Transform):
             n = rng.standard_normal((2, *c.shape), dtype=np.float32) * sigma
             return np.sqrt((c - lo + n[0]) ** 2 + n[1] ** 2) + lo
 
-        return _per_channel(image, one), label
+        return per_channel(image, one), label
 
 
 @register

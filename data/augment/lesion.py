@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 from medflow.data.augment.base import Params, Transform, register
+from medflow.data.augment.intensity import per_channel
 from medflow.data.sample.synth import soft_ellipsoid
 
 
@@ -65,7 +66,7 @@ class LesionSynth(Transform):
 
     def __init__(self, p: float = 1.0, **params):
         super().__init__(p, **params)
-        self.class_names: list[str] | None = None
+        self.ranges: list[tuple[float, float] | None] | None = None  # per class index, once bound
 
     def bind_classes(self, names: list[str] | None) -> None:
         """Resolve ``classes`` against the dataset's class names (index order; None: not known yet,
@@ -78,14 +79,14 @@ class LesionSynth(Transform):
         unknown = sorted(set(wanted) - set(names))
         if unknown:
             raise ValueError(f"lesion_synth: classes {unknown} are not in dataset.classes {list(names)}")
-        self.class_names = list(names)
+        self.ranges = [wanted.get(name) for name in names]
 
     def contrast_range(self, target: int | None) -> tuple[float, float] | None:
         if self.params.classes is None:
             return self.params.contrast
-        if target is None or self.class_names is None:
+        if target is None or self.ranges is None:
             return None
-        return self.params.classes.get(self.class_names[int(target)])
+        return self.ranges[int(target)]
 
     def randomize(self, rng, shape, target: int | None = None):
         span = self.contrast_range(target)
@@ -112,8 +113,7 @@ class LesionSynth(Transform):
         centre = np.unravel_index(flat, first.shape)
         soft = lesion_profile(first.shape, centre, draw["semi_axes"], draw["rotation"], self.params.edge)
         gain = 1.0 + c * soft
-        lows = image.reshape(image.shape[0], -1).min(axis=1).reshape((-1,) + (1,) * soft.ndim)
-        out = ((image - lows) * gain + lows).astype(np.float32)
+        out = per_channel(image, lambda ch, lo: (ch - lo) * gain + lo)  # as bias_field multiplies
         lab = np.array(label, copy=True)
         lab[(soft > 0.5) & tissue] = self.params.label_value  # air under the ellipsoid did not change: unmarked
         return out, lab
