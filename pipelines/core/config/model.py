@@ -140,9 +140,17 @@ class EvaluateConfig(_Strict):
     baseline: Literal["none", "multi_otsu", "normative"] = Field(
         default="none",
         description="scored beside the network: multi_otsu (segmentation) or normative (classification: "
-        "z-map against the normal training subjects, top-k z, logistic regression)",
+        "registered z-map against the normal training subjects, top-k z, logistic regression)",
     )
-    normative_sigma_mm: float = Field(default=4.0, gt=0, description="normative: z-map smoothing (lesion scale)")
+    normative_register: bool = Field(
+        default=True, description="normative: align every subject onto a normal training subject first (affine, "
+        "mutual information); without it, head position and size swamp a lesion"
+    )
+    normative_highpass_mm: float | None = Field(
+        default=15.0, gt=0, description="normative: the smooth part of the deviation taken out (bias field, gamma); "
+        "null: none"
+    )
+    normative_sigma_mm: float = Field(default=3.0, gt=0, description="normative: z-map smoothing (lesion scale)")
     normative_top_k: int = Field(default=10, ge=1, description="normative: voxels averaged at each z tail")
     baseline_labels: list[int] = Field(
         default_factory=list, description="multi_otsu: label of each intensity class, darkest first"

@@ -118,7 +118,7 @@ def _cases_figure(views, ids, y, probs, classes, split: str, limit: int = 36):
                             + (f" (first {limit} of {len(ids)} shown)" if len(ids) > limit else ""))
 
 
-def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, artifacts) -> dict:
+def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, artifacts, workers: int) -> dict:
     """Fit the normative baseline on the fold's training cases (their crops as the network sees them) and
     score it on each split like the network; returns {split: report}."""
     from medflow.models.normative import fit_normative
@@ -130,16 +130,19 @@ def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, 
     train = sorted(info["train_cases"])
     volumes = [task.crops(plan, read_case(json.loads(ingest.file(ingest.cases[c]["file"]).read_text())))[0][..., 0]
                for c in train]
-    sigma = [ev.normative_sigma_mm / s for s in plan.preprocess.spacing]
+    spacing = [float(s) for s in plan.preprocess.spacing]
+    highpass = None if ev.normative_highpass_mm is None else [ev.normative_highpass_mm / s for s in spacing]
     try:
-        model = fit_normative(np.stack(volumes), [classes.index(pre.cases[c]["target"]) for c in train],
-                              len(classes), classes.index(normal), sigma_vox=sigma, k=ev.normative_top_k)
+        model = fit_normative(volumes, [classes.index(pre.cases[c]["target"]) for c in train], len(classes),
+                              classes.index(normal), sigma_vox=[ev.normative_sigma_mm / s for s in spacing],
+                              k=ev.normative_top_k, highpass_vox=highpass,
+                              spacing=spacing if ev.normative_register else None, workers=workers)
     except ValueError as err:
         raise StageFailed(f"normative baseline: {err}") from None
     reports = {}
     for name, ids in splits.items():
         y = [classes.index(pre.cases[c]["target"]) for c in ids]
-        probs = model.predict([views[c][..., 0] for c in ids])
+        probs = model.predict([views[c][..., 0] for c in ids], workers)
         reports[name] = evaluate_split(f"{name}/normative", ids, y, probs, classes, views, out)
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr"):
             metrics[f"normative_{name}_{key}"] = reports[name][key]
@@ -228,7 +231,7 @@ def run(cfg, upstream, out: StageDir, ctx, plan, net):
     baselines = {}
     if cfg.evaluate.baseline == "normative":
         baselines["normative"] = _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics,
-                                            artifacts)
+                                            artifacts, ctx.workers)
     out.write_json("summary.json", {"classes": classes, "splits": splits, "reports": summary,
                                     "primary": cfg.evaluate.split, "baselines": baselines})
     primary = cfg.evaluate.split

@@ -55,7 +55,9 @@ def test_classification_evaluation(tmp_path):
 
 def test_normative_baseline_is_scored_beside_the_network(tmp_path):
     root = make_cls_dataset(tmp_path / "cls", n=16)
-    store, cfg, ev = run_evaluation(tmp_path, root, EXTRA + "evaluate: {baseline: normative, normative_top_k: 4}\n",
+    # Registered (the default), without the high-pass: its 15 mm scale is as wide as this toy head (20 x 16 x 18 mm).
+    store, cfg, ev = run_evaluation(tmp_path, root, EXTRA + "evaluate: {baseline: normative, normative_top_k: 4, "
+                                    "normative_highpass_mm: null}\n",
                                     ["dataset.classes=[normal, lesion]", "dataset.normal_class=normal"], layout="csv")
     folder = Path(ev.path)
     summary = json.loads((folder / "summary.json").read_text())
