@@ -31,32 +31,49 @@ def _seeded_legacy_random(seed: int):
         np.random.set_state(state)
 
 
+def centred_grid(shape, spacing) -> np.ndarray:
+    """(4, 4) voxel -> mm with the origin at the volume's centre.
+
+    Rotations and scalings act about the world origin. About a corner of the volume, a small rotation
+    moves the brain by centimetres and the optimizer trades it off against the translation; on the
+    sample heads a third of the registrations stopped far from the answer that way."""
+    scale = np.asarray(spacing, np.float64)
+    grid = np.diag([*scale, 1.0])
+    grid[:3, 3] = -scale * (np.asarray(shape, np.float64) - 1) / 2
+    return grid
+
+
 def register_affine(moving: np.ndarray, static: np.ndarray, spacing, *, sampling: float = 0.3,
-                    iterations=(100, 30), seed: int = 0) -> np.ndarray:
+                    iterations=(50, 15), seed: int = 0) -> np.ndarray:
     """The affine that best aligns ``moving`` (X', Y', Z') onto ``static`` (X, Y, Z).
 
     Args:
         spacing: voxel size in mm, shared by both volumes.
         sampling: the fraction of voxels the metric samples (dipy's sparse sampling; 1.0 is every voxel).
-        iterations: optimizer iterations at the coarse (factor 2) and the full resolution.
+        iterations: optimizer iterations at the coarse (factor 2) and the full resolution. On the sample heads
+            at 3 mm, (50, 15) aligned as well as (100, 30) (mean correlation with the reference 0.884 against
+            0.885 on 11 subjects) in half the time, about 1 s per subject.
         seed: the sampling's seed; the same inputs and seed give the same affine.
 
     Returns:
-        (4, 4) matrix taking static-grid world coordinates (mm) to moving-grid world coordinates, the
-        form :func:`warp_affine` takes.
+        (4, 4) matrix taking static world coordinates (mm, :func:`centred_grid`) to moving world
+        coordinates, the form :func:`warp_affine` takes.
     """
     from dipy.align.imaffine import AffineRegistration, MutualInformationMetric, transform_centers_of_mass
     from dipy.align.transforms import AffineTransform3D, RigidTransform3D
+    from threadpoolctl import threadpool_limits
 
-    grid = np.diag([*(float(s) for s in spacing), 1.0])
     moving = np.asarray(moving, np.float64)
     static = np.asarray(static, np.float64)
     reg = AffineRegistration(metric=MutualInformationMetric(nbins=32, sampling_proportion=sampling),
                              level_iters=list(iterations), sigmas=[1.0, 0.0], factors=[2, 1], verbosity=0)
-    kw = {"static_grid2world": grid, "moving_grid2world": grid}
+    kw = {"static_grid2world": centred_grid(static.shape, spacing), "moving_grid2world": centred_grid(moving.shape,
+                                                                                                      spacing)}
     logging.getLogger("dipy").setLevel(logging.WARNING)  # one INFO line per pyramid level and case otherwise
-    with _seeded_legacy_random(seed):
-        start = transform_centers_of_mass(static, grid, moving, grid).affine
+    # One OpenMP thread: at these sizes dipy's parallel loops are too short to gain, and their threads spinning
+    # beside a second worker's made a registration 1.5x slower alone and 2.3x slower on two workers here.
+    with _seeded_legacy_random(seed), threadpool_limits(limits=1):
+        start = transform_centers_of_mass(static, kw["static_grid2world"], moving, kw["moving_grid2world"]).affine
         start = reg.optimize(static, moving, RigidTransform3D(), None, starting_affine=start, **kw).affine
         return np.asarray(reg.optimize(static, moving, AffineTransform3D(), None, starting_affine=start,
                                        **kw).affine)
@@ -72,13 +89,12 @@ def warp_affine(moving: np.ndarray, shape, matrix: np.ndarray, spacing, *, order
     """
     from scipy import ndimage
 
-    scale = np.asarray(spacing, np.float64)
-    # world -> voxel on both sides: voxel_moving = S^-1 (M (S voxel_static)) with S the spacing diagonal.
-    m = np.asarray(matrix, np.float64)
-    lin = (m[:3, :3] * scale[None, :]) / scale[:, None]
-    off = m[:3, 3] / scale
     moving = np.asarray(moving, np.float32)
-    return ndimage.affine_transform(moving, lin, off, output_shape=tuple(int(s) for s in shape), order=order,
+    shape = tuple(int(s) for s in shape)
+    # output voxel -> world -> moving world -> moving voxel
+    vox = np.linalg.inv(centred_grid(moving.shape, spacing)) @ np.asarray(matrix, np.float64) @ centred_grid(shape,
+                                                                                                          spacing)
+    return ndimage.affine_transform(moving, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order,
                                     mode="constant", cval=float(moving.min()))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from medflow.data.registration import align_all, register_affine, warp_affine
+from medflow.data.registration import align_all, centred_grid, register_affine, warp_affine
 
 SPACING = (3.0, 3.0, 2.5)
 
@@ -23,13 +23,10 @@ def _head(shape=(40, 44, 44), seed=0):
 
 
 def _moved(vol, deg, scale, shift_mm):
-    """``vol`` under a known affine about its centre (world coordinates in mm)."""
-    s = np.asarray(SPACING)
-    centre = (np.array(vol.shape) - 1) / 2 * s
-    lin = Rotation.from_euler("xyz", deg, degrees=True).as_matrix() * scale
+    """``vol`` under a known affine about its centre (the world origin of ``centred_grid``, in mm)."""
     m = np.eye(4)  # output world -> input world
-    m[:3, :3] = lin
-    m[:3, 3] = centre - lin @ centre + np.asarray(shift_mm)
+    m[:3, :3] = Rotation.from_euler("xyz", deg, degrees=True).as_matrix() * scale
+    m[:3, 3] = shift_mm
     return warp_affine(vol, vol.shape, m, SPACING)
 
 
@@ -65,9 +62,24 @@ def test_align_all_matches_one_by_one_on_workers():
         np.testing.assert_array_equal(a, b)
 
 
-def test_warp_identity_and_background():
+def test_warp_identity_centres_and_background():
     vol = _head()
     np.testing.assert_allclose(warp_affine(vol, vol.shape, np.eye(4), SPACING), vol, atol=1e-6)
+    # the identity maps centre to centre: a larger output grid holds the volume in its middle
+    padded = warp_affine(vol, np.array(vol.shape) + 4, np.eye(4), SPACING)
+    np.testing.assert_allclose(padded[2:-2, 2:-2, 2:-2], vol, atol=1e-6)
+    assert np.allclose(centred_grid((3, 5, 7), (2.0, 1.0, 3.0)) @ [1, 2, 3, 1], [0, 0, 0, 1])
     shifted = np.eye(4)
     shifted[0, 3] = 1000.0  # entirely outside: the moving volume's minimum everywhere
     assert np.all(warp_affine(vol, (5, 5, 5), shifted, SPACING) == vol.min())
+
+
+def test_volumes_of_other_shapes_register():
+    """Crops of different sizes (a moving volume larger than the static one): the grids are centred on each."""
+    static = _head()
+    moving = np.pad(_moved(_head(seed=2), (-5, 4, 3), 1.03, (3.0, 2.0, -2.0)), ((3, 5), (0, 4), (2, 2)),
+                    constant_values=float(static.min()))
+    brain = static > 0.5
+    back = warp_affine(moving, static.shape, register_affine(moving, static, SPACING), SPACING)
+    assert back.shape == static.shape
+    assert np.corrcoef(back[brain], static[brain])[0, 1] > 0.97

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 
 import numpy as np
 
@@ -132,6 +133,10 @@ def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, 
                for c in train]
     spacing = [float(s) for s in plan.preprocess.spacing]
     highpass = None if ev.normative_highpass_mm is None else [ev.normative_highpass_mm / s for s in spacing]
+    held_out = sorted({c for ids in splits.values() for c in ids})
+    start = time.monotonic()
+    print(f"[evaluate] normative baseline: {len(train)} training and {len(held_out)} held-out subjects"
+          + (" registered onto a normal training subject" if ev.normative_register else ""), flush=True)
     try:
         model = fit_normative(volumes, [classes.index(pre.cases[c]["target"]) for c in train], len(classes),
                               classes.index(normal), sigma_vox=[ev.normative_sigma_mm / s for s in spacing],
@@ -139,10 +144,12 @@ def _normative(cfg, plan, task, ingest, pre, info, splits, views, out, metrics, 
                               spacing=spacing if ev.normative_register else None, workers=workers)
     except ValueError as err:
         raise StageFailed(f"normative baseline: {err}") from None
+    scored = dict(zip(held_out, model.predict([views[c][..., 0] for c in held_out], workers)))  # one worker pool
+    print(f"[evaluate] normative baseline fitted and scored in {time.monotonic() - start:.1f} s", flush=True)
     reports = {}
     for name, ids in splits.items():
         y = [classes.index(pre.cases[c]["target"]) for c in ids]
-        probs = model.predict([views[c][..., 0] for c in ids], workers)
+        probs = np.stack([scored[c] for c in ids])
         reports[name] = evaluate_split(f"{name}/normative", ids, y, probs, classes, views, out)
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro_ovr"):
             metrics[f"normative_{name}_{key}"] = reports[name][key]
